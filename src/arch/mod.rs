@@ -1,0 +1,115 @@
+//! Page tables in both real formats, and the instructions that maintain the TLB.
+//!
+//! One walker ([`PageTable`]) builds, walks and tears down 4-level tables of 512 eight-byte entries
+//! for both architectures; the formats differ only in how an entry is encoded ([`PteFormat`]):
+//! [`X86_64`] for x86_64's 4-level paging, [`Aarch64`] for VMSAv8-64 with a 4 KiB granule and
+//! 48-bit addresses. Both formats are built and walked on every host, so the tests run each of them.
+//!
+//! The instructions themselves (INVLPG, CR3, TLBI, barriers) are compiled only for the bare-metal
+//! target of their own architecture (`cfg(target_arch)` and `cfg(target_os = "none")`).
+
+mod aarch64;
+mod page_table;
+mod x86_64;
+
+pub use self::aarch64::Aarch64;
+pub use self::page_table::{new_page_table, translate, translate_format, PageTable, PageTableOps};
+pub use self::x86_64::X86_64;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use self::aarch64::tlb as native_tlb;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub use self::x86_64::tlb as native_tlb;
+
+use crate::platform::PhysAddr;
+use bitflags::bitflags;
+
+bitflags! {
+    /// The permissions of one page translation.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MmuFlags: u8 {
+        /// Loads are allowed. A translation without it is never installed.
+        const READ = 1 << 0;
+        /// Stores are allowed.
+        const WRITE = 1 << 1;
+        /// Instruction fetches are allowed.
+        const EXECUTE = 1 << 2;
+        /// User mode may access the page.
+        const USER = 1 << 3;
+    }
+}
+
+/// Number of levels in both formats (x86_64 PML4..PT; aarch64 L0..L3).
+pub const LEVELS: usize = 4;
+/// Entries in one table.
+pub const ENTRIES: usize = 512;
+/// The first address past the lower half that both formats translate (48 bits).
+pub const USER_ADDRESS_LIMIT: u64 = 1 << 47;
+
+/// How one architecture encodes page-table entries.
+///
+/// Levels count down to the leaves: level 3 is the root (x86_64 PML4, aarch64 L0) and level 0 holds
+/// the 4 KiB page entries (x86_64 PT, aarch64 L3). The walker never creates block (huge) mappings.
+pub trait PteFormat: Send + Sync + 'static {
+    /// A short name for messages and benchmarks.
+    const NAME: &'static str;
+
+    /// Whether `entry` is valid (present).
+    fn is_valid(entry: u64) -> bool;
+
+    /// Whether `entry`, valid at `level` (1..=3), points at a table of the next level.
+    fn is_table(entry: u64, level: usize) -> bool;
+
+    /// The physical address in a valid entry (next table or page frame).
+    fn address(entry: u64) -> PhysAddr;
+
+    /// An entry pointing at the next-level table at `pa`.
+    fn table_entry(pa: PhysAddr) -> u64;
+
+    /// A level-0 entry mapping the frame at `pa` with `flags` (which include [`MmuFlags::READ`]).
+    fn page_entry(pa: PhysAddr, flags: MmuFlags) -> u64;
+
+    /// The permissions of a valid level-0 entry.
+    fn page_flags(entry: u64) -> MmuFlags;
+}
+
+/// The page-table formats, for choosing one at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// [`X86_64`].
+    X86_64,
+    /// [`Aarch64`].
+    Aarch64,
+}
+
+impl Format {
+    /// Both formats, for tests that run on each.
+    pub const ALL: [Format; 2] = [Format::X86_64, Format::Aarch64];
+
+    /// The format of the architecture the crate is compiled for (x86_64 on other hosts).
+    pub const NATIVE: Format = if cfg!(target_arch = "aarch64") {
+        Format::Aarch64
+    } else {
+        Format::X86_64
+    };
+
+    /// The format's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::X86_64 => X86_64::NAME,
+            Format::Aarch64 => Aarch64::NAME,
+        }
+    }
+}
+
+/// The index of `va`'s entry in a table of `level`.
+#[inline]
+pub(crate) const fn table_index(va: u64, level: usize) -> usize {
+    ((va >> (12 + 9 * level)) & 0x1ff) as usize
+}
+
+/// Bytes covered by one entry of a table of `level`.
+#[inline]
+pub(crate) const fn entry_span(level: usize) -> u64 {
+    1 << (12 + 9 * level)
+}

@@ -1,0 +1,386 @@
+//! The page-table walker shared by both formats.
+//!
+//! Entries are read and written as `AtomicU64`, because an MMU (real, or the host simulation's) may
+//! walk a table while the kernel changes it. A new table is zeroed before the entry that links it
+//! is published with release ordering, so a concurrent walker never sees an uninitialised table.
+//!
+//! Nothing here invalidates a TLB or frees a frame that a CPU may still reach: unmapping records
+//! the pages to invalidate and the table pages to free in a [`PendingFlush`], and the caller hands
+//! that to [`crate::tlb`], which invalidates first and frees after.
+
+use super::{entry_span, table_index, Format, MmuFlags, PteFormat, ENTRIES, LEVELS};
+use crate::abi::Status;
+use crate::platform::{PhysAddr, Platform};
+use crate::tlb::PendingFlush;
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+const ROOT_LEVEL: usize = LEVELS - 1;
+
+/// The entries of the table at `pa`.
+///
+/// # Safety
+/// `pa` is a page-table page allocated from `platform` and not freed for the lifetime `'a`.
+#[inline]
+unsafe fn entries<'a>(platform: &dyn Platform, pa: PhysAddr) -> &'a [AtomicU64; ENTRIES] {
+    let ptr = platform.phys_to_virt(pa) as *const [AtomicU64; ENTRIES];
+    // SAFETY: the Platform contract makes `ptr` valid and 8-aligned for the 4096 bytes of an
+    // allocated frame, and the caller keeps the frame allocated for 'a. `[AtomicU64; 512]` has the
+    // size (4096) and alignment (8) of that memory and every bit pattern is a valid value. All
+    // access goes through atomics, so concurrent walkers do not make it a data race.
+    unsafe { &*ptr }
+}
+
+/// Allocates and zeroes a table page.
+fn new_table(platform: &dyn Platform) -> Result<PhysAddr, Status> {
+    let pa = platform.alloc_frame().ok_or(Status::NoMemory)?;
+    // SAFETY: `pa` was just allocated for this tree and is not freed while we use it.
+    let table = unsafe { entries(platform, pa) };
+    for entry in table {
+        entry.store(0, Ordering::Relaxed);
+    }
+    Ok(pa)
+}
+
+/// One address space's page tables in format `F`.
+///
+/// The tree is owned: dropping a `PageTable` without [`PageTableOps::release`] leaks its pages
+/// (and says so in debug builds).
+pub struct PageTable<F: PteFormat> {
+    root: PhysAddr,
+    /// Table pages in the tree, the root included.
+    tables: usize,
+    _format: PhantomData<F>,
+}
+
+impl<F: PteFormat> PageTable<F> {
+    /// A tree with an empty root table.
+    pub fn new(platform: &dyn Platform) -> Result<Self, Status> {
+        Ok(PageTable {
+            root: new_table(platform)?,
+            tables: 1,
+            _format: PhantomData,
+        })
+    }
+
+    /// Clears the level-0 entries in `[start, end)` below `table` (at `level`), records them in
+    /// `out`, and frees the tables it empties. Returns whether `table` is now empty.
+    fn unmap_level(
+        &mut self,
+        platform: &dyn Platform,
+        table_pa: PhysAddr,
+        level: usize,
+        start: u64,
+        end: u64,
+        out: &mut PendingFlush,
+    ) -> bool {
+        // SAFETY: `table_pa` is a table of this tree, which we own exclusively (&mut self).
+        let table = unsafe { entries(platform, table_pa) };
+        let span = entry_span(level);
+        let mut va = start;
+        while va < end {
+            let entry_end = ((va & !(span - 1)) + span).min(end);
+            let slot = &table[table_index(va, level)];
+            let entry = slot.load(Ordering::Relaxed);
+            if F::is_valid(entry) {
+                if level == 0 {
+                    slot.store(0, Ordering::Relaxed);
+                    out.add_page(va);
+                } else if F::is_table(entry, level) {
+                    let child = F::address(entry);
+                    if self.unmap_level(platform, child, level - 1, va, entry_end, out) {
+                        slot.store(0, Ordering::Relaxed);
+                        self.tables -= 1;
+                        out.free_table(child);
+                    }
+                } else {
+                    // A block mapping: never made by this walker, but clear it whole if found.
+                    slot.store(0, Ordering::Relaxed);
+                    out.add_all();
+                }
+            }
+            va = entry_end;
+        }
+        if level == ROOT_LEVEL {
+            // The root is never freed.
+            return false;
+        }
+        // A range that spans the whole table cleared every entry; otherwise look.
+        end - start == entry_span(level + 1)
+            || table
+                .iter()
+                .all(|e| !F::is_valid(e.load(Ordering::Relaxed)))
+    }
+
+    fn protect_level(
+        platform: &dyn Platform,
+        table_pa: PhysAddr,
+        level: usize,
+        start: u64,
+        end: u64,
+        flags: MmuFlags,
+        out: &mut PendingFlush,
+    ) {
+        // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller's &mut.
+        let table = unsafe { entries(platform, table_pa) };
+        let span = entry_span(level);
+        let mut va = start;
+        while va < end {
+            let entry_end = ((va & !(span - 1)) + span).min(end);
+            let slot = &table[table_index(va, level)];
+            let entry = slot.load(Ordering::Relaxed);
+            if F::is_valid(entry) {
+                if level == 0 {
+                    let new = F::page_entry(F::address(entry), flags);
+                    if new != entry {
+                        slot.store(new, Ordering::Release);
+                        out.add_page(va);
+                    }
+                } else if F::is_table(entry, level) {
+                    Self::protect_level(
+                        platform,
+                        F::address(entry),
+                        level - 1,
+                        va,
+                        entry_end,
+                        flags,
+                        out,
+                    );
+                }
+            }
+            va = entry_end;
+        }
+    }
+
+    fn release_level(
+        platform: &dyn Platform,
+        table_pa: PhysAddr,
+        level: usize,
+        out: &mut PendingFlush,
+    ) {
+        if level > 0 {
+            // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller.
+            let table = unsafe { entries(platform, table_pa) };
+            for slot in table {
+                let entry = slot.load(Ordering::Relaxed);
+                if F::is_table(entry, level) {
+                    Self::release_level(platform, F::address(entry), level - 1, out);
+                }
+                slot.store(0, Ordering::Relaxed);
+            }
+        }
+        out.free_table(table_pa);
+    }
+}
+
+impl<F: PteFormat> Drop for PageTable<F> {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.tables == 0,
+            "a PageTable was dropped without release()"
+        );
+    }
+}
+
+/// The page-table operations an address space uses, independent of the format.
+///
+/// Every method that changes entries records in a [`PendingFlush`] what must be invalidated and
+/// which table pages may be freed once it has been.
+pub trait PageTableOps: Send {
+    /// The format of the entries.
+    fn format(&self) -> Format;
+
+    /// The physical address of the root table.
+    fn root(&self) -> PhysAddr;
+
+    /// How many table pages the tree holds, its root included (0 once released).
+    fn table_pages(&self) -> usize;
+
+    /// Maps the page at `va` to the frame `pa` with `flags`, allocating tables as needed.
+    /// An existing translation of `va` is replaced; the caller only replaces one that maps the same
+    /// frame with fewer permissions, which needs no invalidation.
+    fn map(
+        &mut self,
+        platform: &dyn Platform,
+        va: u64,
+        pa: PhysAddr,
+        flags: MmuFlags,
+    ) -> Result<(), Status>;
+
+    /// Removes every translation in `[start, end)` (page aligned) and frees the tables emptied.
+    fn unmap(&mut self, platform: &dyn Platform, start: u64, end: u64, out: &mut PendingFlush);
+
+    /// Gives every translation in `[start, end)` the permissions `flags`; without
+    /// [`MmuFlags::READ`] the translations are removed instead.
+    fn protect(
+        &mut self,
+        platform: &dyn Platform,
+        start: u64,
+        end: u64,
+        flags: MmuFlags,
+        out: &mut PendingFlush,
+    );
+
+    /// The frame and permissions `va` translates to, if any.
+    fn query(&self, platform: &dyn Platform, va: u64) -> Option<(PhysAddr, MmuFlags)>;
+
+    /// Frees the whole tree, the root included, into `out`. The table is empty afterwards and must
+    /// not be used again.
+    fn release(&mut self, platform: &dyn Platform, out: &mut PendingFlush);
+}
+
+impl<F: PteFormat> PageTableOps for PageTable<F> {
+    fn format(&self) -> Format {
+        if F::NAME == super::Aarch64::NAME {
+            Format::Aarch64
+        } else {
+            Format::X86_64
+        }
+    }
+
+    fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    fn table_pages(&self) -> usize {
+        self.tables
+    }
+
+    fn map(
+        &mut self,
+        platform: &dyn Platform,
+        va: u64,
+        pa: PhysAddr,
+        flags: MmuFlags,
+    ) -> Result<(), Status> {
+        debug_assert!(va < super::USER_ADDRESS_LIMIT && va & 0xfff == 0);
+        let mut table_pa = self.root;
+        for level in (1..LEVELS).rev() {
+            // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
+            let table = unsafe { entries(platform, table_pa) };
+            let slot = &table[table_index(va, level)];
+            let entry = slot.load(Ordering::Relaxed);
+            table_pa = if F::is_table(entry, level) {
+                F::address(entry)
+            } else {
+                debug_assert!(!F::is_valid(entry), "block mappings are never made");
+                let child = new_table(platform)?;
+                self.tables += 1;
+                // Release: the zeroed child is visible before the entry that links it.
+                slot.store(F::table_entry(child), Ordering::Release);
+                child
+            };
+        }
+        // SAFETY: as above, a level-0 table of this tree.
+        let table = unsafe { entries(platform, table_pa) };
+        let slot = &table[table_index(va, 0)];
+        let old = slot.load(Ordering::Relaxed);
+        debug_assert!(
+            !F::is_valid(old) || F::address(old) == pa,
+            "map() replaced a translation to another frame"
+        );
+        slot.store(F::page_entry(pa, flags | MmuFlags::READ), Ordering::Release);
+        Ok(())
+    }
+
+    fn unmap(&mut self, platform: &dyn Platform, start: u64, end: u64, out: &mut PendingFlush) {
+        let end = end.min(super::USER_ADDRESS_LIMIT);
+        if start < end {
+            self.unmap_level(platform, self.root, ROOT_LEVEL, start, end, out);
+        }
+    }
+
+    fn protect(
+        &mut self,
+        platform: &dyn Platform,
+        start: u64,
+        end: u64,
+        flags: MmuFlags,
+        out: &mut PendingFlush,
+    ) {
+        if !flags.contains(MmuFlags::READ) {
+            return self.unmap(platform, start, end, out);
+        }
+        let end = end.min(super::USER_ADDRESS_LIMIT);
+        if start < end {
+            Self::protect_level(platform, self.root, ROOT_LEVEL, start, end, flags, out);
+        }
+    }
+
+    fn query(&self, platform: &dyn Platform, va: u64) -> Option<(PhysAddr, MmuFlags)> {
+        // SAFETY: the tree is borrowed for the walk, so none of its tables is freed meanwhile.
+        unsafe { translate::<F>(platform, self.root, va) }
+    }
+
+    fn release(&mut self, platform: &dyn Platform, out: &mut PendingFlush) {
+        if self.tables > 0 {
+            Self::release_level(platform, self.root, ROOT_LEVEL, out);
+            out.add_all();
+            self.tables = 0;
+        }
+    }
+}
+
+/// Walks the tree at `root` for `va` as an MMU would, without locks: the frame and permissions of
+/// its level-0 entry, or `None` where a level is not valid.
+///
+/// # Safety
+/// The tables reachable from `root` stay readable during the walk: either the caller keeps the
+/// tree from being freed, or the platform never unmaps freed frames (as the host simulation does;
+/// a concurrent change then yields a stale or missing translation, as it would on hardware).
+pub unsafe fn translate<F: PteFormat>(
+    platform: &dyn Platform,
+    root: PhysAddr,
+    va: u64,
+) -> Option<(PhysAddr, MmuFlags)> {
+    if va >= super::USER_ADDRESS_LIMIT {
+        return None;
+    }
+    let mut table_pa = root;
+    for level in (0..LEVELS).rev() {
+        // SAFETY: the caller keeps every table reachable from `root` readable for the walk.
+        let table = unsafe { entries(platform, table_pa) };
+        let entry = table[table_index(va, level)].load(Ordering::Acquire);
+        if !F::is_valid(entry) {
+            return None;
+        }
+        if level == 0 {
+            return Some((F::address(entry), F::page_flags(entry)));
+        }
+        if !F::is_table(entry, level) {
+            return None;
+        }
+        table_pa = F::address(entry);
+    }
+    None
+}
+
+/// A new, empty page table of `format`.
+pub fn new_page_table(
+    platform: &dyn Platform,
+    format: Format,
+) -> Result<alloc::boxed::Box<dyn PageTableOps>, Status> {
+    Ok(match format {
+        Format::X86_64 => alloc::boxed::Box::new(PageTable::<super::X86_64>::new(platform)?),
+        Format::Aarch64 => alloc::boxed::Box::new(PageTable::<super::Aarch64>::new(platform)?),
+    })
+}
+
+/// [`translate`] for a format chosen at run time.
+///
+/// # Safety
+/// As for [`translate`].
+pub unsafe fn translate_format(
+    format: Format,
+    platform: &dyn Platform,
+    root: PhysAddr,
+    va: u64,
+) -> Option<(PhysAddr, MmuFlags)> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match format {
+            Format::X86_64 => translate::<super::X86_64>(platform, root, va),
+            Format::Aarch64 => translate::<super::Aarch64>(platform, root, va),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! x86_64 4-level paging: the entry codec, and (on bare metal) the TLB instructions.
+
+use super::{MmuFlags, PteFormat};
+use crate::platform::PhysAddr;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
+const HUGE: u64 = 1 << 7;
+const NO_EXECUTE: u64 = 1 << 63;
+const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// x86_64 page-table entries (Intel SDM vol. 3, 4.5).
+///
+/// Table entries are present, writable and user-accessible, so that the leaf alone decides a
+/// page's permissions. Leaves are pre-set accessed (and dirty when writable) so that the MMU never
+/// writes them back behind the walker.
+#[derive(Clone, Copy, Debug)]
+pub enum X86_64 {}
+
+impl PteFormat for X86_64 {
+    const NAME: &'static str = "x86_64";
+
+    #[inline]
+    fn is_valid(entry: u64) -> bool {
+        entry & PRESENT != 0
+    }
+
+    #[inline]
+    fn is_table(entry: u64, level: usize) -> bool {
+        level > 0 && entry & (PRESENT | HUGE) == PRESENT
+    }
+
+    #[inline]
+    fn address(entry: u64) -> PhysAddr {
+        PhysAddr(entry & ADDRESS_MASK)
+    }
+
+    #[inline]
+    fn table_entry(pa: PhysAddr) -> u64 {
+        (pa.0 & ADDRESS_MASK) | PRESENT | WRITABLE | USER
+    }
+
+    #[inline]
+    fn page_entry(pa: PhysAddr, flags: MmuFlags) -> u64 {
+        let mut entry = (pa.0 & ADDRESS_MASK) | PRESENT | ACCESSED;
+        if flags.contains(MmuFlags::WRITE) {
+            entry |= WRITABLE | DIRTY;
+        }
+        if flags.contains(MmuFlags::USER) {
+            entry |= USER;
+        }
+        if !flags.contains(MmuFlags::EXECUTE) {
+            entry |= NO_EXECUTE;
+        }
+        entry
+    }
+
+    #[inline]
+    fn page_flags(entry: u64) -> MmuFlags {
+        let mut flags = MmuFlags::READ;
+        if entry & WRITABLE != 0 {
+            flags |= MmuFlags::WRITE;
+        }
+        if entry & USER != 0 {
+            flags |= MmuFlags::USER;
+        }
+        if entry & NO_EXECUTE == 0 {
+            flags |= MmuFlags::EXECUTE;
+        }
+        flags
+    }
+}
+
+/// The local CPU's TLB instructions. Only on bare-metal x86_64.
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod tlb {
+    use crate::platform::{PhysAddr, TlbInvalidate, TlbScope};
+    use x86_64::registers::control::{Cr3, Cr3Flags};
+    use x86_64::structures::paging::PhysFrame;
+    use x86_64::{PhysAddr as X86PhysAddr, VirtAddr};
+
+    /// Loads `root` into CR3, making it the current address space. The load flushes every
+    /// non-global translation (PCIDs are not enabled by this crate yet).
+    ///
+    /// # Safety
+    /// `root` is a complete PML4 that maps the running code, its stack and every kernel address
+    /// the caller will touch next, and stays alive while it is loaded.
+    pub unsafe fn load_root(root: PhysAddr) {
+        let frame = PhysFrame::containing_address(X86PhysAddr::new(root.0));
+        // SAFETY: the caller guarantees `root` maps everything the CPU touches after the switch;
+        // writing CR3 is then the architectural way to switch address spaces.
+        unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+    }
+
+    /// Carries out `request`'s invalidation on the calling CPU only.
+    ///
+    /// INVLPG also drops the paging-structure caches of the current PCID, so freed table pages are
+    /// covered by the same instructions. Stores to the page tables are ordinary writes-back memory
+    /// stores, ordered before INVLPG (a serialising instruction) and before the CR3 write.
+    pub fn invalidate_local(request: &TlbInvalidate<'_>) {
+        let (current, _) = Cr3::read();
+        if current.start_address().as_u64() != request.root.0 {
+            // The address space is not loaded here: with PCIDs off, its translations went at the
+            // last CR3 switch, and none can have been made since.
+            return;
+        }
+        match request.scope {
+            TlbScope::Pages(pages) => {
+                for &va in pages {
+                    x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va));
+                }
+            }
+            TlbScope::All => x86_64::instructions::tlb::flush_all(),
+        }
+    }
+}

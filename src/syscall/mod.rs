@@ -1,0 +1,342 @@
+//! The syscalls, with Zircon's names, arguments and rights rules.
+//!
+//! Each function takes the calling [`Process`] first and then Zircon's arguments in Zircon's
+//! order; a C out-pointer becomes a `&mut`, written only on success; a user buffer that this crate
+//! never dereferences (`zx_vmar_op_range`'s) stays an integer address. Every function returns a
+//! raw `zx_status_t` and no argument value can make one panic.
+
+use crate::abi::*;
+use crate::object::{Handle, KernelObject, Process};
+use crate::vmar::perms_needing_can_map;
+use crate::vmo::Vmo;
+
+/// Runs `f` and turns its result into a status, writing `out` only on success.
+fn with_out<T>(out: &mut T, f: impl FnOnce() -> ZxResult<T>) -> zx_status_t {
+    match f() {
+        Ok(value) => {
+            *out = value;
+            ZX_OK
+        }
+        Err(status) => status.into_raw(),
+    }
+}
+
+fn require(rights: Rights, needed: Rights) -> ZxResult {
+    if rights.contains(needed) {
+        Ok(())
+    } else {
+        Err(Status::AccessDenied)
+    }
+}
+
+/// The handle rights that `ZX_VM_CAN_MAP_*` (or `ZX_VM_PERM_*`) bits call for.
+fn rights_for_perms(options: VmOptions) -> Rights {
+    let mut rights = Rights::empty();
+    if options.intersects(VmOptions::PERM_READ | VmOptions::CAN_MAP_READ) {
+        rights |= Rights::READ;
+    }
+    if options.intersects(VmOptions::PERM_WRITE | VmOptions::CAN_MAP_WRITE) {
+        rights |= Rights::WRITE;
+    }
+    if options.intersects(VmOptions::PERM_EXECUTE | VmOptions::CAN_MAP_EXECUTE) {
+        rights |= Rights::EXECUTE;
+    }
+    rights
+}
+
+/// `zx_vmar_op_range`: performs `op` on the VMOs mapped in `[address, address + size)`.
+///
+/// Checks run in the contract's order (see `CONTRACT.md`), all before anything changes.
+pub fn zx_vmar_op_range(
+    process: &Process,
+    handle: zx_handle_t,
+    op: u32,
+    address: zx_vaddr_t,
+    size: u64,
+    buffer: zx_vaddr_t,
+    buffer_size: usize,
+) -> zx_status_t {
+    to_status((|| {
+        // 1. The handle names a VMAR.
+        let (vmar, rights) = process.vmar(handle)?;
+        // 2. The buffer is empty.
+        if buffer != 0 || buffer_size != 0 {
+            return Err(Status::InvalidArgs);
+        }
+        // 3. The op is defined, and supported.
+        if !is_defined_vmo_op(op) {
+            return Err(Status::InvalidArgs);
+        }
+        if op != ZX_VMAR_OP_DECOMMIT {
+            return Err(Status::NotSupported);
+        }
+        // 4. The handle may write.
+        require(rights, Rights::WRITE)?;
+        // 5-10 and the effect.
+        vmar.decommit(address, size)
+    })())
+}
+
+/// `zx_vmo_create`: a paged VMO of `size` bytes. `options` may be 0; `ZX_VMO_RESIZABLE` is not
+/// supported by this crate.
+pub fn zx_vmo_create(
+    process: &Process,
+    size: u64,
+    options: u32,
+    out: &mut zx_handle_t,
+) -> zx_status_t {
+    with_out(out, || {
+        if options & !(ZX_VMO_RESIZABLE | ZX_VMO_DISCARDABLE) != 0 {
+            return Err(Status::InvalidArgs);
+        }
+        if options != 0 {
+            return Err(Status::NotSupported);
+        }
+        let vmo = Vmo::create(process.platform().clone(), size)?;
+        process.add_handle(
+            KernelObject::Vmo(vmo),
+            Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS),
+        )
+    })
+}
+
+/// `zx_vmo_read`: reads `buffer.len()` bytes at `offset`. Needs `ZX_RIGHT_READ`.
+pub fn zx_vmo_read(
+    process: &Process,
+    handle: zx_handle_t,
+    buffer: &mut [u8],
+    offset: u64,
+) -> zx_status_t {
+    to_status((|| {
+        let (vmo, rights) = process.vmo(handle)?;
+        require(rights, Rights::READ)?;
+        vmo.read(offset, buffer)
+    })())
+}
+
+/// `zx_vmo_write`: writes `buffer` at `offset`. Needs `ZX_RIGHT_WRITE`.
+pub fn zx_vmo_write(
+    process: &Process,
+    handle: zx_handle_t,
+    buffer: &[u8],
+    offset: u64,
+) -> zx_status_t {
+    to_status((|| {
+        let (vmo, rights) = process.vmo(handle)?;
+        require(rights, Rights::WRITE)?;
+        vmo.write(offset, buffer)
+    })())
+}
+
+/// `zx_vmo_op_range`: `ZX_VMO_OP_COMMIT` and `ZX_VMO_OP_DECOMMIT` (both need `ZX_RIGHT_WRITE`).
+/// Other defined ops are `ZX_ERR_NOT_SUPPORTED`; undefined ones `ZX_ERR_INVALID_ARGS`.
+/// DECOMMIT needs a page-aligned range; COMMIT rounds its range out to pages.
+pub fn zx_vmo_op_range(
+    process: &Process,
+    handle: zx_handle_t,
+    op: u32,
+    offset: u64,
+    size: u64,
+    buffer: zx_vaddr_t,
+    buffer_size: usize,
+) -> zx_status_t {
+    to_status((|| {
+        let (vmo, rights) = process.vmo(handle)?;
+        if buffer != 0 || buffer_size != 0 {
+            return Err(Status::InvalidArgs);
+        }
+        match op {
+            ZX_VMO_OP_COMMIT => {
+                require(rights, Rights::WRITE)?;
+                vmo.commit(offset, size)
+            }
+            ZX_VMO_OP_DECOMMIT => {
+                require(rights, Rights::WRITE)?;
+                vmo.decommit(offset, size)
+            }
+            op if is_defined_vmo_op(op) => Err(Status::NotSupported),
+            _ => Err(Status::InvalidArgs),
+        }
+    })())
+}
+
+/// `zx_vmo_get_size`.
+pub fn zx_vmo_get_size(process: &Process, handle: zx_handle_t, size: &mut u64) -> zx_status_t {
+    with_out(size, || Ok(process.vmo(handle)?.0.size()))
+}
+
+/// `zx_object_get_info(handle, ZX_INFO_VMO, ...)`: the VMO's size, committed bytes and mapping
+/// count. Needs `ZX_RIGHT_INSPECT`.
+pub fn zx_object_get_info_vmo(
+    process: &Process,
+    handle: zx_handle_t,
+    info: &mut zx_info_vmo_t,
+) -> zx_status_t {
+    with_out(info, || {
+        let (vmo, rights) = process.vmo(handle)?;
+        require(rights, Rights::INSPECT)?;
+        Ok(vmo.info())
+    })
+}
+
+/// `zx_vmar_allocate`: a sub-VMAR of `parent`. Each `ZX_VM_CAN_MAP_*` asked for needs the
+/// matching right on `parent`; the new handle has `ZX_DEFAULT_VMAR_RIGHTS` plus those rights.
+pub fn zx_vmar_allocate(
+    process: &Process,
+    parent: zx_handle_t,
+    options: zx_vm_option_t,
+    offset: u64,
+    size: u64,
+    child_vmar: &mut zx_handle_t,
+    child_addr: &mut zx_vaddr_t,
+) -> zx_status_t {
+    let mut out = (0, 0);
+    let status = with_out(&mut out, || {
+        let (vmar, rights) = process.vmar(parent)?;
+        let options = VmOptions::from_bits(options).ok_or(Status::InvalidArgs)?;
+        let granted = rights_for_perms(options & VmOptions::CAN_MAP_PERMS);
+        require(rights, granted)?;
+        let child = vmar.allocate(options, offset, size)?;
+        let base = child.base();
+        let handle = process.add_handle(
+            KernelObject::Vmar(child.clone()),
+            Rights::from_bits_truncate(ZX_DEFAULT_VMAR_RIGHTS) | granted,
+        );
+        match handle {
+            Ok(handle) => Ok((handle, base)),
+            Err(status) => {
+                // No handle can name the child: take it back, so that the call changes nothing.
+                let _ = child.destroy();
+                Err(status)
+            }
+        }
+    });
+    if status == ZX_OK {
+        (*child_vmar, *child_addr) = out;
+    }
+    status
+}
+
+/// `zx_vmar_map`: maps `len` bytes of the VMO at `vmo_offset`. The VMO handle needs
+/// `ZX_RIGHT_MAP`; each `ZX_VM_PERM_*` needs its right on both handles. The mapping may later be
+/// given (by `zx_vmar_protect`) any permission that both handles allow now.
+#[allow(clippy::too_many_arguments)]
+pub fn zx_vmar_map(
+    process: &Process,
+    handle: zx_handle_t,
+    options: zx_vm_option_t,
+    vmar_offset: u64,
+    vmo: zx_handle_t,
+    vmo_offset: u64,
+    len: u64,
+    mapped_addr: &mut zx_vaddr_t,
+) -> zx_status_t {
+    with_out(mapped_addr, || {
+        let (vmar, vmar_rights) = process.vmar(handle)?;
+        let (vmo, vmo_rights) = process.vmo(vmo)?;
+        require(vmo_rights, Rights::MAP)?;
+        let options = VmOptions::from_bits(options).ok_or(Status::InvalidArgs)?;
+        if options.intersects(VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC) {
+            return Err(Status::InvalidArgs);
+        }
+        let both = vmar_rights & vmo_rights;
+        require(both, rights_for_perms(options & VmOptions::PERMS))?;
+        let mut can_map = VmOptions::empty();
+        for (right, flag) in [
+            (Rights::READ, VmOptions::CAN_MAP_READ),
+            (Rights::WRITE, VmOptions::CAN_MAP_WRITE),
+            (Rights::EXECUTE, VmOptions::CAN_MAP_EXECUTE),
+        ] {
+            if both.contains(right) {
+                can_map |= flag;
+            }
+        }
+        debug_assert!(can_map.contains(perms_needing_can_map(options)));
+        vmar.map(options, vmar_offset, &vmo, vmo_offset, len, can_map)
+    })
+}
+
+/// `zx_vmar_unmap`.
+pub fn zx_vmar_unmap(
+    process: &Process,
+    handle: zx_handle_t,
+    addr: zx_vaddr_t,
+    len: u64,
+) -> zx_status_t {
+    to_status((|| process.vmar(handle)?.0.unmap(addr, len))())
+}
+
+/// `zx_vmar_protect`: each `ZX_VM_PERM_*` in `options` needs its right on the handle.
+pub fn zx_vmar_protect(
+    process: &Process,
+    handle: zx_handle_t,
+    options: zx_vm_option_t,
+    addr: zx_vaddr_t,
+    len: u64,
+) -> zx_status_t {
+    to_status((|| {
+        let (vmar, rights) = process.vmar(handle)?;
+        let options = VmOptions::from_bits(options).ok_or(Status::InvalidArgs)?;
+        require(rights, rights_for_perms(options & VmOptions::PERMS))?;
+        vmar.protect(options, addr, len)
+    })())
+}
+
+/// `zx_vmar_destroy`: needs `ZX_RIGHT_OP_CHILDREN`.
+pub fn zx_vmar_destroy(process: &Process, handle: zx_handle_t) -> zx_status_t {
+    to_status((|| {
+        let (vmar, rights) = process.vmar(handle)?;
+        require(rights, Rights::OP_CHILDREN)?;
+        vmar.destroy()
+    })())
+}
+
+/// The rights a duplicate or replacement asks for: the same, or a subset.
+fn derived_rights(old: &Handle, rights: zx_rights_t) -> ZxResult<Rights> {
+    if rights == ZX_RIGHT_SAME_RIGHTS {
+        return Ok(old.rights);
+    }
+    let rights = Rights::from_bits(rights).ok_or(Status::InvalidArgs)?;
+    if !old.rights.contains(rights) {
+        return Err(Status::InvalidArgs);
+    }
+    Ok(rights)
+}
+
+/// `zx_handle_duplicate`: needs `ZX_RIGHT_DUPLICATE`; the copy's rights are a subset.
+pub fn zx_handle_duplicate(
+    process: &Process,
+    handle: zx_handle_t,
+    rights: zx_rights_t,
+    out: &mut zx_handle_t,
+) -> zx_status_t {
+    with_out(out, || {
+        let old = process.handle(handle)?;
+        require(old.rights, Rights::DUPLICATE)?;
+        let rights = derived_rights(&old, rights)?;
+        process.add_handle(old.object, rights)
+    })
+}
+
+/// `zx_handle_replace`: a new handle with a subset of the rights; the old one is closed. On
+/// failure the old handle stays valid.
+pub fn zx_handle_replace(
+    process: &Process,
+    handle: zx_handle_t,
+    rights: zx_rights_t,
+    out: &mut zx_handle_t,
+) -> zx_status_t {
+    with_out(out, || {
+        let old = process.handle(handle)?;
+        let rights = derived_rights(&old, rights)?;
+        process.replace_handle(handle, rights)
+    })
+}
+
+/// `zx_handle_close`: closing `ZX_HANDLE_INVALID` succeeds and does nothing.
+pub fn zx_handle_close(process: &Process, handle: zx_handle_t) -> zx_status_t {
+    if handle == ZX_HANDLE_INVALID {
+        return ZX_OK;
+    }
+    to_status(process.remove_handle(handle).map(drop))
+}

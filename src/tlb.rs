@@ -1,0 +1,168 @@
+//! Batched TLB invalidation, and the rule that frames are freed only after it.
+//!
+//! An operation (a decommit, an unmap, a protect) changes page-table entries in one or more address
+//! spaces. It collects, per address space, what must be invalidated in a [`PendingFlush`] (single
+//! pages up to [`FULL_FLUSH_THRESHOLD`], then the whole address space), and every frame it takes
+//! away from a VMO or a page table in a [`TlbBatch`]. Nothing here frees a frame except
+//! [`TlbBatch::finish`], which invalidates first. A batch is `#[must_use]`, and one dropped without
+//! `finish` leaks its frames rather than freeing them early (and fails a debug assertion).
+
+use crate::platform::{PhysAddr, Platform, TlbScope};
+use crate::vmar::AddressSpace;
+use crate::vmo::Vmo;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// Past this many pages in one address space, an operation invalidates the whole address space
+/// instead of page by page. Zircon uses 32 on x86.
+pub const FULL_FLUSH_THRESHOLD: usize = 32;
+
+/// What one address space needs invalidated after its entries changed, and the table pages that
+/// become free once that is done.
+#[derive(Default, Debug)]
+pub struct PendingFlush {
+    pages: Vec<u64>,
+    full: bool,
+    changed: usize,
+    freed_tables: Vec<PhysAddr>,
+}
+
+impl PendingFlush {
+    /// An empty record.
+    pub const fn new() -> Self {
+        PendingFlush {
+            pages: Vec::new(),
+            full: false,
+            changed: 0,
+            freed_tables: Vec::new(),
+        }
+    }
+
+    /// Records that the translation of the page at `va` changed.
+    #[inline]
+    pub fn add_page(&mut self, va: u64) {
+        self.changed += 1;
+        if self.full {
+            return;
+        }
+        if self.pages.len() < FULL_FLUSH_THRESHOLD {
+            self.pages.push(va);
+        } else {
+            self.add_all();
+        }
+    }
+
+    /// Records that the whole address space must be invalidated.
+    pub fn add_all(&mut self) {
+        self.full = true;
+        self.pages = Vec::new();
+    }
+
+    /// Records a page-table page that was unlinked and may be freed after the invalidation.
+    pub fn free_table(&mut self, table: PhysAddr) {
+        self.freed_tables.push(table);
+    }
+
+    /// Whether nothing needs invalidating.
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.pages.is_empty()
+    }
+
+    /// How many page translations changed.
+    pub fn changed_pages(&self) -> usize {
+        self.changed
+    }
+
+    /// What to invalidate.
+    pub fn scope(&self) -> TlbScope<'_> {
+        if self.full {
+            TlbScope::All
+        } else {
+            TlbScope::Pages(&self.pages)
+        }
+    }
+
+    /// Whether table pages were unlinked (cached walks through them must go too).
+    pub fn tables_freed(&self) -> bool {
+        !self.freed_tables.is_empty()
+    }
+
+    /// The table pages to free after the invalidation.
+    pub(crate) fn freed_tables(&self) -> &[PhysAddr] {
+        &self.freed_tables
+    }
+}
+
+/// Everything one operation must invalidate and then free.
+#[must_use = "frames taken out of use are freed only by TlbBatch::finish, after the invalidation"]
+#[derive(Default)]
+pub struct TlbBatch {
+    spaces: Vec<(Arc<AddressSpace>, PendingFlush)>,
+    frames: Vec<PhysAddr>,
+    keep_alive: Vec<Arc<Vmo>>,
+}
+
+impl TlbBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The record for `aspace`, made on first use.
+    pub(crate) fn space(&mut self, aspace: &Arc<AddressSpace>) -> &mut PendingFlush {
+        let index = match self.spaces.iter().position(|(a, _)| Arc::ptr_eq(a, aspace)) {
+            Some(index) => index,
+            None => {
+                self.spaces.push((aspace.clone(), PendingFlush::new()));
+                self.spaces.len() - 1
+            }
+        };
+        &mut self.spaces[index].1
+    }
+
+    /// The list that data frames go into, to be freed after the invalidation.
+    pub(crate) fn frames(&mut self) -> &mut Vec<PhysAddr> {
+        &mut self.frames
+    }
+
+    /// Keeps `vmo` alive until after the invalidation, so that its frames cannot be freed by its
+    /// destructor while a TLB may still map them.
+    pub(crate) fn keep_alive(&mut self, vmo: Arc<Vmo>) {
+        self.keep_alive.push(vmo);
+    }
+
+    /// How many page translations changed, over all address spaces.
+    pub fn changed_pages(&self) -> usize {
+        self.spaces.iter().map(|(_, p)| p.changed_pages()).sum()
+    }
+
+    /// Invalidates every recorded translation on the CPUs that may hold it, waits for that to
+    /// complete, and only then frees the frames and table pages.
+    pub fn finish(mut self, platform: &dyn Platform) {
+        let spaces = core::mem::take(&mut self.spaces);
+        let mut frames = core::mem::take(&mut self.frames);
+        for (aspace, pending) in &spaces {
+            if !pending.is_empty() {
+                aspace.invalidate(pending);
+            }
+            frames.extend_from_slice(pending.freed_tables());
+        }
+        if !frames.is_empty() {
+            // SAFETY: every frame here was unlinked from the page tables and the page lists under
+            // their locks, and `invalidate` above returned only after every CPU that may have held
+            // a translation through them completed its invalidation; each frame is listed once.
+            unsafe { platform.free_frames(&frames) };
+        }
+        // The VMOs may now drop, and free their remaining frames.
+        self.keep_alive.clear();
+    }
+}
+
+impl Drop for TlbBatch {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.frames.is_empty() && self.spaces.iter().all(|(_, p)| p.freed_tables.is_empty()),
+            "a TlbBatch holding frames was dropped without finish(): its frames leak"
+        );
+    }
+}

@@ -1,0 +1,961 @@
+//! Address spaces and their VMARs (virtual memory address regions).
+//!
+//! An [`AddressSpace`] owns one tree of VMARs, rooted at its root VMAR, and one page table. Each
+//! VMAR keeps its children (sub-VMARs and mappings) in an intrusive red-black tree keyed by base
+//! address ([`region`]), so finding the child at an address and checking a range for overlap are
+//! O(log n).
+//!
+//! # Lock order
+//!
+//! This is the crate's one lock order; every path takes locks in it, and never in reverse:
+//!
+//! 1. an address space's **tree lock** (`AddressSpace::tree`): its VMARs, their children, and the
+//!    permissions of its mappings. At most one tree lock is held at a time.
+//! 2. **VMO locks** (`Vmo::inner`): a VMO's pages, pins and mapping list. When an operation needs
+//!    several at once (a decommit over mappings of several VMOs), it takes them in increasing koid
+//!    order.
+//! 3. a **page-table lock** (`AddressSpace::mmu`) of any address space, the caller's or another's:
+//!    a leaf lock. A decommit reaches other address spaces from the VMO side, through the VMO's
+//!    mapping list, taking only their page-table locks, which is why those are separate from the
+//!    tree locks.
+//!
+//! The frame allocator and the TLB invalidation ([`crate::platform::Platform`]) sit below all of
+//! them; a [`TlbBatch`] is finished after the locks are dropped.
+
+mod region;
+
+pub use self::region::{Mapping, Region};
+pub(crate) use self::region::{RegionKind, TreeAdapter, VmoListAdapter};
+
+use crate::abi::{
+    is_page_aligned, page_round_up, zx_koid_t, Status, VmOptions, ZxResult, PAGE_SHIFT, PAGE_SIZE,
+};
+use crate::arch::{
+    new_page_table, translate_format, Format, MmuFlags, PageTableOps, USER_ADDRESS_LIMIT,
+};
+use crate::object::next_koid;
+use crate::platform::{AtomicCpuSet, CpuSet, PhysAddr, Platform, TlbInvalidate};
+use crate::tlb::{PendingFlush, TlbBatch};
+use crate::vmo::{Vmo, VmoInner};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use intrusive_collections::{Bound, RBTree};
+use spin::{Mutex, MutexGuard};
+
+/// The identity of a VMAR within its address space.
+pub type VmarId = u64;
+
+/// The lowest user address: the root VMAR's base.
+pub const USER_ASPACE_BASE: u64 = 0x0100_0000;
+/// The size of the root VMAR: up to one page below the top of the 47-bit lower half.
+pub const USER_ASPACE_SIZE: u64 = USER_ADDRESS_LIMIT - PAGE_SIZE - USER_ASPACE_BASE;
+
+/// The kind of access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A load.
+    Read,
+    /// A store.
+    Write,
+    /// An instruction fetch.
+    Execute,
+}
+
+impl Access {
+    fn required(self) -> MmuFlags {
+        match self {
+            Access::Read => MmuFlags::READ,
+            Access::Write => MmuFlags::WRITE,
+            Access::Execute => MmuFlags::EXECUTE,
+        }
+    }
+}
+
+/// Why a page fault could not be resolved. The kernel turns it into an exception for the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultError {
+    /// No mapping covers the address.
+    NotMapped,
+    /// The mapping does not allow the access.
+    AccessDenied,
+    /// The address maps past the end of the VMO.
+    OutOfRange,
+    /// No frame could be had.
+    NoMemory,
+}
+
+/// One VMAR's own state, in its address space's tree.
+pub(crate) struct VmarNode {
+    base: u64,
+    size: u64,
+    /// The `ZX_VM_CAN_MAP_*` flags of the VMAR.
+    flags: VmOptions,
+    parent: Option<VmarId>,
+    children: RBTree<TreeAdapter>,
+}
+
+impl VmarNode {
+    fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    fn contains_range(&self, start: u64, end: u64) -> bool {
+        start >= self.base && end <= self.end() && start < end
+    }
+
+    /// The child containing `va`.
+    fn child_at(&self, va: u64) -> Option<Arc<Region>> {
+        let cursor = self.children.upper_bound(Bound::Included(&va));
+        let region = cursor.get()?;
+        (va < region.end()).then(|| cursor.clone_pointer().expect("cursor is valid"))
+    }
+
+    /// Whether any child overlaps `[start, end)`.
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        // Children do not overlap, so the one with the greatest base below `end` reaches furthest.
+        self.children
+            .upper_bound(Bound::Excluded(&end))
+            .get()
+            .is_some_and(|region| region.end() > start)
+    }
+
+    /// The children overlapping `[start, end)`, in address order.
+    fn children_in(&self, start: u64, end: u64) -> Vec<Arc<Region>> {
+        let mut cursor = self.children.upper_bound(Bound::Included(&start));
+        if cursor.get().is_none_or(|region| region.end() <= start) {
+            cursor.move_next();
+        }
+        let mut out = Vec::new();
+        while let Some(region) = cursor.get() {
+            if region.base() >= end {
+                break;
+            }
+            out.push(cursor.clone_pointer().expect("cursor is valid"));
+            cursor.move_next();
+        }
+        out
+    }
+
+    /// The lowest free, page-aligned gap of `size` bytes.
+    fn find_gap(&self, size: u64) -> Option<u64> {
+        let mut candidate = self.base;
+        for region in self.children.iter() {
+            if region.base() >= candidate && region.base() - candidate >= size {
+                return Some(candidate);
+            }
+            candidate = candidate.max(region.end());
+        }
+        (self.end() - candidate >= size).then_some(candidate)
+    }
+
+    /// Unlinks `region` from the children.
+    fn unlink(&mut self, region: &Region) {
+        // SAFETY: callers pass only regions found in this node's tree under the tree lock they
+        // still hold, so `region` is linked in `self.children` and in no other tree.
+        let mut cursor = unsafe { self.children.cursor_mut_from_ptr(region) };
+        cursor.remove();
+    }
+}
+
+/// The VMAR tree of one address space.
+pub(crate) struct AspaceTree {
+    vmars: BTreeMap<VmarId, VmarNode>,
+    next_id: VmarId,
+}
+
+impl AspaceTree {
+    fn node(&self, id: VmarId) -> ZxResult<&VmarNode> {
+        self.vmars.get(&id).ok_or(Status::BadState)
+    }
+
+    fn node_mut(&mut self, id: VmarId) -> ZxResult<&mut VmarNode> {
+        self.vmars.get_mut(&id).ok_or(Status::BadState)
+    }
+
+    /// The mappings that cover `[start, end)` below VMAR `id`, each with the part of the range it
+    /// covers and the VMAR it sits in, looking through nested VMARs. `gap` is returned if a page
+    /// of the range is not covered by a mapping.
+    fn covering_mappings(
+        &self,
+        id: VmarId,
+        start: u64,
+        end: u64,
+        gap: Status,
+        out: &mut Vec<Covered>,
+    ) -> ZxResult {
+        let node = self.node(id)?;
+        let mut next = start;
+        for region in node.children_in(start, end) {
+            if region.base() > next {
+                return Err(gap);
+            }
+            let lo = start.max(region.base());
+            let hi = end.min(region.end());
+            match region.kind() {
+                RegionKind::Vmar(child) => self.covering_mappings(*child, lo, hi, gap, out)?,
+                RegionKind::Mapping(_) => out.push(Covered {
+                    vmar: id,
+                    region: region.clone(),
+                    start: lo,
+                    end: hi,
+                }),
+            }
+            next = hi;
+        }
+        if next < end {
+            return Err(gap);
+        }
+        Ok(())
+    }
+}
+
+/// A mapping and the part of an operation's range that it covers.
+struct Covered {
+    vmar: VmarId,
+    region: Arc<Region>,
+    start: u64,
+    end: u64,
+}
+
+impl Covered {
+    fn mapping(&self) -> &Mapping {
+        self.region.mapping().expect("only mappings are collected")
+    }
+
+    /// The VMO pages behind `[start, end)`.
+    fn vmo_pages(&self) -> (u64, u64) {
+        let offset = self.mapping().vmo_offset() - self.region.base();
+        (
+            (self.start + offset) >> PAGE_SHIFT,
+            (self.end + offset) >> PAGE_SHIFT,
+        )
+    }
+}
+
+/// An address space: a tree of VMARs and the page table that realises its mappings.
+pub struct AddressSpace {
+    koid: zx_koid_t,
+    platform: Arc<dyn Platform>,
+    format: Format,
+    /// The root table; fixed for the address space's life.
+    root_table: PhysAddr,
+    asid: u16,
+    root_vmar: VmarId,
+    /// The CPUs on which the address space is active.
+    active: AtomicCpuSet,
+    weak_self: Weak<AddressSpace>,
+    tree: Mutex<AspaceTree>,
+    mmu: Mutex<Box<dyn PageTableOps>>,
+}
+
+impl AddressSpace {
+    /// A new address space with an empty root VMAR covering the user range, and page tables in
+    /// `format`.
+    pub fn new(platform: Arc<dyn Platform>, format: Format) -> ZxResult<Arc<AddressSpace>> {
+        let mmu = new_page_table(&*platform, format)?;
+        let root_table = mmu.root();
+        let root_vmar = 1;
+        let mut vmars = BTreeMap::new();
+        vmars.insert(
+            root_vmar,
+            VmarNode {
+                base: USER_ASPACE_BASE,
+                size: USER_ASPACE_SIZE,
+                flags: VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC,
+                parent: None,
+                children: RBTree::new(TreeAdapter::new()),
+            },
+        );
+        Ok(Arc::new_cyclic(|weak_self| AddressSpace {
+            koid: next_koid(),
+            platform,
+            format,
+            root_table,
+            asid: 0,
+            root_vmar,
+            active: AtomicCpuSet::new(),
+            weak_self: weak_self.clone(),
+            tree: Mutex::new(AspaceTree {
+                vmars,
+                next_id: root_vmar + 1,
+            }),
+            mmu: Mutex::new(mmu),
+        }))
+    }
+
+    /// The root VMAR.
+    pub fn root_vmar(self: &Arc<Self>) -> Arc<Vmar> {
+        Arc::new(Vmar {
+            koid: next_koid(),
+            aspace: self.clone(),
+            id: self.root_vmar,
+            base: USER_ASPACE_BASE,
+            size: USER_ASPACE_SIZE,
+            flags: VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC,
+        })
+    }
+
+    /// The kernel object id.
+    pub fn koid(&self) -> zx_koid_t {
+        self.koid
+    }
+
+    /// The page-table format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The physical address of the root page table (for CR3 or TTBR0_EL1).
+    pub fn root_table(&self) -> PhysAddr {
+        self.root_table
+    }
+
+    /// The ASID or PCID tag of the address space's translations (0: untagged).
+    pub fn asid(&self) -> u16 {
+        self.asid
+    }
+
+    /// The platform the address space was made on.
+    pub fn platform(&self) -> &Arc<dyn Platform> {
+        &self.platform
+    }
+
+    /// Records that `cpu` now runs in this address space. The kernel calls it before the CPU
+    /// loads the root table (and [`AddressSpace::deactivate`] after it switched away), so that
+    /// every invalidation issued meanwhile reaches the CPU.
+    pub fn activate(&self, cpu: usize) {
+        self.active.insert(cpu);
+    }
+
+    /// Records that `cpu` no longer runs in this address space.
+    pub fn deactivate(&self, cpu: usize) {
+        self.active.remove(cpu);
+    }
+
+    /// The CPUs on which the address space is active.
+    pub fn active_cpus(&self) -> CpuSet {
+        self.active.load()
+    }
+
+    /// How many page-table pages the address space holds.
+    pub fn page_table_pages(&self) -> usize {
+        self.mmu.lock().table_pages()
+    }
+
+    /// The frame and permissions `va` translates to in the page table (taking its lock).
+    pub fn query(&self, va: u64) -> Option<(PhysAddr, MmuFlags)> {
+        self.mmu.lock().query(&*self.platform, va)
+    }
+
+    /// Walks the page table for `va` without a lock, as the MMU does.
+    ///
+    /// # Safety
+    /// As for [`crate::arch::translate`]: the tables stay readable during the walk (the host
+    /// simulation's memory always is).
+    pub unsafe fn translate(&self, va: u64) -> Option<(PhysAddr, MmuFlags)> {
+        // SAFETY: forwarded from the caller.
+        unsafe { translate_format(self.format, &*self.platform, self.root_table, va) }
+    }
+
+    /// Runs `f` on the page table with its lock held and no TLB maintenance at all: for tests
+    /// that need a stale translation on purpose, and for diagnostics.
+    #[cfg(feature = "sim")]
+    pub fn with_page_table_unsynchronized<R>(
+        &self,
+        f: impl FnOnce(&mut dyn PageTableOps, &dyn Platform) -> R,
+    ) -> R {
+        let mut mmu = self.mmu.lock();
+        f(&mut **mmu, &*self.platform)
+    }
+
+    fn arc(&self) -> Arc<AddressSpace> {
+        self.weak_self
+            .upgrade()
+            .expect("called on a live address space")
+    }
+
+    fn lock_tree(&self) -> MutexGuard<'_, AspaceTree> {
+        self.tree.lock()
+    }
+
+    /// Removes the translations of `[start, end)` from the page table into `pending`.
+    pub(crate) fn unmap_pages(&self, start: u64, end: u64, pending: &mut PendingFlush) {
+        self.mmu.lock().unmap(&*self.platform, start, end, pending);
+    }
+
+    /// Invalidates what `pending` records on every CPU that may hold it, and waits for completion.
+    pub(crate) fn invalidate(&self, pending: &PendingFlush) {
+        let request = TlbInvalidate {
+            cpus: self.active.load(),
+            asid: self.asid,
+            root: self.root_table,
+            scope: pending.scope(),
+            tables_freed: pending.tables_freed(),
+        };
+        self.platform.invalidate_tlb(&request);
+    }
+
+    /// Resolves a page fault at `va`: commits the VMO page if needed and maps it with the
+    /// mapping's permissions.
+    pub fn page_fault(&self, va: u64, access: Access) -> Result<(), FaultError> {
+        let va = va & !(PAGE_SIZE - 1);
+        let tree = self.lock_tree();
+        let mut node = tree
+            .node(self.root_vmar)
+            .map_err(|_| FaultError::NotMapped)?;
+        let region = loop {
+            let region = node.child_at(va).ok_or(FaultError::NotMapped)?;
+            match region.kind() {
+                RegionKind::Vmar(child) => {
+                    node = tree.node(*child).map_err(|_| FaultError::NotMapped)?;
+                }
+                RegionKind::Mapping(_) => break region,
+            }
+        };
+        let mapping = region.mapping().expect("matched above");
+        let flags = mapping.flags();
+        if !flags.contains(access.required()) || !flags.contains(MmuFlags::READ) {
+            return Err(FaultError::AccessDenied);
+        }
+        let vmo = mapping.vmo();
+        let index = (mapping.vmo_offset() + (va - region.base())) >> PAGE_SHIFT;
+        if index >= vmo.size() >> PAGE_SHIFT {
+            return Err(FaultError::OutOfRange);
+        }
+        let mut inner = vmo.lock();
+        let pa = vmo
+            .commit_page_locked(&mut inner, index)
+            .map_err(|_| FaultError::NoMemory)?;
+        self.mmu
+            .lock()
+            .map(&*self.platform, va, pa, flags | MmuFlags::USER)
+            .map_err(|_| FaultError::NoMemory)
+    }
+
+    /// Unmaps `region` (a mapping, already unlinked from its VMAR) from the page table and its
+    /// VMO's list. The VMO is kept alive in `batch` until the invalidation is done.
+    fn unlink_mapping(&self, region: &Arc<Region>, batch: &mut TlbBatch) {
+        let mapping = region.mapping().expect("a mapping");
+        let vmo = mapping.vmo().clone();
+        {
+            let mut inner = vmo.lock();
+            self.unmap_pages(region.base(), region.end(), batch.space(&self.arc()));
+            Vmo::remove_mapping_locked(&mut inner, region);
+        }
+        batch.keep_alive(vmo);
+    }
+
+    /// Destroys VMAR `id` and everything below it. Its region in the parent is left to the caller.
+    fn destroy_subtree(&self, tree: &mut AspaceTree, id: VmarId, batch: &mut TlbBatch) {
+        let Some(mut node) = tree.vmars.remove(&id) else {
+            return;
+        };
+        let mut children = node.children.take();
+        let mut cursor = children.front_mut();
+        while let Some(region) = cursor.remove() {
+            match region.kind() {
+                RegionKind::Vmar(child) => self.destroy_subtree(tree, *child, batch),
+                RegionKind::Mapping(_) => self.unlink_mapping(&region, batch),
+            }
+        }
+    }
+
+    /// Splits the mapping `region` of VMAR `id` at `va` (page aligned, strictly inside it). The
+    /// lower part keeps the region; the upper part is a new region, returned.
+    fn split_mapping(&self, node: &mut VmarNode, region: &Arc<Region>, va: u64) -> Arc<Region> {
+        let mapping = region.mapping().expect("a mapping");
+        debug_assert!(va > region.base() && va < region.end() && is_page_aligned(va));
+        let delta = va - region.base();
+        let upper = Region::new_mapping(
+            mapping.aspace_weak().clone(),
+            va,
+            region.size() - delta,
+            mapping.vmo().clone(),
+            mapping.vmo_offset() + delta,
+            mapping.flags(),
+            mapping.can_map(),
+        );
+        let mut inner = mapping.vmo().lock();
+        region.set_size(delta);
+        Vmo::add_mapping_locked(&mut inner, upper.clone());
+        node.children.insert(upper.clone());
+        upper
+    }
+
+    /// Splits the mappings of VMAR `id` so that none straddles `start` or `end`.
+    fn split_at_bounds(&self, tree: &mut AspaceTree, id: VmarId, start: u64, end: u64) -> ZxResult {
+        let node = tree.node_mut(id)?;
+        for va in [start, end] {
+            if let Some(region) = node.child_at(va) {
+                if region.mapping().is_some() && region.base() < va {
+                    self.split_mapping(node, &region, va);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AddressSpace {
+    fn drop(&mut self) {
+        // Tear down whatever is still mapped. No CPU runs here any more (a CPU that did would hold
+        // the address space alive), but TLBs may keep its translations, so invalidate before the
+        // table pages are freed.
+        let tree = self.tree.get_mut();
+        let mut pending = PendingFlush::new();
+        let mut vmos = Vec::new();
+        for (_, mut node) in core::mem::take(&mut tree.vmars) {
+            let mut children = node.children.take();
+            let mut cursor = children.front_mut();
+            while let Some(region) = cursor.remove() {
+                if let Some(mapping) = region.mapping() {
+                    let mut inner = mapping.vmo().lock();
+                    Vmo::remove_mapping_locked(&mut inner, &region);
+                    drop(inner);
+                    vmos.push(mapping.vmo().clone());
+                }
+            }
+        }
+        let mmu = self.mmu.get_mut();
+        mmu.release(&*self.platform, &mut pending);
+        self.invalidate(&pending);
+        // SAFETY: the tables were unlinked by `release`, and `invalidate` returned after every CPU
+        // that may cache walks through them completed its invalidation.
+        unsafe { self.platform.free_frames(pending.freed_tables()) };
+        drop(vmos);
+    }
+}
+
+/// A VMAR: a handle's view of one region of an address space.
+pub struct Vmar {
+    koid: zx_koid_t,
+    aspace: Arc<AddressSpace>,
+    id: VmarId,
+    base: u64,
+    size: u64,
+    flags: VmOptions,
+}
+
+/// Converts `ZX_VM_PERM_*` bits into page permissions.
+pub fn perms_to_mmu(options: VmOptions) -> MmuFlags {
+    let mut flags = MmuFlags::empty();
+    if options.contains(VmOptions::PERM_READ) {
+        flags |= MmuFlags::READ;
+    }
+    if options.contains(VmOptions::PERM_WRITE) {
+        flags |= MmuFlags::WRITE;
+    }
+    if options.contains(VmOptions::PERM_EXECUTE) {
+        flags |= MmuFlags::EXECUTE;
+    }
+    flags
+}
+
+/// The `ZX_VM_CAN_MAP_*` bits that the `ZX_VM_PERM_*` bits of `options` need.
+pub fn perms_needing_can_map(options: VmOptions) -> VmOptions {
+    let mut can_map = VmOptions::empty();
+    if options.contains(VmOptions::PERM_READ) {
+        can_map |= VmOptions::CAN_MAP_READ;
+    }
+    if options.contains(VmOptions::PERM_WRITE) {
+        can_map |= VmOptions::CAN_MAP_WRITE;
+    }
+    if options.contains(VmOptions::PERM_EXECUTE) {
+        can_map |= VmOptions::CAN_MAP_EXECUTE;
+    }
+    can_map
+}
+
+/// Whether a set of `ZX_VM_PERM_*` bits is one a mapping can have (no write without read).
+fn valid_perms(options: VmOptions) -> bool {
+    !options.contains(VmOptions::PERM_WRITE) || options.contains(VmOptions::PERM_READ)
+}
+
+impl Vmar {
+    /// The kernel object id.
+    pub fn koid(&self) -> zx_koid_t {
+        self.koid
+    }
+
+    /// The first address.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The `ZX_VM_CAN_MAP_*` flags.
+    pub fn flags(&self) -> VmOptions {
+        self.flags
+    }
+
+    /// The address space.
+    pub fn aspace(&self) -> &Arc<AddressSpace> {
+        &self.aspace
+    }
+
+    /// Whether the VMAR was destroyed.
+    pub fn is_destroyed(&self) -> bool {
+        !self.aspace.lock_tree().vmars.contains_key(&self.id)
+    }
+
+    /// The absolute range `[base + offset, base + offset + size)`, if it fits in the VMAR.
+    fn sub_range(&self, offset: u64, size: u64) -> Option<(u64, u64)> {
+        let start = self.base.checked_add(offset)?;
+        let end = start.checked_add(size)?;
+        (end <= self.base + self.size && start < end).then_some((start, end))
+    }
+
+    /// `zx_vmar_allocate`: a sub-VMAR of `size` bytes at `offset` (with `ZX_VM_SPECIFIC`) or
+    /// wherever it fits. `options` may hold `ZX_VM_CAN_MAP_*`, `ZX_VM_SPECIFIC` and
+    /// `ZX_VM_COMPACT`; the caller checked the handle's rights.
+    pub fn allocate(&self, options: VmOptions, offset: u64, size: u64) -> ZxResult<Arc<Vmar>> {
+        let allowed = VmOptions::CAN_MAP_PERMS
+            | VmOptions::CAN_MAP_SPECIFIC
+            | VmOptions::SPECIFIC
+            | VmOptions::COMPACT;
+        if !allowed.contains(options) {
+            return Err(Status::InvalidArgs);
+        }
+        let size = page_round_up(size).ok_or(Status::InvalidArgs)?;
+        if size == 0 || !is_page_aligned(offset) {
+            return Err(Status::InvalidArgs);
+        }
+        let mut tree = self.aspace.lock_tree();
+        let node = tree.node(self.id)?;
+        let child_flags = options & (VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC);
+        if !node.flags.contains(child_flags & VmOptions::CAN_MAP_PERMS) {
+            return Err(Status::AccessDenied);
+        }
+        let start = if options.contains(VmOptions::SPECIFIC) {
+            if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
+                return Err(Status::AccessDenied);
+            }
+            let (start, end) = self.sub_range(offset, size).ok_or(Status::InvalidArgs)?;
+            if node.overlaps(start, end) {
+                return Err(Status::AlreadyExists);
+            }
+            start
+        } else {
+            if offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            node.find_gap(size).ok_or(Status::NoResources)?
+        };
+        let id = tree.next_id;
+        tree.next_id += 1;
+        let parent = tree.node_mut(self.id)?;
+        parent.children.insert(Region::new_vmar(id, start, size));
+        tree.vmars.insert(
+            id,
+            VmarNode {
+                base: start,
+                size,
+                flags: child_flags,
+                parent: Some(self.id),
+                children: RBTree::new(TreeAdapter::new()),
+            },
+        );
+        Ok(Arc::new(Vmar {
+            koid: next_koid(),
+            aspace: self.aspace.clone(),
+            id,
+            base: start,
+            size,
+            flags: child_flags,
+        }))
+    }
+
+    /// `zx_vmar_map`: maps `len` bytes of `vmo` from `vmo_offset`. `options` holds `ZX_VM_PERM_*`
+    /// and the placement flags; `can_map` the `ZX_VM_CAN_MAP_*` permissions that the caller's
+    /// handles allow (the mapping may never exceed them). Returns the mapped address.
+    pub fn map(
+        &self,
+        options: VmOptions,
+        vmar_offset: u64,
+        vmo: &Arc<Vmo>,
+        vmo_offset: u64,
+        len: u64,
+        can_map: VmOptions,
+    ) -> ZxResult<u64> {
+        let allowed = VmOptions::PERMS
+            | VmOptions::SPECIFIC
+            | VmOptions::SPECIFIC_OVERWRITE
+            | VmOptions::MAP_RANGE
+            | VmOptions::ALLOW_FAULTS
+            | VmOptions::REQUIRE_NON_RESIZABLE;
+        if !allowed.contains(options) || !valid_perms(options) {
+            return Err(Status::InvalidArgs);
+        }
+        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
+        if len == 0 || !is_page_aligned(vmar_offset) || !is_page_aligned(vmo_offset) {
+            return Err(Status::InvalidArgs);
+        }
+        vmo_offset.checked_add(len).ok_or(Status::OutOfRange)?;
+        let mut tree = self.aspace.lock_tree();
+        let node = tree.node(self.id)?;
+        let needed = perms_needing_can_map(options);
+        if !node.flags.contains(needed) || !can_map.contains(needed) {
+            return Err(Status::AccessDenied);
+        }
+        let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
+        let specific = options.intersects(VmOptions::SPECIFIC | VmOptions::SPECIFIC_OVERWRITE);
+        let mut batch = TlbBatch::new();
+        let start = if specific {
+            if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
+                return Err(Status::AccessDenied);
+            }
+            let (start, end) = self
+                .sub_range(vmar_offset, len)
+                .ok_or(Status::InvalidArgs)?;
+            if node.overlaps(start, end) {
+                if !options.contains(VmOptions::SPECIFIC_OVERWRITE) {
+                    return Err(Status::AlreadyExists);
+                }
+                self.unmap_locked(&mut tree, start, end, &mut batch)?;
+            }
+            start
+        } else {
+            if vmar_offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            node.find_gap(len).ok_or(Status::NoResources)?
+        };
+        let flags = perms_to_mmu(options);
+        let region = Region::new_mapping(
+            Arc::downgrade(&self.aspace),
+            start,
+            len,
+            vmo.clone(),
+            vmo_offset,
+            flags,
+            can_map,
+        );
+        {
+            let mut inner = vmo.lock();
+            Vmo::add_mapping_locked(&mut inner, region.clone());
+            tree.node_mut(self.id)?.children.insert(region);
+            if options.contains(VmOptions::MAP_RANGE) && flags.contains(MmuFlags::READ) {
+                self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)?;
+            }
+        }
+        drop(tree);
+        batch.finish(&**self.aspace.platform());
+        Ok(start)
+    }
+
+    /// Maps every committed page of a new mapping (`ZX_VM_MAP_RANGE`).
+    fn map_committed_locked(
+        &self,
+        vmo: &Vmo,
+        inner: &VmoInner,
+        start: u64,
+        len: u64,
+        vmo_offset: u64,
+        flags: MmuFlags,
+    ) -> ZxResult {
+        let first = vmo_offset >> PAGE_SHIFT;
+        let last = ((vmo_offset + len).min(vmo.size())) >> PAGE_SHIFT;
+        let mut mmu = self.aspace.mmu.lock();
+        for (index, pa) in vmo.committed_in_locked(inner, first, last.max(first)) {
+            let va = start + ((index << PAGE_SHIFT) - vmo_offset);
+            mmu.map(&**self.aspace.platform(), va, pa, flags | MmuFlags::USER)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything in `[start, end)` of this VMAR: mappings (split where they straddle the
+    /// ends) and sub-VMARs wholly inside. A sub-VMAR partly inside is `ZX_ERR_INVALID_ARGS`, checked
+    /// before anything changes.
+    fn unmap_locked(
+        &self,
+        tree: &mut AspaceTree,
+        start: u64,
+        end: u64,
+        batch: &mut TlbBatch,
+    ) -> ZxResult {
+        let node = tree.node(self.id)?;
+        let partial_vmar = node.children_in(start, end).iter().any(|region| {
+            matches!(region.kind(), RegionKind::Vmar(_))
+                && (region.base() < start || region.end() > end)
+        });
+        if partial_vmar {
+            return Err(Status::InvalidArgs);
+        }
+        self.aspace.split_at_bounds(tree, self.id, start, end)?;
+        let doomed = tree.node(self.id)?.children_in(start, end);
+        for region in doomed {
+            tree.node_mut(self.id)?.unlink(&region);
+            match region.kind() {
+                RegionKind::Vmar(child) => self.aspace.destroy_subtree(tree, *child, batch),
+                RegionKind::Mapping(_) => self.aspace.unlink_mapping(&region, batch),
+            }
+        }
+        Ok(())
+    }
+
+    /// `zx_vmar_unmap`: unmaps `[addr, addr + len)` (length rounded up to pages).
+    pub fn unmap(&self, addr: u64, len: u64) -> ZxResult {
+        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
+        if len == 0 || !is_page_aligned(addr) {
+            return Err(Status::InvalidArgs);
+        }
+        let mut tree = self.aspace.lock_tree();
+        let node = tree.node(self.id)?;
+        let end = addr.checked_add(len).ok_or(Status::InvalidArgs)?;
+        if !node.contains_range(addr, end) {
+            return Err(Status::InvalidArgs);
+        }
+        let mut batch = TlbBatch::new();
+        let result = self.unmap_locked(&mut tree, addr, end, &mut batch);
+        drop(tree);
+        batch.finish(&**self.aspace.platform());
+        result
+    }
+
+    /// `zx_vmar_protect`: gives the mappings covering `[addr, addr + len)` the permissions in
+    /// `options` (`ZX_VM_PERM_*`). The range must be wholly mapped (`ZX_ERR_NOT_FOUND`), and each
+    /// mapping must be allowed the permissions (`ZX_ERR_ACCESS_DENIED`).
+    pub fn protect(&self, options: VmOptions, addr: u64, len: u64) -> ZxResult {
+        if !VmOptions::PERMS.contains(options) || !valid_perms(options) {
+            return Err(Status::InvalidArgs);
+        }
+        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
+        if len == 0 || !is_page_aligned(addr) {
+            return Err(Status::InvalidArgs);
+        }
+        let mut tree = self.aspace.lock_tree();
+        let node = tree.node(self.id)?;
+        let end = addr.checked_add(len).ok_or(Status::InvalidArgs)?;
+        if !node.contains_range(addr, end) {
+            return Err(Status::InvalidArgs);
+        }
+        let mut covered = Vec::new();
+        tree.covering_mappings(self.id, addr, end, Status::NotFound, &mut covered)?;
+        let needed = perms_needing_can_map(options);
+        if covered
+            .iter()
+            .any(|c| !c.mapping().can_map().contains(needed))
+        {
+            return Err(Status::AccessDenied);
+        }
+        let flags = perms_to_mmu(options);
+        let mut batch = TlbBatch::new();
+        let aspace = self.aspace.clone();
+        for c in &covered {
+            aspace.split_at_bounds(&mut tree, c.vmar, c.start, c.end)?;
+        }
+        {
+            let pending = batch.space(&aspace);
+            let mut mmu = aspace.mmu.lock();
+            for c in &covered {
+                let node = tree.node(c.vmar)?;
+                for region in node.children_in(c.start, c.end) {
+                    if let Some(mapping) = region.mapping() {
+                        mapping.set_flags(flags);
+                    }
+                }
+                mmu.protect(
+                    &**aspace.platform(),
+                    c.start,
+                    c.end,
+                    flags | MmuFlags::USER,
+                    pending,
+                );
+            }
+        }
+        drop(tree);
+        batch.finish(&**aspace.platform());
+        Ok(())
+    }
+
+    /// `zx_vmar_destroy`: unmaps everything in the VMAR and destroys it and its sub-VMARs; later
+    /// operations on it fail with `ZX_ERR_BAD_STATE`.
+    pub fn destroy(&self) -> ZxResult {
+        let mut tree = self.aspace.lock_tree();
+        let parent = tree.node(self.id)?.parent;
+        let mut batch = TlbBatch::new();
+        if let Some(parent) = parent {
+            let node = tree.node_mut(parent)?;
+            if let Some(region) = node.child_at(self.base) {
+                debug_assert!(matches!(region.kind(), RegionKind::Vmar(id) if *id == self.id));
+                node.unlink(&region);
+            }
+        }
+        self.aspace.destroy_subtree(&mut tree, self.id, &mut batch);
+        drop(tree);
+        batch.finish(&**self.aspace.platform());
+        Ok(())
+    }
+
+    /// `ZX_VMAR_OP_DECOMMIT` over `[addr, addr + len)`, after the syscall checked the handle,
+    /// the arguments and the rights: checks 5 to 10 of the contract, in its order, all before
+    /// anything changes; then decommits the VMO pages behind every mapping in the range, looking
+    /// through nested VMARs, from every mapping of those pages in every address space.
+    pub fn decommit(&self, addr: u64, len: u64) -> ZxResult {
+        // 5. Size rounding and alignment.
+        let size = page_round_up(len).ok_or(Status::OutOfRange)?;
+        if size == 0 || !is_page_aligned(addr) {
+            return Err(Status::InvalidArgs);
+        }
+        let tree = self.aspace.lock_tree();
+        // 6. A live VMAR.
+        let node = tree.node(self.id)?;
+        // 7. Inside the VMAR.
+        let end = addr.checked_add(size).ok_or(Status::OutOfRange)?;
+        if addr < node.base || end > node.end() {
+            return Err(Status::OutOfRange);
+        }
+        // 8. Every page mapped.
+        let mut covered = Vec::new();
+        tree.covering_mappings(self.id, addr, end, Status::BadState, &mut covered)?;
+        // 9. Every mapping could be writable.
+        if covered
+            .iter()
+            .any(|c| !c.mapping().can_map().contains(VmOptions::CAN_MAP_WRITE))
+        {
+            return Err(Status::AccessDenied);
+        }
+        // 10. Every VMO supports decommit, and no page is pinned.
+        if covered
+            .iter()
+            .any(|c| !c.mapping().vmo().supports_decommit())
+        {
+            return Err(Status::NotSupported);
+        }
+        let mut vmos: Vec<&Arc<Vmo>> = covered.iter().map(|c| c.mapping().vmo()).collect();
+        vmos.sort_by_key(|vmo| vmo.koid());
+        vmos.dedup_by_key(|vmo| vmo.koid());
+        let mut guards: Vec<_> = vmos.iter().map(|vmo| (vmo.koid(), vmo.lock())).collect();
+        let guard_index = |guards: &[(zx_koid_t, MutexGuard<'_, VmoInner>)], c: &Covered| {
+            guards
+                .binary_search_by_key(&c.mapping().vmo().koid(), |(koid, _)| *koid)
+                .expect("every VMO was locked")
+        };
+        for c in &covered {
+            let (first, last) = c.vmo_pages();
+            let inner = &guards[guard_index(&guards, c)].1;
+            if Vmo::any_pinned_locked(inner, first, last) {
+                return Err(Status::BadState);
+            }
+        }
+        // Every check passed: now change things.
+        let mut batch = TlbBatch::new();
+        for c in &covered {
+            let (first, last) = c.vmo_pages();
+            let index = guard_index(&guards, c);
+            c.mapping()
+                .vmo()
+                .decommit_locked(&mut guards[index].1, first, last, &mut batch);
+        }
+        drop(guards);
+        drop(tree);
+        batch.finish(&**self.aspace.platform());
+        Ok(())
+    }
+}

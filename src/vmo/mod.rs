@@ -1,0 +1,478 @@
+//! Virtual memory objects: reference-counted sets of pages, and the list of their mappings.
+//!
+//! A paged VMO commits zero-filled frames on demand (a fault, a write, `ZX_VMO_OP_COMMIT`) and
+//! gives them back on `ZX_VMO_OP_DECOMMIT`. Contiguous and physical VMOs, which a kernel creates for
+//! drivers, are backed from their creation and do not decommit.
+//!
+//! Each VMO keeps, under its lock, the list of every mapping of it in every address space, so a
+//! decommit reaches every translation of its pages. The lock order is in [`crate::vmar`].
+
+mod page_list;
+
+pub use self::page_list::{PageList, CHUNK_PAGES};
+
+use crate::abi::{
+    is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, Status, ZxResult, PAGE_SHIFT,
+    PAGE_SIZE, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_TYPE_PAGED,
+};
+use crate::object::next_koid;
+use crate::platform::{PhysAddr, Platform};
+use crate::tlb::TlbBatch;
+use crate::vmar::{Region, VmoListAdapter};
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use intrusive_collections::LinkedList;
+use spin::{Mutex, MutexGuard};
+
+/// The largest VMO: the user address space, so that any VMO can be mapped whole.
+pub const MAX_VMO_SIZE: u64 = 1 << 47;
+
+/// What backs a VMO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmoKind {
+    /// Frames from the allocator, committed on demand.
+    Paged,
+    /// Physically contiguous frames from [`Platform::alloc_contiguous`], committed at creation.
+    Contiguous {
+        /// The first frame.
+        base: PhysAddr,
+    },
+    /// A fixed physical range (device memory), never allocated or freed by the crate.
+    Physical {
+        /// The first frame.
+        base: PhysAddr,
+    },
+}
+
+/// A VMO's mutable state, guarded by its lock.
+pub(crate) struct VmoInner {
+    pages: PageList,
+    /// Pin counts of pinned pages.
+    pins: BTreeMap<u64, u32>,
+    /// Every mapping of this VMO, in every address space.
+    mappings: LinkedList<VmoListAdapter>,
+    mapping_count: u64,
+}
+
+/// A virtual memory object.
+pub struct Vmo {
+    koid: zx_koid_t,
+    size: u64,
+    kind: VmoKind,
+    platform: Arc<dyn Platform>,
+    inner: Mutex<VmoInner>,
+}
+
+/// Fills the frame at `pa` with zeroes.
+fn zero_frame(platform: &dyn Platform, pa: PhysAddr) {
+    let ptr = platform.phys_to_virt(pa);
+    // SAFETY: `ptr` is valid for PAGE_SIZE bytes while the frame is allocated (Platform contract);
+    // the caller has just allocated the frame and nothing else refers to it yet.
+    unsafe { core::ptr::write_bytes(ptr, 0, PAGE_SIZE as usize) };
+}
+
+impl Vmo {
+    fn new(platform: Arc<dyn Platform>, size: u64, kind: VmoKind) -> Arc<Vmo> {
+        Arc::new(Vmo {
+            koid: next_koid(),
+            size,
+            kind,
+            platform,
+            inner: Mutex::new(VmoInner {
+                pages: PageList::new(),
+                pins: BTreeMap::new(),
+                mappings: LinkedList::new(VmoListAdapter::new()),
+                mapping_count: 0,
+            }),
+        })
+    }
+
+    /// A paged VMO of `size` bytes (rounded up to whole pages), with nothing committed.
+    pub fn create(platform: Arc<dyn Platform>, size: u64) -> ZxResult<Arc<Vmo>> {
+        let size = page_round_up(size).ok_or(Status::OutOfRange)?;
+        if size > MAX_VMO_SIZE {
+            return Err(Status::OutOfRange);
+        }
+        Ok(Self::new(platform, size, VmoKind::Paged))
+    }
+
+    /// A VMO over `size` bytes of physically contiguous, zeroed frames. Kernel use only.
+    pub fn create_contiguous(platform: Arc<dyn Platform>, size: u64) -> ZxResult<Arc<Vmo>> {
+        let size = page_round_up(size).ok_or(Status::OutOfRange)?;
+        if size == 0 || size > MAX_VMO_SIZE {
+            return Err(Status::InvalidArgs);
+        }
+        let pages = (size >> PAGE_SHIFT) as usize;
+        let base = platform.alloc_contiguous(pages).ok_or(Status::NoMemory)?;
+        for i in 0..pages as u64 {
+            zero_frame(&*platform, PhysAddr(base.0 + i * PAGE_SIZE));
+        }
+        Ok(Self::new(platform, size, VmoKind::Contiguous { base }))
+    }
+
+    /// A VMO over the physical range `[base, base + size)`, e.g. device memory. Kernel use only;
+    /// the caller vouches that the range is not RAM the allocator hands out.
+    pub fn create_physical(
+        platform: Arc<dyn Platform>,
+        base: PhysAddr,
+        size: u64,
+    ) -> ZxResult<Arc<Vmo>> {
+        if !is_page_aligned(base.0) || !is_page_aligned(size) || size == 0 || size > MAX_VMO_SIZE {
+            return Err(Status::InvalidArgs);
+        }
+        base.0.checked_add(size).ok_or(Status::InvalidArgs)?;
+        Ok(Self::new(platform, size, VmoKind::Physical { base }))
+    }
+
+    /// The kernel object id.
+    pub fn koid(&self) -> zx_koid_t {
+        self.koid
+    }
+
+    /// The size in bytes (whole pages).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// What backs the VMO.
+    pub fn kind(&self) -> VmoKind {
+        self.kind
+    }
+
+    /// The platform the VMO's frames come from.
+    pub fn platform(&self) -> &Arc<dyn Platform> {
+        &self.platform
+    }
+
+    /// Whether `ZX_VMO_OP_DECOMMIT` applies to this VMO.
+    pub fn supports_decommit(&self) -> bool {
+        self.kind == VmoKind::Paged
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, VmoInner> {
+        self.inner.lock()
+    }
+
+    /// Bytes of memory committed to the VMO.
+    pub fn committed_bytes(&self) -> u64 {
+        match self.kind {
+            VmoKind::Paged => self.lock().pages.committed_pages() << PAGE_SHIFT,
+            VmoKind::Contiguous { .. } => self.size,
+            VmoKind::Physical { .. } => 0,
+        }
+    }
+
+    /// How many mappings of the VMO exist.
+    pub fn num_mappings(&self) -> u64 {
+        self.lock().mapping_count
+    }
+
+    /// Heap bytes of page-list metadata.
+    pub fn page_list_heap_bytes(&self) -> usize {
+        self.lock().pages.heap_bytes()
+    }
+
+    /// `zx_object_get_info(ZX_INFO_VMO)`.
+    pub fn info(&self) -> zx_info_vmo_t {
+        let flags = match self.kind {
+            VmoKind::Paged => ZX_INFO_VMO_TYPE_PAGED,
+            VmoKind::Contiguous { .. } => ZX_INFO_VMO_CONTIGUOUS,
+            VmoKind::Physical { .. } => 0,
+        };
+        zx_info_vmo_t {
+            koid: self.koid,
+            size_bytes: self.size,
+            committed_bytes: self.committed_bytes(),
+            num_mappings: self.num_mappings(),
+            flags,
+        }
+    }
+
+    /// `[offset, offset + len)` as page indices, if it lies within the VMO.
+    fn page_range(&self, offset: u64, len: u64) -> ZxResult<(u64, u64)> {
+        let end = offset.checked_add(len).ok_or(Status::OutOfRange)?;
+        if end > self.size {
+            return Err(Status::OutOfRange);
+        }
+        let first = offset >> PAGE_SHIFT;
+        if len == 0 {
+            return Ok((first, first));
+        }
+        let last = page_round_up(end).ok_or(Status::OutOfRange)? >> PAGE_SHIFT;
+        Ok((first, last))
+    }
+
+    /// The frame of page `index` if it is committed, without committing it.
+    pub(crate) fn lookup_page_locked(&self, inner: &VmoInner, index: u64) -> Option<PhysAddr> {
+        match self.kind {
+            VmoKind::Paged => inner.pages.get(index),
+            VmoKind::Contiguous { base } | VmoKind::Physical { base } => {
+                Some(PhysAddr(base.0 + (index << PAGE_SHIFT)))
+            }
+        }
+    }
+
+    /// The frame of page `index`, committing a zeroed frame if there is none. `index` is below the
+    /// VMO's size in pages.
+    pub(crate) fn commit_page_locked(
+        &self,
+        inner: &mut VmoInner,
+        index: u64,
+    ) -> ZxResult<PhysAddr> {
+        debug_assert!(index < self.size >> PAGE_SHIFT);
+        if let Some(pa) = self.lookup_page_locked(inner, index) {
+            return Ok(pa);
+        }
+        let pa = self.platform.alloc_frame().ok_or(Status::NoMemory)?;
+        zero_frame(&*self.platform, pa);
+        inner.pages.insert(index, pa);
+        Ok(pa)
+    }
+
+    /// The committed pages in `[first, last)` with their frames.
+    pub(crate) fn committed_in_locked<'a>(
+        &self,
+        inner: &'a VmoInner,
+        first: u64,
+        last: u64,
+    ) -> impl Iterator<Item = (u64, PhysAddr)> + 'a {
+        let (base, paged) = match self.kind {
+            VmoKind::Paged => (PhysAddr(0), true),
+            VmoKind::Contiguous { base } | VmoKind::Physical { base } => (base, false),
+        };
+        let fixed = (!paged)
+            .then(move || (first..last).map(move |i| (i, PhysAddr(base.0 + (i << PAGE_SHIFT)))));
+        let listed = paged.then(|| inner.pages.iter_range(first, last));
+        fixed
+            .into_iter()
+            .flatten()
+            .chain(listed.into_iter().flatten())
+    }
+
+    /// Commits every page of `[offset, offset + len)` (rounded out to pages). On failure, the
+    /// pages this call committed are given back, so nothing changes.
+    pub fn commit(&self, offset: u64, len: u64) -> ZxResult {
+        let (first, last) = self.page_range(offset, len)?;
+        let mut inner = self.lock();
+        self.commit_all_locked(&mut inner, first, last)
+    }
+
+    /// Reads `buffer.len()` bytes at `offset`. Uncommitted pages read as zero and stay uncommitted.
+    pub fn read(&self, offset: u64, buffer: &mut [u8]) -> ZxResult {
+        if matches!(self.kind, VmoKind::Physical { .. }) {
+            return Err(Status::NotSupported);
+        }
+        let (first, last) = self.page_range(offset, buffer.len() as u64)?;
+        let inner = self.lock();
+        let mut done = 0usize;
+        for index in first..last {
+            let page_start = index << PAGE_SHIFT;
+            let from = (offset + done as u64) - page_start;
+            let n = ((PAGE_SIZE - from) as usize).min(buffer.len() - done);
+            let out = &mut buffer[done..done + n];
+            match self.lookup_page_locked(&inner, index) {
+                Some(pa) => {
+                    let src = self.platform.phys_to_virt(pa);
+                    // SAFETY: the frame is committed to this VMO and cannot be freed while we hold
+                    // its lock; `from + n <= PAGE_SIZE`, and `out` is a distinct Rust buffer.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(src.add(from as usize), out.as_mut_ptr(), n)
+                    };
+                }
+                None => out.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, committing the pages it touches. On `ZX_ERR_NO_MEMORY` nothing
+    /// is written, and the pages this call committed are given back.
+    pub fn write(&self, offset: u64, data: &[u8]) -> ZxResult {
+        if matches!(self.kind, VmoKind::Physical { .. }) {
+            return Err(Status::NotSupported);
+        }
+        let (first, last) = self.page_range(offset, data.len() as u64)?;
+        let mut inner = self.lock();
+        // Commit first, so that a failure changes nothing.
+        self.commit_all_locked(&mut inner, first, last)?;
+        let mut done = 0usize;
+        for index in first..last {
+            let page_start = index << PAGE_SHIFT;
+            let to = (offset + done as u64) - page_start;
+            let n = ((PAGE_SIZE - to) as usize).min(data.len() - done);
+            let pa = self
+                .lookup_page_locked(&inner, index)
+                .expect("committed above, under the same lock");
+            let dst = self.platform.phys_to_virt(pa);
+            // SAFETY: as in `read`: the frame is committed and locked, `to + n <= PAGE_SIZE`.
+            unsafe {
+                core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst.add(to as usize), n)
+            };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Commits every page in `[first, last)`, or none of the missing ones.
+    fn commit_all_locked(&self, inner: &mut VmoInner, first: u64, last: u64) -> ZxResult {
+        if self.kind != VmoKind::Paged {
+            return Ok(());
+        }
+        let mut added: Vec<u64> = Vec::new();
+        for index in first..last {
+            if inner.pages.get(index).is_some() {
+                continue;
+            }
+            match self.platform.alloc_frame() {
+                Some(pa) => {
+                    zero_frame(&*self.platform, pa);
+                    inner.pages.insert(index, pa);
+                    added.push(index);
+                }
+                None => {
+                    let mut frames = Vec::with_capacity(added.len());
+                    for index in added {
+                        inner.pages.remove_range(index, index + 1, &mut frames);
+                    }
+                    // SAFETY: these frames were committed by this call under the lock we still
+                    // hold, so no mapping can have translated them: no TLB holds them.
+                    unsafe { self.platform.free_frames(&frames) };
+                    return Err(Status::NoMemory);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins `[offset, offset + len)` (page aligned): commits the pages and keeps them from being
+    /// decommitted until [`Vmo::unpin`]. Kernel use (DMA).
+    pub fn pin(&self, offset: u64, len: u64) -> ZxResult {
+        if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
+            return Err(Status::InvalidArgs);
+        }
+        let (first, last) = self.page_range(offset, len)?;
+        let mut inner = self.lock();
+        self.commit_all_locked(&mut inner, first, last)?;
+        for index in first..last {
+            *inner.pins.entry(index).or_insert(0) += 1;
+        }
+        Ok(())
+    }
+
+    /// Undoes one [`Vmo::pin`] of the same range. `ZX_ERR_BAD_STATE` if a page is not pinned.
+    pub fn unpin(&self, offset: u64, len: u64) -> ZxResult {
+        if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
+            return Err(Status::InvalidArgs);
+        }
+        let (first, last) = self.page_range(offset, len)?;
+        let mut inner = self.lock();
+        if (first..last).any(|index| !inner.pins.contains_key(&index)) {
+            return Err(Status::BadState);
+        }
+        for index in first..last {
+            let count = inner.pins.get_mut(&index).expect("checked above");
+            *count -= 1;
+            if *count == 0 {
+                inner.pins.remove(&index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any page in `[first, last)` is pinned.
+    pub(crate) fn any_pinned_locked(inner: &VmoInner, first: u64, last: u64) -> bool {
+        first < last && inner.pins.range(first..last).next().is_some()
+    }
+
+    /// `ZX_VMO_OP_DECOMMIT` on the VMO itself: `offset` and `len` page aligned, inside the VMO.
+    pub fn decommit(self: &Arc<Self>, offset: u64, len: u64) -> ZxResult {
+        if !is_page_aligned(offset) || !is_page_aligned(len) {
+            return Err(Status::InvalidArgs);
+        }
+        let (first, last) = self.page_range(offset, len)?;
+        if !self.supports_decommit() {
+            return Err(Status::NotSupported);
+        }
+        let mut batch = TlbBatch::new();
+        {
+            let mut inner = self.lock();
+            if Self::any_pinned_locked(&inner, first, last) {
+                return Err(Status::BadState);
+            }
+            self.decommit_locked(&mut inner, first, last, &mut batch);
+        }
+        batch.finish(&*self.platform);
+        Ok(())
+    }
+
+    /// Takes pages `[first, last)` out of the VMO and unmaps them from every mapping, recording
+    /// the invalidations and the frames to free in `batch`. The caller checked pins and kind.
+    pub(crate) fn decommit_locked(
+        &self,
+        inner: &mut VmoInner,
+        first: u64,
+        last: u64,
+        batch: &mut TlbBatch,
+    ) {
+        debug_assert!(self.supports_decommit());
+        let last = last.min(self.size >> PAGE_SHIFT);
+        if inner.pages.remove_range(first, last, batch.frames()) == 0 {
+            // No page was committed, so no translation to one can exist.
+            return;
+        }
+        let (start, end) = (first << PAGE_SHIFT, last << PAGE_SHIFT);
+        for region in inner.mappings.iter() {
+            let Some(mapping) = region.mapping() else {
+                continue;
+            };
+            let offset = mapping.vmo_offset();
+            let lo = start.max(offset);
+            let hi = end.min(offset.saturating_add(region.size()));
+            if lo >= hi {
+                continue;
+            }
+            let Some(aspace) = mapping.aspace() else {
+                continue;
+            };
+            let va = region.base() + (lo - offset);
+            aspace.unmap_pages(va, va + (hi - lo), batch.space(&aspace));
+        }
+    }
+
+    /// Adds `region`, a new mapping of this VMO, to its list.
+    pub(crate) fn add_mapping_locked(inner: &mut VmoInner, region: Arc<Region>) {
+        inner.mappings.push_back(region);
+        inner.mapping_count += 1;
+    }
+
+    /// Removes `region` from this VMO's mapping list.
+    pub(crate) fn remove_mapping_locked(inner: &mut VmoInner, region: &Region) {
+        // SAFETY: `region` is a mapping of this VMO, and a mapping is in its VMO's list from its
+        // creation until this call (made once, when it is unmapped), so it is linked in
+        // `inner.mappings` and not in any other list.
+        let mut cursor = unsafe { inner.mappings.cursor_mut_from_ptr(region) };
+        cursor.remove();
+        inner.mapping_count -= 1;
+    }
+}
+
+impl Drop for Vmo {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        debug_assert!(inner.mappings.is_empty(), "a mapping holds its VMO alive");
+        let mut frames = Vec::new();
+        inner.pages.remove_range(0, u64::MAX, &mut frames);
+        if let VmoKind::Contiguous { base } = self.kind {
+            frames
+                .extend((0..self.size >> PAGE_SHIFT).map(|i| PhysAddr(base.0 + (i << PAGE_SHIFT))));
+        }
+        if !frames.is_empty() {
+            // SAFETY: the VMO has no mappings (each mapping holds it alive, and an unmap keeps it
+            // alive in its TlbBatch until the invalidation completed), so no page table or TLB
+            // refers to these frames; each is freed once, here.
+            unsafe { self.platform.free_frames(&frames) };
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The committed pages of a VMO, compactly.
+//!
+//! Pages are kept in chunks of [`CHUNK_PAGES`] consecutive page indices, each chunk an array of
+//! 32-bit frame numbers (plus one, so that 0 means "not committed"), in a `BTreeMap` keyed by
+//! chunk index. A fully committed range costs 4 bytes per page plus the chunk's share of one map
+//! entry; a chunk is freed as soon as its last page leaves. Frame numbers must fit in 32 bits:
+//! physical memory up to 16 TiB.
+
+use crate::platform::PhysAddr;
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+/// Pages per chunk.
+pub const CHUNK_PAGES: u64 = 64;
+
+struct Chunk {
+    /// Frame number + 1 of each page; 0 where the page is not committed.
+    slots: [u32; CHUNK_PAGES as usize],
+    /// How many slots are non-zero.
+    used: u32,
+}
+
+/// A sparse map from page index to frame.
+#[derive(Default)]
+pub struct PageList {
+    chunks: BTreeMap<u64, Box<Chunk>>,
+    committed: u64,
+}
+
+fn encode(pa: PhysAddr) -> u32 {
+    let pfn = pa.frame_number();
+    assert!(
+        pfn < u64::from(u32::MAX),
+        "frame {pa:?} is beyond the 16 TiB the page list holds"
+    );
+    pfn as u32 + 1
+}
+
+fn decode(slot: u32) -> PhysAddr {
+    PhysAddr::from_frame_number(u64::from(slot - 1))
+}
+
+impl PageList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        PageList {
+            chunks: BTreeMap::new(),
+            committed: 0,
+        }
+    }
+
+    /// How many pages are committed.
+    pub fn committed_pages(&self) -> u64 {
+        self.committed
+    }
+
+    /// The frame of page `index`, if committed.
+    pub fn get(&self, index: u64) -> Option<PhysAddr> {
+        let chunk = self.chunks.get(&(index / CHUNK_PAGES))?;
+        let slot = chunk.slots[(index % CHUNK_PAGES) as usize];
+        (slot != 0).then(|| decode(slot))
+    }
+
+    /// Commits page `index` to `frame`. The page must not be committed.
+    pub fn insert(&mut self, index: u64, frame: PhysAddr) {
+        let chunk = self.chunks.entry(index / CHUNK_PAGES).or_insert_with(|| {
+            Box::new(Chunk {
+                slots: [0; CHUNK_PAGES as usize],
+                used: 0,
+            })
+        });
+        let slot = &mut chunk.slots[(index % CHUNK_PAGES) as usize];
+        debug_assert_eq!(*slot, 0, "page {index} committed twice");
+        *slot = encode(frame);
+        chunk.used += 1;
+        self.committed += 1;
+    }
+
+    /// Takes every committed page in `[start, end)` out of the list, pushing its frame onto
+    /// `frames`. Returns how many pages left.
+    pub fn remove_range(&mut self, start: u64, end: u64, frames: &mut Vec<PhysAddr>) -> u64 {
+        if start >= end || self.committed == 0 {
+            return 0;
+        }
+        let first_chunk = start / CHUNK_PAGES;
+        let last_chunk = (end - 1) / CHUNK_PAGES;
+        let mut removed = 0;
+        let mut emptied = Vec::new();
+        for (&key, chunk) in self.chunks.range_mut(first_chunk..=last_chunk) {
+            let base = key * CHUNK_PAGES;
+            let lo = start.max(base) - base;
+            let hi = end.min(base + CHUNK_PAGES) - base;
+            if chunk.used == 0 {
+                continue;
+            }
+            for slot in &mut chunk.slots[lo as usize..hi as usize] {
+                if *slot != 0 {
+                    frames.push(decode(*slot));
+                    *slot = 0;
+                    chunk.used -= 1;
+                    removed += 1;
+                }
+            }
+            if chunk.used == 0 {
+                emptied.push(key);
+            }
+        }
+        for key in emptied {
+            self.chunks.remove(&key);
+        }
+        self.committed -= removed;
+        removed
+    }
+
+    /// Whether any page in `[start, end)` is committed.
+    pub fn any_in_range(&self, start: u64, end: u64) -> bool {
+        self.iter_range(start, end).next().is_some()
+    }
+
+    /// The committed pages in `[start, end)` with their frames, in order.
+    pub fn iter_range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, PhysAddr)> + '_ {
+        let chunks = if start < end {
+            self.chunks
+                .range(start / CHUNK_PAGES..=(end - 1) / CHUNK_PAGES)
+        } else {
+            self.chunks.range(1..1)
+        };
+        chunks.flat_map(move |(&key, chunk)| {
+            let base = key * CHUNK_PAGES;
+            chunk
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, &slot)| slot != 0)
+                .map(move |(i, &slot)| (base + i as u64, decode(slot)))
+                .filter(move |&(index, _)| index >= start && index < end)
+        })
+    }
+
+    /// Heap bytes used by the list, for accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.len() * core::mem::size_of::<Chunk>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_get_remove() {
+        let mut list = PageList::new();
+        for i in [0u64, 1, 63, 64, 1000] {
+            list.insert(i, PhysAddr::from_frame_number(i + 7));
+        }
+        assert_eq!(list.committed_pages(), 5);
+        assert_eq!(list.get(63), Some(PhysAddr::from_frame_number(70)));
+        assert_eq!(list.get(2), None);
+        let mut frames = Vec::new();
+        assert_eq!(list.remove_range(1, 65, &mut frames), 3);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(list.committed_pages(), 2);
+        assert!(list.any_in_range(0, 1));
+        assert!(!list.any_in_range(1, 1000));
+        assert_eq!(list.iter_range(0, 2000).count(), 2);
+        // The chunk holding 63 and 64 emptied is gone; page 0's chunk stays.
+        assert_eq!(list.chunks.len(), 2);
+    }
+
+    #[test]
+    fn frame_zero_is_representable() {
+        let mut list = PageList::new();
+        list.insert(5, PhysAddr(0));
+        assert_eq!(list.get(5), Some(PhysAddr(0)));
+    }
+}
