@@ -384,3 +384,133 @@ pub unsafe fn translate_format(
         }
     }
 }
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::*;
+    use crate::arch::{Aarch64, X86_64};
+    use crate::sim::SimMachine;
+
+    fn flush_and_free(machine: &SimMachine, pending: PendingFlush) {
+        // SAFETY: no CPU of the test machine runs in these tables.
+        unsafe { machine.free_frames(pending.freed_tables()) };
+    }
+
+    fn map_query_unmap<F: PteFormat>() {
+        let machine = SimMachine::with_frames(64);
+        let p: &dyn Platform = &*machine;
+        let mut pt = PageTable::<F>::new(p).unwrap();
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        let frame = p.alloc_frame().unwrap();
+        let va = 0x7f00_1234_5000;
+        pt.map(p, va, frame, rw).unwrap();
+        // Root plus one table at each of the three lower levels.
+        assert_eq!(pt.table_pages(), 4);
+        assert_eq!(pt.query(p, va), Some((frame, rw)));
+        assert_eq!(pt.query(p, va + 0x1000), None);
+        // Neighbouring pages share the tables.
+        pt.map(p, va + 0x1000, frame, MmuFlags::READ | MmuFlags::USER)
+            .unwrap();
+        assert_eq!(pt.table_pages(), 4);
+        assert_eq!(
+            pt.query(p, va + 0x1000),
+            Some((frame, MmuFlags::READ | MmuFlags::USER))
+        );
+
+        // Protect one page read-only and executable.
+        let mut pending = PendingFlush::new();
+        let rx = MmuFlags::READ | MmuFlags::EXECUTE | MmuFlags::USER;
+        pt.protect(p, va, va + 0x1000, rx, &mut pending);
+        assert_eq!(pt.query(p, va), Some((frame, rx)));
+        assert_eq!(pending.scope(), crate::platform::TlbScope::Pages(&[va]));
+
+        // Unmapping one page keeps the tables; unmapping both frees all but the root.
+        let mut pending = PendingFlush::new();
+        pt.unmap(p, va, va + 0x1000, &mut pending);
+        assert_eq!(pt.query(p, va), None);
+        assert!(pt.query(p, va + 0x1000).is_some());
+        assert_eq!(pt.table_pages(), 4);
+        assert!(!pending.tables_freed());
+        pt.unmap(p, va, va + 0x2000, &mut pending);
+        assert_eq!(pt.table_pages(), 1);
+        assert_eq!(pending.freed_tables().len(), 3);
+        assert_eq!(pending.changed_pages(), 2);
+        flush_and_free(&machine, pending);
+
+        let mut pending = PendingFlush::new();
+        pt.release(p, &mut pending);
+        flush_and_free(&machine, pending);
+        // SAFETY: the frame was only mapped by the released tables.
+        unsafe { machine.free_frames(&[frame]) };
+        assert_eq!(machine.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn x86_64_map_query_unmap() {
+        map_query_unmap::<X86_64>();
+    }
+
+    #[test]
+    fn aarch64_map_query_unmap() {
+        map_query_unmap::<Aarch64>();
+    }
+
+    fn threshold<F: PteFormat>() {
+        let machine = SimMachine::with_frames(256);
+        let p: &dyn Platform = &*machine;
+        let mut pt = PageTable::<F>::new(p).unwrap();
+        let frame = p.alloc_frame().unwrap();
+        let base = 0x4000_0000;
+        for i in 0..100 {
+            pt.map(p, base + i * 0x1000, frame, MmuFlags::READ).unwrap();
+        }
+        let mut pending = PendingFlush::new();
+        pt.unmap(p, base, base + 32 * 0x1000, &mut pending);
+        assert!(
+            matches!(pending.scope(), crate::platform::TlbScope::Pages(pages) if pages.len() == 32)
+        );
+        pt.unmap(p, base + 32 * 0x1000, base + 33 * 0x1000, &mut pending);
+        assert_eq!(pending.scope(), crate::platform::TlbScope::All);
+        pt.unmap(p, base, base + 100 * 0x1000, &mut pending);
+        assert_eq!(pending.changed_pages(), 100);
+        flush_and_free(&machine, pending);
+        let mut pending = PendingFlush::new();
+        pt.release(p, &mut pending);
+        flush_and_free(&machine, pending);
+    }
+
+    #[test]
+    fn x86_64_flush_threshold() {
+        threshold::<X86_64>();
+    }
+
+    #[test]
+    fn aarch64_flush_threshold() {
+        threshold::<Aarch64>();
+    }
+
+    #[test]
+    fn encodings_are_the_architectures() {
+        let pa = PhysAddr(0x1234_5000);
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        // x86_64: P | RW | US | A | D, NX set for a non-executable page.
+        assert_eq!(X86_64::page_entry(pa, rw), 0x8000_0000_1234_5067);
+        assert_eq!(X86_64::table_entry(pa), 0x1234_5007);
+        // aarch64: page descriptor 0b11, AP[1] EL0, SH inner, AF, nG, PXN, UXN.
+        assert_eq!(Aarch64::page_entry(pa, rw), 0x0060_0000_1234_5f43);
+        assert_eq!(Aarch64::table_entry(pa), 0x1234_5003);
+        // Read-only sets AP[2].
+        assert_eq!(
+            Aarch64::page_entry(pa, MmuFlags::READ | MmuFlags::USER) & (1 << 7),
+            1 << 7
+        );
+        for flags in [
+            rw,
+            MmuFlags::READ | MmuFlags::USER,
+            MmuFlags::READ | MmuFlags::EXECUTE | MmuFlags::USER,
+        ] {
+            assert_eq!(X86_64::page_flags(X86_64::page_entry(pa, flags)), flags);
+            assert_eq!(Aarch64::page_flags(Aarch64::page_entry(pa, flags)), flags);
+        }
+    }
+}

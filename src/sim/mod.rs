@@ -247,6 +247,26 @@ impl SimMachine {
         &self.memory[(pa.0 / 8) as usize]
     }
 
+    /// Panics if a CPU's TLB still translates to one of `frames`: the crate freed a frame before
+    /// the invalidation that covers it. Checked on every free.
+    fn check_not_cached(&self, frames: &[PhysAddr]) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut sorted: Vec<PhysAddr> = frames.to_vec();
+        sorted.sort_unstable();
+        for (index, cpu) in self.cpus.iter().enumerate() {
+            for (vpn, entry) in cpu.tlb.lock().iter() {
+                assert!(
+                    sorted.binary_search(&entry.frame).is_err(),
+                    "frame {:?} freed while CPU {index}'s TLB still maps page {:#x} to it",
+                    entry.frame,
+                    vpn * PAGE_SIZE
+                );
+            }
+        }
+    }
+
     fn frame_index(&self, pa: PhysAddr) -> usize {
         let index = pa.frame_number() as usize;
         assert!(
@@ -314,6 +334,7 @@ impl Platform for SimMachine {
     }
 
     unsafe fn free_frames(&self, frames: &[PhysAddr]) {
+        self.check_not_cached(frames);
         let poison = self.poison_freed.load(Ordering::Relaxed);
         if poison {
             for &pa in frames {

@@ -226,11 +226,9 @@ impl Covered {
 
     /// The VMO pages behind `[start, end)`.
     fn vmo_pages(&self) -> (u64, u64) {
-        let offset = self.mapping().vmo_offset() - self.region.base();
-        (
-            (self.start + offset) >> PAGE_SHIFT,
-            (self.end + offset) >> PAGE_SHIFT,
-        )
+        let to_vmo =
+            |va: u64| (va - self.region.base() + self.mapping().vmo_offset()) >> PAGE_SHIFT;
+        (to_vmo(self.start), to_vmo(self.end))
     }
 }
 

@@ -1,0 +1,106 @@
+//! Shared set-up for the integration tests: a simulated machine, processes, VMOs with a known
+//! pattern, and mappings, all through the syscalls.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use zx_vm::abi::*;
+use zx_vm::arch::Format;
+use zx_vm::sim::{SimConfig, SimMachine};
+use zx_vm::syscall::*;
+use zx_vm::{Platform, Process};
+
+/// A machine with `cpus` CPUs and 8192 frames (32 MiB).
+pub fn machine(cpus: usize) -> Arc<SimMachine> {
+    SimMachine::new(SimConfig {
+        frames: 8192,
+        cpus,
+        poison_freed: true,
+    })
+}
+
+/// A process on `machine` with page tables in `format`.
+pub fn process(machine: &Arc<SimMachine>, format: Format) -> Arc<Process> {
+    let platform: Arc<dyn Platform> = machine.clone();
+    Process::new(platform, format).expect("process")
+}
+
+/// The word at index `word` of page `page` of a patterned VMO: never zero.
+pub fn pattern(page: u64, word: u64) -> u64 {
+    0x5a00_0000_0000_0000 | (page << 16) | word
+}
+
+/// A VMO of `pages` pages, each filled with [`pattern`].
+pub fn patterned_vmo(process: &Process, pages: u64) -> zx_handle_t {
+    let mut vmo = 0;
+    assert_eq!(
+        zx_vmo_create(process, pages * PAGE_SIZE, 0, &mut vmo),
+        ZX_OK
+    );
+    for page in 0..pages {
+        let bytes: Vec<u8> = (0..PAGE_SIZE / 8)
+            .flat_map(|word| pattern(page, word).to_le_bytes())
+            .collect();
+        assert_eq!(zx_vmo_write(process, vmo, &bytes, page * PAGE_SIZE), ZX_OK);
+    }
+    vmo
+}
+
+/// Maps `pages` pages of `vmo` from page `first` into `vmar`, read-write, anywhere.
+pub fn map_rw(
+    process: &Process,
+    vmar: zx_handle_t,
+    vmo: zx_handle_t,
+    first: u64,
+    pages: u64,
+) -> u64 {
+    let mut addr = 0;
+    let status = zx_vmar_map(
+        process,
+        vmar,
+        ZX_VM_PERM_READ | ZX_VM_PERM_WRITE,
+        0,
+        vmo,
+        first * PAGE_SIZE,
+        pages * PAGE_SIZE,
+        &mut addr,
+    );
+    assert_eq!(status, ZX_OK);
+    addr
+}
+
+/// A sub-VMAR of `size` bytes that can map read-write, anywhere in `parent`.
+pub fn sub_vmar(process: &Process, parent: zx_handle_t, size: u64) -> (zx_handle_t, u64) {
+    let (mut handle, mut addr) = (0, 0);
+    let status = zx_vmar_allocate(
+        process,
+        parent,
+        ZX_VM_CAN_MAP_READ | ZX_VM_CAN_MAP_WRITE | ZX_VM_CAN_MAP_SPECIFIC,
+        0,
+        size,
+        &mut handle,
+        &mut addr,
+    );
+    assert_eq!(status, ZX_OK);
+    (handle, addr)
+}
+
+/// The VMO's committed bytes.
+pub fn committed(process: &Process, vmo: zx_handle_t) -> u64 {
+    let mut info = zx_info_vmo_t::default();
+    assert_eq!(zx_object_get_info_vmo(process, vmo, &mut info), ZX_OK);
+    info.committed_bytes
+}
+
+/// The first word of each page of the VMO, read with zx_vmo_read.
+pub fn first_words(process: &Process, vmo: zx_handle_t, pages: u64) -> Vec<u64> {
+    (0..pages)
+        .map(|page| {
+            let mut word = [0u8; 8];
+            assert_eq!(
+                zx_vmo_read(process, vmo, &mut word, page * PAGE_SIZE),
+                ZX_OK
+            );
+            u64::from_le_bytes(word)
+        })
+        .collect()
+}
