@@ -8,7 +8,7 @@
 //! - [`tlb`]: batched invalidation, and frames freed only after it.
 //! - [`object`]: handles, rights and processes; [`syscall`]: Zircon's syscalls over them, with
 //!   `zx_vmar_op_range` first among them.
-//! - [`platform`]: what a kernel provides; [`sim`] (feature `sim`): a simulated machine for the host.
+//! - [`platform`]: what a kernel provides; `sim` (feature `sim`): a simulated machine for the host.
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]

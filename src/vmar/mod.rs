@@ -2,7 +2,7 @@
 //!
 //! An [`AddressSpace`] owns one tree of VMARs, rooted at its root VMAR, and one page table. Each
 //! VMAR keeps its children (sub-VMARs and mappings) in an intrusive red-black tree keyed by base
-//! address ([`region`]), so finding the child at an address and checking a range for overlap are
+//! address ([`Region`]), so finding the child at an address and checking a range for overlap are
 //! O(log n).
 //!
 //! # Lock order
