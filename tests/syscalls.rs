@@ -801,3 +801,67 @@ fn contiguous_and_physical_vmos() {
         "the contiguous frames went back"
     );
 }
+
+#[test]
+fn map_range_maps_committed_pages_or_nothing() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let root = p.root_vmar_handle();
+        let vmo = patterned_vmo(&p, 4);
+        assert_eq!(
+            zx_vmo_op_range(&p, vmo, ZX_VMO_OP_DECOMMIT, PAGE_SIZE, PAGE_SIZE, 0, 0),
+            ZX_OK
+        );
+        let mut addr = 0;
+        let options = ZX_VM_PERM_READ | ZX_VM_MAP_RANGE;
+        assert_eq!(
+            zx_vmar_map(&p, root, options, 0, vmo, 0, 4 * PAGE_SIZE, &mut addr),
+            ZX_OK
+        );
+        let mapped: Vec<bool> = (0..4)
+            .map(|i| p.aspace().query(addr + i * PAGE_SIZE).is_some())
+            .collect();
+        assert_eq!(
+            mapped,
+            [true, false, true, true],
+            "{format:?}: only committed pages are mapped"
+        );
+
+        // With no frame for a page table, the mapping is not made at all.
+        let tables = p.aspace().page_table_pages();
+        machine.set_allocation_budget(Some(0));
+        let mut other = 0;
+        assert_eq!(
+            zx_vmar_map(
+                &p,
+                root,
+                options | ZX_VM_SPECIFIC,
+                0x4000_0000,
+                vmo,
+                0,
+                4 * PAGE_SIZE,
+                &mut other
+            ),
+            ZX_ERR_NO_MEMORY
+        );
+        machine.set_allocation_budget(None);
+        assert_eq!(p.aspace().page_table_pages(), tables);
+        assert_eq!(
+            zx_vmar_map(
+                &p,
+                root,
+                ZX_VM_PERM_READ | ZX_VM_SPECIFIC,
+                0x4000_0000,
+                vmo,
+                0,
+                PAGE_SIZE,
+                &mut other
+            ),
+            ZX_OK,
+            "{format:?}: the failed map left nothing behind"
+        );
+        drop(p);
+        assert_eq!(machine.frames_in_use(), 0);
+    }
+}

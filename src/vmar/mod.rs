@@ -734,17 +734,28 @@ impl Vmar {
             flags,
             can_map,
         );
+        let mut result = Ok(start);
         {
             let mut inner = vmo.lock();
             Vmo::add_mapping_locked(&mut inner, region.clone());
-            tree.node_mut(self.id)?.children.insert(region);
+            let node = tree.node_mut(self.id)?;
+            node.children.insert(region.clone());
             if options.contains(VmOptions::MAP_RANGE) && flags.contains(MmuFlags::READ) {
-                self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)?;
+                if let Err(status) =
+                    self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)
+                {
+                    // Out of page-table pages: take the new mapping away again.
+                    node.unlink(&region);
+                    self.aspace
+                        .unmap_pages(start, start + len, batch.space(&self.aspace));
+                    Vmo::remove_mapping_locked(&mut inner, &region);
+                    result = Err(status);
+                }
             }
         }
         drop(tree);
         batch.finish(&**self.aspace.platform());
-        Ok(start)
+        result
     }
 
     /// Maps every committed page of a new mapping (`ZX_VM_MAP_RANGE`).
