@@ -23,7 +23,7 @@ const ADDRESSES: &[u64] = &[
     USER_ASPACE_BASE + USER_ASPACE_SIZE,
     1 << 47,
     1 << 63,
-    u64::MAX & !0xfff,
+    !0xfff,
     u64::MAX - 1,
     u64::MAX,
 ];

@@ -450,7 +450,7 @@ fn map_rights_rules() {
                 &p,
                 root,
                 rw | ZX_VM_SPECIFIC,
-                u64::MAX & !0xfff,
+                !0xfff,
                 vmo,
                 0,
                 PAGE_SIZE,
