@@ -9,6 +9,32 @@
 //! - [`object`]: handles, rights and processes; [`syscall`]: Zircon's syscalls over them, with
 //!   `zx_vmar_op_range` first among them.
 //! - [`platform`]: what a kernel provides; `sim` (feature `sim`): a simulated machine for the host.
+//!
+//! ```
+//! # #[cfg(feature = "sim")] {
+//! use std::sync::Arc;
+//! use zx_vm::abi::*;
+//! use zx_vm::syscall::*;
+//! use zx_vm::{arch::Format, sim::SimMachine, Platform, Process};
+//!
+//! let machine = SimMachine::with_frames(1024);
+//! let platform: Arc<dyn Platform> = machine.clone();
+//! let process = Process::new(platform, Format::NATIVE).unwrap();
+//! let root = process.root_vmar_handle();
+//!
+//! let (mut vmo, mut addr) = (0, 0);
+//! assert_eq!(zx_vmo_create(&process, 4 * PAGE_SIZE, 0, &mut vmo), ZX_OK);
+//! assert_eq!(zx_vmo_write(&process, vmo, b"hello", 0), ZX_OK);
+//! let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+//! assert_eq!(zx_vmar_map(&process, root, rw, 0, vmo, 0, 4 * PAGE_SIZE, &mut addr), ZX_OK);
+//!
+//! let status = zx_vmar_op_range(&process, root, ZX_VMAR_OP_DECOMMIT, addr, PAGE_SIZE, 0, 0);
+//! assert_eq!(status, ZX_OK);
+//! let mut bytes = [0xff; 5];
+//! assert_eq!(zx_vmo_read(&process, vmo, &mut bytes, 0), ZX_OK);
+//! assert_eq!(bytes, [0; 5]);
+//! # }
+//! ```
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
