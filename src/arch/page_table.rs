@@ -477,6 +477,8 @@ mod tests {
         let mut pending = PendingFlush::new();
         pt.release(p, &mut pending);
         flush_and_free(&machine, pending);
+        // SAFETY: the frame was only mapped by the released tables.
+        unsafe { machine.free_frames(&[frame]) };
     }
 
     #[test]

@@ -277,6 +277,22 @@ impl SimMachine {
     }
 }
 
+impl Drop for SimMachine {
+    /// The leak check: once everything built on the machine is gone (every object holds the
+    /// machine alive), every frame it handed out must have come back.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let c = self.counters();
+        assert_eq!(
+            c.frames_allocated, c.frames_freed,
+            "frames leaked: {} allocated, {} freed",
+            c.frames_allocated, c.frames_freed
+        );
+    }
+}
+
 impl Platform for SimMachine {
     fn alloc_frame(&self) -> Option<PhysAddr> {
         let mut allocator = self.allocator.lock();
