@@ -30,6 +30,7 @@ fn run(format: Format) {
         frames: 4096,
         cpus: 2,
         poison_freed: true,
+        ..SimConfig::default()
     });
     let platform: Arc<dyn Platform> = machine.clone();
     let a = Process::new(platform.clone(), format).expect("process A");
@@ -100,6 +101,7 @@ fn run(format: Format) {
     );
 
     let (first, count) = (8, 16);
+    cpu0.enter(); // the syscall runs on CPU 0
     println!(
         "decommit pages {first}..{} through A's root VMAR",
         first + count
@@ -118,13 +120,14 @@ fn run(format: Format) {
     );
     let delta = machine.counters().since(&touched);
     println!(
-        "  committed now {} KiB; frames freed {}; invalidation requests {} (one per address space); \
-         full flushes {}, single-page invalidations {}",
+        "  committed now {} KiB; frames freed {}; shootdown rounds {} (one per call); IPIs {} \
+         (to CPU 1, where B runs); single-page invalidations {}, full flushes {}",
         committed(&a, vmo) / 1024,
         delta.frames_freed,
-        delta.invalidate_requests,
-        delta.full_invalidations,
-        delta.page_invalidations
+        delta.shootdowns,
+        delta.ipis,
+        delta.page_invalidations,
+        delta.full_invalidations
     );
 
     println!("both CPUs read the range again");

@@ -66,6 +66,11 @@ impl CpuSet {
         CpuSet(self.0 | other.0)
     }
 
+    /// The CPUs in `self` but not in `other`.
+    pub const fn difference(self, other: CpuSet) -> Self {
+        CpuSet(self.0 & !other.0)
+    }
+
     /// The set without `cpu`.
     pub const fn without(self, cpu: usize) -> Self {
         if cpu < MAX_CPUS {
@@ -96,8 +101,14 @@ impl fmt::Debug for CpuSet {
 }
 
 /// A [`CpuSet`] that CPUs join and leave concurrently, without a lock.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct AtomicCpuSet(AtomicU64);
+
+impl From<CpuSet> for AtomicCpuSet {
+    fn from(set: CpuSet) -> Self {
+        AtomicCpuSet(AtomicU64::new(set.0))
+    }
+}
 
 impl AtomicCpuSet {
     /// An empty set.
@@ -124,6 +135,18 @@ impl AtomicCpuSet {
     pub fn load(&self) -> CpuSet {
         CpuSet(self.0.load(Ordering::SeqCst))
     }
+
+    /// Adds every CPU of `set`.
+    pub fn insert_all(&self, set: CpuSet) {
+        if !set.is_empty() {
+            self.0.fetch_or(set.0, Ordering::SeqCst);
+        }
+    }
+
+    /// Removes `cpu`, telling whether it was there.
+    pub fn take(&self, cpu: usize) -> bool {
+        cpu < MAX_CPUS && self.0.fetch_and(!(1 << cpu), Ordering::SeqCst) & (1 << cpu) != 0
+    }
 }
 
 /// What to invalidate in one address space's translations.
@@ -135,12 +158,10 @@ pub enum TlbScope<'a> {
     All,
 }
 
-/// One invalidation request: an address space's translations on a set of CPUs.
+/// One invalidation: some or all of one address space's translations.
 #[derive(Clone, Copy, Debug)]
 pub struct TlbInvalidate<'a> {
-    /// The CPUs that may hold the translations.
-    pub cpus: CpuSet,
-    /// The address space's ASID (aarch64) or PCID (x86_64) tag; 0 where tags are not in use.
+    /// The address space's tag: its ASID (aarch64) or PCID (x86_64); 0 for an untagged one.
     pub asid: u16,
     /// The root page table of the address space.
     pub root: PhysAddr,
@@ -152,8 +173,8 @@ pub struct TlbInvalidate<'a> {
 
 /// What a kernel provides to the crate.
 ///
-/// Every method may be called from any CPU, with the crate's own locks held (see the lock order in
-/// [`crate::vmar`]); none may call back into the crate.
+/// Every method may be called from any CPU, and all but [`Platform::send_ipi`] with the crate's
+/// own locks held (see the lock order in [`crate::vmar`]); none may call back into the crate.
 pub trait Platform: Send + Sync {
     /// Allocates one 4 KiB frame. Its contents are unspecified; the crate zeroes what it needs.
     fn alloc_frame(&self) -> Option<PhysAddr>;
@@ -182,7 +203,26 @@ pub trait Platform: Send + Sync {
     /// The index of the CPU running the caller, below [`Platform::cpu_count`].
     fn current_cpu(&self) -> usize;
 
-    /// Invalidates translations on the CPUs in `request.cpus` and returns only when every one of
-    /// them has completed the invalidation.
-    fn invalidate_tlb(&self, request: &TlbInvalidate<'_>);
+    /// The machine's TLB-maintenance state, made once by the kernel with [`crate::tlb::Tlb::new`].
+    fn tlb(&self) -> &crate::tlb::Tlb;
+
+    /// Sends the TLB-shootdown IPI to every CPU in `targets` (never the caller). The kernel's
+    /// handler for it calls [`crate::tlb::Tlb::handle_ipi`]. Called with no crate lock held.
+    fn send_ipi(&self, targets: CpuSet);
+
+    /// Carries out `request` in the calling CPU's TLB, whether or not the address space is the
+    /// current one there. Bare-metal kernels forward to
+    /// `zx_vm::arch::native_tlb::invalidate_local` (x86_64) or `invalidate_broadcast` (aarch64).
+    fn invalidate_local(&self, request: &TlbInvalidate<'_>);
+
+    /// Whether [`Platform::invalidate_local`] reaches every CPU by itself, as aarch64's
+    /// `TLBI ...IS` does; then the crate sends no IPIs.
+    fn invalidation_is_broadcast(&self) -> bool {
+        cfg!(target_arch = "aarch64")
+    }
+
+    /// Makes `root`, tagged `asid`, the calling CPU's user address space; with `flush`, first drops
+    /// every translation the CPU holds under that tag. Bare-metal kernels forward to
+    /// `zx_vm::arch::native_tlb::load_root`.
+    fn load_root(&self, root: PhysAddr, asid: u16, flush: bool);
 }

@@ -157,6 +157,7 @@ impl Env {
             frames: 8192,
             cpus,
             poison_freed: true,
+            ..SimConfig::default()
         });
         let platform: Arc<dyn Platform> = machine.clone();
         let process = Process::new(platform.clone(), format).expect("Process::new");
@@ -501,7 +502,7 @@ impl Env {
         );
         assert_eq!(
             (
-                delta.invalidate_requests,
+                delta.shootdowns,
                 delta.page_invalidations,
                 delta.full_invalidations
             ),

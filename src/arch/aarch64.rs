@@ -106,15 +106,26 @@ pub mod tlb {
     use aarch64_cpu::registers::{Writeable, TTBR0_EL1};
     use core::arch::asm;
 
-    /// Loads `root` with `asid` into TTBR0_EL1, making it the current user address space.
+    /// Loads `root` with `asid` into TTBR0_EL1, making it the current user address space; with
+    /// `flush`, first drops this CPU's translations under `asid`.
     ///
     /// # Safety
     /// `root` is a complete L0 table for the lower half that stays alive while it is loaded; the
     /// kernel runs from TTBR1_EL1, so the switch does not unmap the running code.
-    pub unsafe fn load_root(root: PhysAddr, asid: u16) {
+    pub unsafe fn load_root(root: PhysAddr, asid: u16, flush: bool) {
         TTBR0_EL1.set((u64::from(asid) << 48) | root.0);
         // Barrier: ISB makes every later access translate through the new TTBR0_EL1.
         barrier::isb(barrier::SY);
+        if flush {
+            let operand = u64::from(asid) << 48;
+            // Barrier: earlier descriptor stores complete before the invalidation.
+            barrier::dsb(barrier::NSHST);
+            // SAFETY: TLBI ASIDE1 only drops this CPU's cached translations of one ASID.
+            unsafe { asm!("tlbi aside1, {0}", in(reg) operand, options(nostack)) };
+            // Barrier: the local invalidation completes before any later access.
+            barrier::dsb(barrier::NSH);
+            barrier::isb(barrier::SY);
+        }
     }
 
     /// Carries out `request` for every CPU of the inner-shareable domain.

@@ -1,11 +1,21 @@
 //! A simulated machine for the host: physical memory, a frame allocator, and CPUs whose MMU walks
-//! the crate's real page tables (in either format) through a TLB that keeps every translation until
-//! it is invalidated.
+//! the crate's real page tables (in either format) through a tagged TLB that keeps every translation
+//! until it is invalidated.
 //!
 //! Because a simulated TLB forgets nothing on its own, a missing or late invalidation shows up as a
-//! stale read (or a read of a freed frame, which is filled with [`FREED_POISON`]). The machine counts
-//! what happened: frames allocated and freed, invalidation requests, page and full invalidations,
-//! TLB hits, misses and faults.
+//! stale read (or a read of a freed frame, which is filled with [`FREED_POISON`]), and the machine
+//! refuses outright to free a frame that a CPU can still reach through its TLB.
+//!
+//! CPUs may run on threads of their own ([`SimCpu::attach`]). IPIs to such a CPU are taken between
+//! its accesses, as an interrupt between instructions, through the crate's own handler body
+//! ([`crate::tlb::Tlb::handle_ipi`]); a CPU that no thread drives takes them at once, on the
+//! sender's thread. An access holds its CPU's TLB from lookup (and walk) to the memory access, so an
+//! invalidation waits for accesses already under way, as on hardware. In broadcast mode the machine
+//! behaves like aarch64 (`TLBI ...IS`: one instruction reaches every CPU, no IPIs); otherwise like
+//! x86_64 (local INVLPG/INVPCID and IPIs).
+//!
+//! The machine counts what happened: frames allocated and freed, shootdown rounds, IPIs, page and
+//! full invalidations, TLB hits, misses and faults.
 //!
 //! Enabled by the `sim` feature, which uses `std`; the tests, the demo and the benchmarks use it.
 
@@ -13,7 +23,8 @@ extern crate std;
 
 use crate::abi::PAGE_SIZE;
 use crate::arch::MmuFlags;
-use crate::platform::{PhysAddr, Platform, TlbInvalidate, TlbScope};
+use crate::platform::{CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
+use crate::tlb::Tlb;
 use crate::vmar::{Access, AddressSpace, FaultError};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -43,6 +54,10 @@ pub struct SimConfig {
     pub cpus: usize,
     /// Fill freed frames with [`FREED_POISON`] (on by default; benchmarks turn it off).
     pub poison_freed: bool,
+    /// ASIDs/PCIDs available (0: every address space is untagged).
+    pub tags: u16,
+    /// Invalidations reach every CPU by themselves (aarch64) instead of by IPI (x86_64).
+    pub broadcast: bool,
 }
 
 impl Default for SimConfig {
@@ -51,6 +66,8 @@ impl Default for SimConfig {
             frames: 4096,
             cpus: 1,
             poison_freed: true,
+            tags: 64,
+            broadcast: false,
         }
     }
 }
@@ -62,8 +79,8 @@ pub struct Counters {
     pub frames_allocated: AtomicU64,
     /// Frames given back.
     pub frames_freed: AtomicU64,
-    /// Calls of [`Platform::invalidate_tlb`]: one per address space per operation.
-    pub invalidate_requests: AtomicU64,
+    /// IPIs sent, summed over target CPUs.
+    pub ipis: AtomicU64,
     /// Single-page invalidations carried out, summed over CPUs.
     pub page_invalidations: AtomicU64,
     /// Whole-address-space invalidations carried out, summed over CPUs.
@@ -82,7 +99,8 @@ pub struct Counters {
 pub struct CounterSnapshot {
     pub frames_allocated: u64,
     pub frames_freed: u64,
-    pub invalidate_requests: u64,
+    pub shootdowns: u64,
+    pub ipis: u64,
     pub page_invalidations: u64,
     pub full_invalidations: u64,
     pub tlb_hits: u64,
@@ -96,7 +114,8 @@ impl CounterSnapshot {
         CounterSnapshot {
             frames_allocated: self.frames_allocated - earlier.frames_allocated,
             frames_freed: self.frames_freed - earlier.frames_freed,
-            invalidate_requests: self.invalidate_requests - earlier.invalidate_requests,
+            shootdowns: self.shootdowns - earlier.shootdowns,
+            ipis: self.ipis - earlier.ipis,
             page_invalidations: self.page_invalidations - earlier.page_invalidations,
             full_invalidations: self.full_invalidations - earlier.full_invalidations,
             tlb_hits: self.tlb_hits - earlier.tlb_hits,
@@ -115,10 +134,28 @@ pub struct TlbEntry {
     pub flags: MmuFlags,
 }
 
+/// A CPU's TLB: translations by (tag, virtual page number), and the tag in use.
+#[derive(Default)]
+struct CpuTlb {
+    entries: BTreeMap<(u16, u64), TlbEntry>,
+    /// The tag of the loaded user root, if any.
+    tag: Option<u16>,
+}
+
+impl CpuTlb {
+    fn drop_tag(&mut self, tag: u16) {
+        self.entries.retain(|&(t, _), _| t != tag);
+    }
+}
+
 struct CpuState {
-    /// Virtual page number -> translation, for the current address space.
-    tlb: Mutex<BTreeMap<u64, TlbEntry>>,
+    tlb: Mutex<CpuTlb>,
     current: Mutex<Option<Arc<AddressSpace>>>,
+    /// An IPI waits to be taken.
+    ipi_pending: AtomicBool,
+    /// A thread drives this CPU and takes its IPIs.
+    attached: AtomicBool,
+    ipis_received: AtomicU64,
 }
 
 struct FrameAllocator {
@@ -149,6 +186,8 @@ pub struct SimMachine {
     memory: Box<[AtomicU64]>,
     frames: usize,
     poison_freed: AtomicBool,
+    broadcast: bool,
+    tlb: Tlb,
     allocator: Mutex<FrameAllocator>,
     cpus: Vec<CpuState>,
     counters: Counters,
@@ -178,11 +217,16 @@ impl SimMachine {
             memory,
             frames: config.frames,
             poison_freed: AtomicBool::new(config.poison_freed),
+            broadcast: config.broadcast,
+            tlb: Tlb::new(config.cpus, config.tags),
             allocator: Mutex::new(allocator),
             cpus: (0..config.cpus)
                 .map(|_| CpuState {
-                    tlb: Mutex::new(BTreeMap::new()),
+                    tlb: Mutex::new(CpuTlb::default()),
                     current: Mutex::new(None),
+                    ipi_pending: AtomicBool::new(false),
+                    attached: AtomicBool::new(false),
+                    ipis_received: AtomicU64::new(0),
                 })
                 .collect(),
             counters: Counters::default(),
@@ -212,13 +256,19 @@ impl SimMachine {
         CounterSnapshot {
             frames_allocated: c.frames_allocated.load(Ordering::SeqCst),
             frames_freed: c.frames_freed.load(Ordering::SeqCst),
-            invalidate_requests: c.invalidate_requests.load(Ordering::SeqCst),
+            shootdowns: self.tlb.rounds(),
+            ipis: c.ipis.load(Ordering::SeqCst),
             page_invalidations: c.page_invalidations.load(Ordering::SeqCst),
             full_invalidations: c.full_invalidations.load(Ordering::SeqCst),
             tlb_hits: c.tlb_hits.load(Ordering::SeqCst),
             tlb_misses: c.tlb_misses.load(Ordering::SeqCst),
             page_faults: c.page_faults.load(Ordering::SeqCst),
         }
+    }
+
+    /// IPIs CPU `cpu` has been sent.
+    pub fn ipis_received(&self, cpu: usize) -> u64 {
+        self.cpus[cpu].ipis_received.load(Ordering::SeqCst)
     }
 
     /// Frames allocated and not yet freed.
@@ -247,8 +297,10 @@ impl SimMachine {
         &self.memory[(pa.0 / 8) as usize]
     }
 
-    /// Panics if a CPU's TLB still translates to one of `frames`: the crate freed a frame before
-    /// the invalidation that covers it. Checked on every free.
+    /// Panics if a CPU's TLB can still use a translation to one of `frames`: the crate freed a
+    /// frame before the invalidation that covers it. Checked on every free. Translations under a
+    /// tag the CPU is not using are stale but unusable; the crate must flush them before the tag
+    /// is used again, which [`Platform::load_root`] checks.
     fn check_not_cached(&self, frames: &[PhysAddr]) {
         if frames.is_empty() {
             return;
@@ -256,13 +308,42 @@ impl SimMachine {
         let mut sorted: Vec<PhysAddr> = frames.to_vec();
         sorted.sort_unstable();
         for (index, cpu) in self.cpus.iter().enumerate() {
-            for (vpn, entry) in cpu.tlb.lock().iter() {
+            let tlb = cpu.tlb.lock();
+            for (&(tag, vpn), entry) in tlb.entries.iter() {
                 assert!(
-                    sorted.binary_search(&entry.frame).is_err(),
+                    Some(tag) != tlb.tag || sorted.binary_search(&entry.frame).is_err(),
                     "frame {:?} freed while CPU {index}'s TLB still maps page {:#x} to it",
                     entry.frame,
                     vpn * PAGE_SIZE
                 );
+            }
+        }
+    }
+
+    /// Runs `f` as CPU `cpu` on this thread (for IPIs taken on the sender's thread).
+    fn as_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+        let saved = CURRENT_CPU.with(|c| c.replace(cpu));
+        let result = f();
+        CURRENT_CPU.with(|c| c.set(saved));
+        result
+    }
+
+    fn invalidate_on(&self, cpu: usize, request: &TlbInvalidate<'_>) {
+        let mut tlb = self.cpus[cpu].tlb.lock();
+        match request.scope {
+            TlbScope::Pages(pages) => {
+                for &va in pages {
+                    tlb.entries.remove(&(request.asid, va / PAGE_SIZE));
+                }
+                self.counters
+                    .page_invalidations
+                    .fetch_add(pages.len() as u64, Ordering::SeqCst);
+            }
+            TlbScope::All => {
+                tlb.drop_tag(request.asid);
+                self.counters
+                    .full_invalidations
+                    .fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -384,28 +465,59 @@ impl Platform for SimMachine {
         CURRENT_CPU.with(|cpu| cpu.get())
     }
 
-    fn invalidate_tlb(&self, request: &TlbInvalidate<'_>) {
-        self.counters
-            .invalidate_requests
-            .fetch_add(1, Ordering::SeqCst);
-        for cpu in request.cpus.iter().filter(|&cpu| cpu < self.cpus.len()) {
-            let mut tlb = self.cpus[cpu].tlb.lock();
-            match request.scope {
-                TlbScope::Pages(pages) => {
-                    for &va in pages {
-                        tlb.remove(&(va / PAGE_SIZE));
-                    }
-                    self.counters
-                        .page_invalidations
-                        .fetch_add(pages.len() as u64, Ordering::SeqCst);
-                }
-                TlbScope::All => {
-                    tlb.clear();
-                    self.counters
-                        .full_invalidations
-                        .fetch_add(1, Ordering::SeqCst);
-                }
+    fn tlb(&self) -> &Tlb {
+        &self.tlb
+    }
+
+    fn send_ipi(&self, targets: CpuSet) {
+        for cpu in targets.iter().filter(|&cpu| cpu < self.cpus.len()) {
+            let state = &self.cpus[cpu];
+            self.counters.ipis.fetch_add(1, Ordering::SeqCst);
+            state.ipis_received.fetch_add(1, Ordering::SeqCst);
+            state.ipi_pending.store(true, Ordering::SeqCst);
+            if !state.attached.load(Ordering::SeqCst) {
+                // No thread takes interrupts for this CPU: take the IPI now, on its behalf. (If
+                // its thread detached just now, both may take it; the second finds nothing.)
+                state.ipi_pending.store(false, Ordering::SeqCst);
+                Self::as_cpu(cpu, || self.tlb.handle_ipi(self));
             }
+        }
+    }
+
+    fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
+        if self.broadcast {
+            for cpu in 0..self.cpus.len() {
+                self.invalidate_on(cpu, request);
+            }
+        } else {
+            self.invalidate_on(self.current_cpu(), request);
+        }
+    }
+
+    fn invalidation_is_broadcast(&self) -> bool {
+        self.broadcast
+    }
+
+    fn load_root(&self, _root: PhysAddr, asid: u16, flush: bool) {
+        let cpu = self.current_cpu();
+        let mut tlb = self.cpus[cpu].tlb.lock();
+        if flush {
+            tlb.drop_tag(asid);
+            self.counters
+                .full_invalidations
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        tlb.tag = Some(asid);
+        // Whatever the CPU can now use under this tag must still be memory the translation
+        // was made for: a frame that was freed means a flush the crate forgot.
+        let allocator = self.allocator.lock();
+        for (&(tag, vpn), entry) in tlb.entries.iter() {
+            assert!(
+                tag != asid || allocator.is_used(self.frame_index(entry.frame)),
+                "CPU {cpu} switched to tag {asid} with a stale translation of {:#x} to freed {:?}",
+                vpn * PAGE_SIZE,
+                entry.frame
+            );
         }
     }
 }
@@ -418,13 +530,42 @@ pub struct SimCpu {
     index: usize,
 }
 
+/// While alive, a thread drives the CPU: IPIs wait for it to take them between accesses.
+pub struct Attached {
+    cpu: SimCpu,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.cpu.state().attached.store(false, Ordering::SeqCst);
+        self.cpu.poll();
+    }
+}
+
 impl SimCpu {
     fn state(&self) -> &CpuState {
         &self.machine.cpus[self.index]
     }
 
-    fn enter(&self) {
+    /// Makes the calling thread run as this CPU: [`Platform::current_cpu`] answers its index,
+    /// e.g. for syscalls made on the thread.
+    pub fn enter(&self) {
         CURRENT_CPU.with(|cpu| cpu.set(self.index));
+    }
+
+    /// Makes the calling thread drive this CPU until the guard drops: IPIs are then taken by this
+    /// thread, between accesses or in [`SimCpu::poll`], instead of on the sender's.
+    pub fn attach(&self) -> Attached {
+        self.enter();
+        self.state().attached.store(true, Ordering::SeqCst);
+        Attached { cpu: self.clone() }
+    }
+
+    /// Takes a pending IPI, as an interrupt window does.
+    pub fn poll(&self) {
+        if self.state().ipi_pending.swap(false, Ordering::SeqCst) {
+            SimMachine::as_cpu(self.index, || self.machine.tlb.handle_ipi(&*self.machine));
+        }
     }
 
     /// The CPU's index.
@@ -432,30 +573,40 @@ impl SimCpu {
         self.index
     }
 
-    /// Switches the CPU to `aspace` (or to none), as a context switch does: leaves the old
-    /// address space's active set, drops the TLB (a root-table load without tags), joins the new.
+    /// The machine.
+    pub fn machine(&self) -> &Arc<SimMachine> {
+        &self.machine
+    }
+
+    /// Switches the CPU to `aspace` (or to none), as a context switch does, through
+    /// [`AddressSpace::activate`] and [`AddressSpace::deactivate`].
     pub fn switch_to(&self, aspace: Option<&Arc<AddressSpace>>) {
         self.enter();
+        self.poll();
         let mut current = self.state().current.lock();
-        if let Some(old) = current.take() {
-            old.deactivate(self.index);
-        }
-        self.state().tlb.lock().clear();
-        if let Some(new) = aspace {
-            new.activate(self.index);
-            *current = Some(new.clone());
+        let previous = current.take();
+        match aspace {
+            Some(new) => {
+                new.activate(previous.as_deref());
+                *current = Some(new.clone());
+            }
+            None => {
+                if let Some(previous) = previous {
+                    previous.deactivate();
+                }
+                self.state().tlb.lock().tag = None;
+            }
         }
     }
 
-    /// Translates `va` for `access`, faulting into the crate as needed.
-    fn translate(&self, va: u64, access: Access) -> Result<PhysAddr, FaultError> {
+    /// Translates `va` for `access` and runs `op` on the word, faulting into the crate as needed.
+    fn access<R>(
+        &self,
+        va: u64,
+        access: Access,
+        op: impl Fn(&AtomicU64) -> R,
+    ) -> Result<R, FaultError> {
         self.enter();
-        let aspace = self
-            .state()
-            .current
-            .lock()
-            .clone()
-            .ok_or(FaultError::NotMapped)?;
         let counters = &self.machine.counters;
         let vpn = va / PAGE_SIZE;
         let offset = va % PAGE_SIZE;
@@ -464,36 +615,43 @@ impl SimCpu {
             Access::Write => MmuFlags::WRITE,
             Access::Execute => MmuFlags::EXECUTE,
         };
-        // A fault handler that made progress is retried; two faults in a row without progress
+        // A fault handler that made progress is retried; three faults in a row without progress
         // mean the access is refused.
         for _ in 0..3 {
-            let cached = self.state().tlb.lock().get(&vpn).copied();
-            if let Some(entry) = cached {
-                if entry.flags.contains(needed) {
-                    counters.tlb_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(PhysAddr(entry.frame.0 + offset));
+            self.poll();
+            let aspace = self
+                .state()
+                .current
+                .lock()
+                .clone()
+                .ok_or(FaultError::NotMapped)?;
+            {
+                // The TLB stays locked from lookup to access: an invalidation of this CPU waits
+                // for the access under way, as TLB maintenance completion does on hardware.
+                let mut tlb = self.state().tlb.lock();
+                let tag = tlb.tag.ok_or(FaultError::NotMapped)?;
+                if let Some(entry) = tlb.entries.get(&(tag, vpn)).copied() {
+                    if entry.flags.contains(needed) {
+                        counters.tlb_hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(op(self.machine.word(PhysAddr(entry.frame.0 + offset))));
+                    }
+                    // A permission fault on a cached entry: the hardware rewalks after the fault,
+                    // so drop the entry, as a fault handler's local invalidation would.
+                    tlb.entries.remove(&(tag, vpn));
                 }
-                // A permission fault on a cached entry: the hardware rewalks after the fault, so
-                // drop the entry, as a fault handler's local invalidation would.
-                self.state().tlb.lock().remove(&vpn);
+                counters.tlb_misses.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: the simulated memory is never unmapped, so every table stays readable;
+                // a table freed under the walk reads as stale or poisoned data, as on hardware.
+                let walked = unsafe { aspace.translate(va) };
+                if let Some((frame, flags)) = walked {
+                    if flags.contains(needed) {
+                        tlb.entries.insert((tag, vpn), TlbEntry { frame, flags });
+                        return Ok(op(self.machine.word(PhysAddr(frame.0 + offset))));
+                    }
+                }
             }
-            counters.tlb_misses.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: the simulated memory is never unmapped, so every table stays readable; a
-            // table freed under the walk reads as stale or poisoned data, as on hardware.
-            let walked = unsafe { aspace.translate(va) };
-            match walked {
-                Some((frame, flags)) if flags.contains(needed) => {
-                    self.state()
-                        .tlb
-                        .lock()
-                        .insert(vpn, TlbEntry { frame, flags });
-                    return Ok(PhysAddr(frame.0 + offset));
-                }
-                _ => {
-                    counters.page_faults.fetch_add(1, Ordering::Relaxed);
-                    aspace.page_fault(va, access)?;
-                }
-            }
+            counters.page_faults.fetch_add(1, Ordering::Relaxed);
+            aspace.page_fault(va, access)?;
         }
         Err(FaultError::AccessDenied)
     }
@@ -501,30 +659,34 @@ impl SimCpu {
     /// Loads the 8-aligned word at `va`.
     pub fn load(&self, va: u64) -> Result<u64, FaultError> {
         assert!(va.is_multiple_of(8), "unaligned load at {va:#x}");
-        let pa = self.translate(va, Access::Read)?;
-        Ok(self.machine.word(pa).load(Ordering::Relaxed))
+        self.access(va, Access::Read, |word| word.load(Ordering::Relaxed))
     }
 
     /// Stores `value` to the 8-aligned word at `va`.
     pub fn store(&self, va: u64, value: u64) -> Result<(), FaultError> {
         assert!(va.is_multiple_of(8), "unaligned store at {va:#x}");
-        let pa = self.translate(va, Access::Write)?;
-        self.machine.word(pa).store(value, Ordering::Relaxed);
-        Ok(())
+        self.access(va, Access::Write, |word| {
+            word.store(value, Ordering::Relaxed)
+        })
     }
 
-    /// The translation of `va` cached in this CPU's TLB, if any.
+    /// The translation of `va` this CPU's TLB holds under its current tag, if any.
     pub fn tlb_entry(&self, va: u64) -> Option<TlbEntry> {
-        self.state().tlb.lock().get(&(va / PAGE_SIZE)).copied()
+        let tlb = self.state().tlb.lock();
+        let tag = tlb.tag?;
+        tlb.entries.get(&(tag, va / PAGE_SIZE)).copied()
     }
 
-    /// How many translations this CPU's TLB holds.
+    /// How many translations this CPU's TLB holds, under every tag.
     pub fn tlb_len(&self) -> usize {
-        self.state().tlb.lock().len()
+        self.state().tlb.lock().entries.len()
     }
 
-    /// Invalidates this CPU's translation of `va`, as INVLPG would.
+    /// Invalidates this CPU's translation of `va` under its current tag, as INVLPG would.
     pub fn invalidate_page(&self, va: u64) {
-        self.state().tlb.lock().remove(&(va / PAGE_SIZE));
+        let mut tlb = self.state().tlb.lock();
+        if let Some(tag) = tlb.tag {
+            tlb.entries.remove(&(tag, va / PAGE_SIZE));
+        }
     }
 }

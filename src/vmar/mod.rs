@@ -34,8 +34,8 @@ use crate::arch::{
     new_page_table, translate_format, Format, MmuFlags, PageTableOps, USER_ADDRESS_LIMIT,
 };
 use crate::object::next_koid;
-use crate::platform::{AtomicCpuSet, CpuSet, PhysAddr, Platform, TlbInvalidate};
-use crate::tlb::{PendingFlush, TlbBatch};
+use crate::platform::{AtomicCpuSet, CpuSet, PhysAddr, Platform};
+use crate::tlb::{Item, PendingFlush, TlbBatch};
 use crate::vmo::{Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -239,10 +239,17 @@ pub struct AddressSpace {
     format: Format,
     /// The root table; fixed for the address space's life.
     root_table: PhysAddr,
+    /// The ASID or PCID tag; 0 when untagged.
     asid: u16,
     root_vmar: VmarId,
-    /// The CPUs on which the address space is active.
+    /// The CPUs on which the address space is active: those a shootdown interrupts.
     active: AtomicCpuSet,
+    /// The CPUs that have run the address space under its tag (never shrinks): those that may
+    /// cache its translations.
+    ran: AtomicCpuSet,
+    /// The CPUs that must flush the tag before they next run the address space: they may cache
+    /// translations that a shootdown, which did not interrupt them, removed.
+    stale: AtomicCpuSet,
     weak_self: Weak<AddressSpace>,
     tree: Mutex<AspaceTree>,
     mmu: Mutex<Box<dyn PageTableOps>>,
@@ -254,6 +261,7 @@ impl AddressSpace {
     pub fn new(platform: Arc<dyn Platform>, format: Format) -> ZxResult<Arc<AddressSpace>> {
         let mmu = new_page_table(&*platform, format)?;
         let root_table = mmu.root();
+        let (asid, dirty) = platform.tlb().asids().alloc();
         let root_vmar = 1;
         let mut vmars = BTreeMap::new();
         vmars.insert(
@@ -271,9 +279,11 @@ impl AddressSpace {
             platform,
             format,
             root_table,
-            asid: 0,
+            asid,
             root_vmar,
             active: AtomicCpuSet::new(),
+            ran: AtomicCpuSet::from(dirty),
+            stale: AtomicCpuSet::from(dirty),
             weak_self: weak_self.clone(),
             tree: Mutex::new(AspaceTree {
                 vmars,
@@ -320,16 +330,33 @@ impl AddressSpace {
         &self.platform
     }
 
-    /// Records that `cpu` now runs in this address space. The kernel calls it before the CPU
-    /// loads the root table (and [`AddressSpace::deactivate`] after it switched away), so that
-    /// every invalidation issued meanwhile reaches the CPU.
-    pub fn activate(&self, cpu: usize) {
+    /// Switches the calling CPU to this address space from `previous` (the one it ran, if any):
+    /// leaves `previous`'s active set, joins this one's, flushes the tag if this CPU may hold stale
+    /// translations under it (always, when untagged), and loads the root table
+    /// ([`Platform::load_root`]). The kernel calls it at every context switch between user
+    /// address spaces, with preemption disabled.
+    ///
+    /// The order matters: joining the active set comes before reading the stale mark, and a
+    /// shootdown marks CPUs stale before it reads the active set again, so a CPU that joins during
+    /// a shootdown is either interrupted by it or flushes here.
+    pub fn activate(&self, previous: Option<&AddressSpace>) {
+        let cpu = self.platform.current_cpu();
+        if let Some(previous) = previous {
+            if !core::ptr::eq(previous, self) {
+                previous.active.remove(cpu);
+            }
+        }
         self.active.insert(cpu);
+        self.ran.insert(cpu);
+        let flush = self.asid == 0 || self.stale.take(cpu);
+        self.platform.load_root(self.root_table, self.asid, flush);
     }
 
-    /// Records that `cpu` no longer runs in this address space.
-    pub fn deactivate(&self, cpu: usize) {
-        self.active.remove(cpu);
+    /// Records that the calling CPU left this address space: it has loaded another root table (or
+    /// one without user mappings) and will call [`AddressSpace::activate`] before it runs this
+    /// address space again.
+    pub fn deactivate(&self) {
+        self.active.remove(self.platform.current_cpu());
     }
 
     /// The CPUs on which the address space is active.
@@ -383,16 +410,24 @@ impl AddressSpace {
         self.mmu.lock().unmap(&*self.platform, start, end, pending);
     }
 
-    /// Invalidates what `pending` records on every CPU that may hold it, and waits for completion.
-    pub(crate) fn invalidate(&self, pending: &PendingFlush) {
-        let request = TlbInvalidate {
-            cpus: self.active.load(),
+    /// This address space's part of a shootdown for what `pending` records: the CPUs to
+    /// interrupt are those where it is active; those that ran it but are elsewhere now are marked
+    /// stale instead, and flush the tag when they come back ([`AddressSpace::activate`]).
+    pub(crate) fn shootdown_item(&self, pending: &PendingFlush) -> Item {
+        let mut targets = self.active.load();
+        if self.asid != 0 && !self.platform.invalidation_is_broadcast() {
+            self.stale.insert_all(self.ran.load().difference(targets));
+            // A CPU that joined after the first read either saw the stale mark or is read here.
+            targets = targets.union(self.active.load());
+        }
+        Item {
+            targets,
             asid: self.asid,
             root: self.root_table,
-            scope: pending.scope(),
+            pages: pending.pages().to_vec(),
+            full: pending.is_full(),
             tables_freed: pending.tables_freed(),
-        };
-        self.platform.invalidate_tlb(&request);
+        }
     }
 
     /// Resolves a page fault at `va`: commits the VMO page if needed and maps it with the
@@ -518,10 +553,15 @@ impl Drop for AddressSpace {
         }
         let mmu = self.mmu.get_mut();
         mmu.release(&*self.platform, &mut pending);
-        self.invalidate(&pending);
-        // SAFETY: the tables were unlinked by `release`, and `invalidate` returned after every CPU
-        // that may cache walks through them completed its invalidation.
+        let item = self.shootdown_item(&pending);
+        self.platform
+            .tlb()
+            .shoot(&*self.platform, alloc::vec![item]);
+        // SAFETY: the tables were unlinked by `release`, and `shoot` returned after every CPU
+        // that may cache walks through them completed its invalidation; CPUs that ran the address
+        // space elsewhere are in `ran`, and flush the tag before its next owner runs there.
         unsafe { self.platform.free_frames(pending.freed_tables()) };
+        self.platform.tlb().asids().free(self.asid, self.ran.load());
         drop(vmos);
     }
 }

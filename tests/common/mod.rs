@@ -15,6 +15,7 @@ pub fn machine(cpus: usize) -> Arc<SimMachine> {
         frames: 8192,
         cpus,
         poison_freed: true,
+        ..SimConfig::default()
     })
 }
 

@@ -1,4 +1,4 @@
-//! Batched TLB invalidation, and the rule that frames are freed only after it.
+//! Batched TLB invalidation across CPUs, and the rule that frames are freed only after it.
 //!
 //! An operation (a decommit, an unmap, a protect) changes page-table entries in one or more address
 //! spaces. It collects, per address space, what must be invalidated in a [`PendingFlush`] (single
@@ -7,14 +7,37 @@
 //! [`TlbBatch::finish`], which invalidates first. A batch is `#[must_use]`, and one dropped without
 //! `finish` leaks its frames rather than freeing them early (and fails a debug assertion).
 
+mod asid;
+mod shootdown;
+
+pub use self::asid::AsidAllocator;
+pub(crate) use self::shootdown::Item;
+pub use self::shootdown::Tlb;
+
 use crate::platform::{PhysAddr, Platform, TlbScope};
 use crate::vmar::AddressSpace;
 use crate::vmo::Vmo;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+/// The atomics and `Arc` of the shootdown protocol: `loom`'s under `cfg(loom)`, so that the
+/// handshake can be model-checked, and `core`'s otherwise.
+mod sync {
+    #[cfg(not(loom))]
+    pub(crate) use alloc::sync::Arc;
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::Arc;
+}
+
 /// Past this many pages in one address space, an operation invalidates the whole address space
-/// instead of page by page. Zircon uses 32 on x86.
+/// instead of page by page. Zircon uses 32 on x86 and 16 on arm64, Linux 33
+/// (`tlb_single_page_flush_ceiling`) on x86. Past a few dozen pages the single invalidations cost
+/// more than refilling the TLB entries a full flush drops (a 4-level walk from the cache for each of
+/// the few entries still in use), so we keep Zircon's x86 value for both architectures.
 pub const FULL_FLUSH_THRESHOLD: usize = 32;
 
 /// What one address space needs invalidated after its entries changed, and the table pages that
@@ -87,6 +110,16 @@ impl PendingFlush {
         !self.freed_tables.is_empty()
     }
 
+    /// Whether the whole address space must be invalidated.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// The single pages to invalidate (empty when [`PendingFlush::is_full`]).
+    pub fn pages(&self) -> &[u64] {
+        &self.pages
+    }
+
     /// The table pages to free after the invalidation.
     pub(crate) fn freed_tables(&self) -> &[PhysAddr] {
         &self.freed_tables
@@ -136,21 +169,26 @@ impl TlbBatch {
         self.spaces.iter().map(|(_, p)| p.changed_pages()).sum()
     }
 
-    /// Invalidates every recorded translation on the CPUs that may hold it, waits for that to
-    /// complete, and only then frees the frames and table pages.
+    /// Invalidates every recorded translation on the CPUs that may hold it, in one shootdown
+    /// round for the whole operation, waits for that to complete, and only then frees the frames
+    /// and table pages. Called with no crate lock held.
     pub fn finish(mut self, platform: &dyn Platform) {
         let spaces = core::mem::take(&mut self.spaces);
         let mut frames = core::mem::take(&mut self.frames);
-        for (aspace, pending) in &spaces {
-            if !pending.is_empty() {
-                aspace.invalidate(pending);
-            }
+        let items: Vec<Item> = spaces
+            .iter()
+            .filter(|(_, pending)| !pending.is_empty())
+            .map(|(aspace, pending)| aspace.shootdown_item(pending))
+            .collect();
+        platform.tlb().shoot(platform, items);
+        for (_, pending) in &spaces {
             frames.extend_from_slice(pending.freed_tables());
         }
         if !frames.is_empty() {
             // SAFETY: every frame here was unlinked from the page tables and the page lists under
-            // their locks, and `invalidate` above returned only after every CPU that may have held
-            // a translation through them completed its invalidation; each frame is listed once.
+            // their locks, and `shoot` returned only after every CPU that may have held a
+            // translation through them completed its invalidation (or was marked to flush before
+            // it runs the address space again); each frame is listed once.
             unsafe { platform.free_frames(&frames) };
         }
         // The VMOs may now drop, and free their remaining frames.
