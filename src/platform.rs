@@ -221,6 +221,13 @@ pub trait Platform: Send + Sync {
         cfg!(target_arch = "aarch64")
     }
 
+    /// Called in every turn of a shootdown's wait for acknowledgements (after serving the calling
+    /// CPU's own mailbox). The default is a spin-loop hint; a kernel may also poll for its own
+    /// cross-CPU work, and a hosted simulation yields its thread.
+    fn wait_hint(&self) {
+        core::hint::spin_loop();
+    }
+
     /// Makes `root`, tagged `asid`, the calling CPU's user address space; with `flush`, first drops
     /// every translation the CPU holds under that tag. Bare-metal kernels forward to
     /// `zx_vm::arch::native_tlb::load_root`.

@@ -33,7 +33,14 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use spin::Mutex;
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`; a panic elsewhere (a failed check) must not hide behind a poisoned lock.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// What a freed frame is filled with when poisoning is on: a read through a stale translation of a
 /// freed frame returns this.
@@ -155,6 +162,8 @@ struct CpuState {
     ipi_pending: AtomicBool,
     /// A thread drives this CPU and takes its IPIs.
     attached: AtomicBool,
+    /// IPIs are taken between accesses (otherwise only in the crate's shootdown wait loop).
+    interrupts: AtomicBool,
     ipis_received: AtomicU64,
 }
 
@@ -226,6 +235,7 @@ impl SimMachine {
                     current: Mutex::new(None),
                     ipi_pending: AtomicBool::new(false),
                     attached: AtomicBool::new(false),
+                    interrupts: AtomicBool::new(true),
                     ipis_received: AtomicU64::new(0),
                 })
                 .collect(),
@@ -279,7 +289,7 @@ impl SimMachine {
 
     /// Lets only `frames` more frame allocations succeed (`None`: no limit).
     pub fn set_allocation_budget(&self, frames: Option<u64>) {
-        self.allocator.lock().budget = frames;
+        lock(&self.allocator).budget = frames;
     }
 
     /// Turns poisoning of freed frames on or off.
@@ -308,7 +318,7 @@ impl SimMachine {
         let mut sorted: Vec<PhysAddr> = frames.to_vec();
         sorted.sort_unstable();
         for (index, cpu) in self.cpus.iter().enumerate() {
-            let tlb = cpu.tlb.lock();
+            let tlb = lock(&cpu.tlb);
             for (&(tag, vpn), entry) in tlb.entries.iter() {
                 assert!(
                     Some(tag) != tlb.tag || sorted.binary_search(&entry.frame).is_err(),
@@ -329,7 +339,7 @@ impl SimMachine {
     }
 
     fn invalidate_on(&self, cpu: usize, request: &TlbInvalidate<'_>) {
-        let mut tlb = self.cpus[cpu].tlb.lock();
+        let mut tlb = lock(&self.cpus[cpu].tlb);
         match request.scope {
             TlbScope::Pages(pages) => {
                 for &va in pages {
@@ -376,7 +386,7 @@ impl Drop for SimMachine {
 
 impl Platform for SimMachine {
     fn alloc_frame(&self) -> Option<PhysAddr> {
-        let mut allocator = self.allocator.lock();
+        let mut allocator = lock(&self.allocator);
         if allocator.budget == Some(0) {
             return None;
         }
@@ -406,7 +416,7 @@ impl Platform for SimMachine {
     }
 
     fn alloc_contiguous(&self, count: usize) -> Option<PhysAddr> {
-        let mut allocator = self.allocator.lock();
+        let mut allocator = lock(&self.allocator);
         if count == 0 || allocator.budget.is_some_and(|b| b < count as u64) {
             return None;
         }
@@ -441,7 +451,7 @@ impl Platform for SimMachine {
                 }
             }
         }
-        let mut allocator = self.allocator.lock();
+        let mut allocator = lock(&self.allocator);
         for &pa in frames {
             let index = self.frame_index(pa);
             assert!(allocator.is_used(index), "double free of {pa:?}");
@@ -498,9 +508,14 @@ impl Platform for SimMachine {
         self.broadcast
     }
 
+    fn wait_hint(&self) {
+        // The targets are threads too, perhaps on this core: let them run.
+        std::thread::yield_now();
+    }
+
     fn load_root(&self, _root: PhysAddr, asid: u16, flush: bool) {
         let cpu = self.current_cpu();
-        let mut tlb = self.cpus[cpu].tlb.lock();
+        let mut tlb = lock(&self.cpus[cpu].tlb);
         if flush {
             tlb.drop_tag(asid);
             self.counters
@@ -510,7 +525,7 @@ impl Platform for SimMachine {
         tlb.tag = Some(asid);
         // Whatever the CPU can now use under this tag must still be memory the translation
         // was made for: a frame that was freed means a flush the crate forgot.
-        let allocator = self.allocator.lock();
+        let allocator = lock(&self.allocator);
         for (&(tag, vpn), entry) in tlb.entries.iter() {
             assert!(
                 tag != asid || allocator.is_used(self.frame_index(entry.frame)),
@@ -538,6 +553,7 @@ pub struct Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         self.cpu.state().attached.store(false, Ordering::SeqCst);
+        self.cpu.set_interrupts(true);
         self.cpu.poll();
     }
 }
@@ -561,9 +577,17 @@ impl SimCpu {
         Attached { cpu: self.clone() }
     }
 
-    /// Takes a pending IPI, as an interrupt window does.
+    /// Enables or disables this CPU's interrupts: while disabled, IPIs wait (the crate's own
+    /// shootdown wait loop still serves them).
+    pub fn set_interrupts(&self, enabled: bool) {
+        self.state().interrupts.store(enabled, Ordering::SeqCst);
+    }
+
+    /// Takes a pending IPI, as an interrupt window does (nothing while interrupts are disabled).
     pub fn poll(&self) {
-        if self.state().ipi_pending.swap(false, Ordering::SeqCst) {
+        if self.state().interrupts.load(Ordering::SeqCst)
+            && self.state().ipi_pending.swap(false, Ordering::SeqCst)
+        {
             SimMachine::as_cpu(self.index, || self.machine.tlb.handle_ipi(&*self.machine));
         }
     }
@@ -583,7 +607,7 @@ impl SimCpu {
     pub fn switch_to(&self, aspace: Option<&Arc<AddressSpace>>) {
         self.enter();
         self.poll();
-        let mut current = self.state().current.lock();
+        let mut current = lock(&self.state().current);
         let previous = current.take();
         match aspace {
             Some(new) => {
@@ -594,7 +618,7 @@ impl SimCpu {
                 if let Some(previous) = previous {
                     previous.deactivate();
                 }
-                self.state().tlb.lock().tag = None;
+                lock(&self.state().tlb).tag = None;
             }
         }
     }
@@ -619,16 +643,13 @@ impl SimCpu {
         // mean the access is refused.
         for _ in 0..3 {
             self.poll();
-            let aspace = self
-                .state()
-                .current
-                .lock()
+            let aspace = lock(&self.state().current)
                 .clone()
                 .ok_or(FaultError::NotMapped)?;
             {
                 // The TLB stays locked from lookup to access: an invalidation of this CPU waits
                 // for the access under way, as TLB maintenance completion does on hardware.
-                let mut tlb = self.state().tlb.lock();
+                let mut tlb = lock(&self.state().tlb);
                 let tag = tlb.tag.ok_or(FaultError::NotMapped)?;
                 if let Some(entry) = tlb.entries.get(&(tag, vpn)).copied() {
                     if entry.flags.contains(needed) {
@@ -672,19 +693,19 @@ impl SimCpu {
 
     /// The translation of `va` this CPU's TLB holds under its current tag, if any.
     pub fn tlb_entry(&self, va: u64) -> Option<TlbEntry> {
-        let tlb = self.state().tlb.lock();
+        let tlb = lock(&self.state().tlb);
         let tag = tlb.tag?;
         tlb.entries.get(&(tag, va / PAGE_SIZE)).copied()
     }
 
     /// How many translations this CPU's TLB holds, under every tag.
     pub fn tlb_len(&self) -> usize {
-        self.state().tlb.lock().entries.len()
+        lock(&self.state().tlb).entries.len()
     }
 
     /// Invalidates this CPU's translation of `va` under its current tag, as INVLPG would.
     pub fn invalidate_page(&self, va: u64) {
-        let mut tlb = self.state().tlb.lock();
+        let mut tlb = lock(&self.state().tlb);
         if let Some(tag) = tlb.tag {
             tlb.entries.remove(&(tag, va / PAGE_SIZE));
         }

@@ -205,7 +205,7 @@ impl Tlb {
             // Serve requests aimed at us: with interrupts disabled here, that is how two CPUs
             // shooting at each other both finish.
             self.handle_ipi(platform);
-            core::hint::spin_loop();
+            platform.wait_hint();
         }
     }
 
@@ -219,7 +219,9 @@ impl Tlb {
             // SAFETY: `node` was made by Box::into_raw in `push` and unlinked by our `take_all`;
             // no other thread can reach it any more, so we own it.
             let node_box = unsafe { Box::from_raw(node) };
-            node_box.request.flush_on(platform, me);
+            if !cfg!(feature = "break-remote-flush") {
+                node_box.request.flush_on(platform, me);
+            }
             // Release: the flush above happens before the initiator sees the acknowledgement.
             node_box.request.pending.fetch_sub(1, Ordering::Release);
             node = node_box.next;
@@ -237,5 +239,143 @@ impl Drop for Tlb {
                 node = node_box.next;
             }
         }
+    }
+}
+
+/// The handshake, model-checked with loom: every interleaving (up to loom's bounds) of an
+/// initiator and its targets. Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::thread;
+
+    /// What both simulated CPUs share.
+    struct Shared {
+        tlb: Tlb,
+        /// An IPI waits for each CPU.
+        ipi: [AtomicBool; 2],
+        /// Each CPU has carried out an invalidation.
+        flushed: [AtomicBool; 2],
+    }
+
+    /// One CPU's view of the machine.
+    struct Cpu {
+        id: usize,
+        shared: Arc<Shared>,
+    }
+
+    impl Platform for Cpu {
+        fn alloc_frame(&self) -> Option<PhysAddr> {
+            None
+        }
+        unsafe fn free_frames(&self, _frames: &[PhysAddr]) {}
+        fn phys_to_virt(&self, _pa: PhysAddr) -> *mut u8 {
+            ptr::null_mut()
+        }
+        fn cpu_count(&self) -> usize {
+            2
+        }
+        fn current_cpu(&self) -> usize {
+            self.id
+        }
+        fn tlb(&self) -> &Tlb {
+            &self.shared.tlb
+        }
+        fn send_ipi(&self, targets: CpuSet) {
+            for cpu in targets.iter() {
+                self.shared.ipi[cpu].store(true, Ordering::Release);
+            }
+        }
+        fn invalidate_local(&self, _request: &TlbInvalidate<'_>) {
+            self.shared.flushed[self.id].store(true, Ordering::Relaxed);
+        }
+        fn invalidation_is_broadcast(&self) -> bool {
+            false
+        }
+        fn wait_hint(&self) {
+            thread::yield_now();
+        }
+        fn load_root(&self, _root: PhysAddr, _asid: u16, _flush: bool) {}
+    }
+
+    fn item(targets: CpuSet) -> Item {
+        Item {
+            targets,
+            asid: 1,
+            root: PhysAddr(0x1000),
+            pages: alloc::vec![0x1000],
+            full: false,
+            tables_freed: false,
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            tlb: Tlb::new(2, 0),
+            ipi: [AtomicBool::new(false), AtomicBool::new(false)],
+            flushed: [AtomicBool::new(false), AtomicBool::new(false)],
+        })
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
+    /// When the initiator returns, the target has flushed: the acknowledgement never comes first.
+    #[test]
+    fn acknowledged_only_after_the_remote_flush() {
+        model(|| {
+            let shared = shared();
+            let done = Arc::new(AtomicBool::new(false));
+            let target = {
+                let (shared, done) = (shared.clone(), done.clone());
+                thread::spawn(move || {
+                    let cpu = Cpu { id: 1, shared };
+                    // Interrupts enabled: take the IPI whenever it is there.
+                    while !done.load(Ordering::Acquire) {
+                        if cpu.shared.ipi[1].swap(false, Ordering::Acquire) {
+                            cpu.shared.tlb.handle_ipi(&cpu);
+                        }
+                        thread::yield_now();
+                    }
+                })
+            };
+            let cpu = Cpu { id: 0, shared };
+            cpu.shared.tlb.shoot(&cpu, alloc::vec![item(CpuSet(0b11))]);
+            assert!(
+                cpu.shared.flushed[0].load(Ordering::Relaxed),
+                "the initiator flushed"
+            );
+            assert!(
+                cpu.shared.flushed[1].load(Ordering::Relaxed),
+                "acknowledged before flushing"
+            );
+            done.store(true, Ordering::Release);
+            target.join().unwrap();
+        });
+    }
+
+    /// Two CPUs that shoot at each other with interrupts disabled both finish, each having
+    /// flushed for the other.
+    #[test]
+    fn mutual_shootdowns_with_interrupts_disabled_finish() {
+        model(|| {
+            let shared = shared();
+            let other = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let cpu = Cpu { id: 1, shared };
+                    cpu.shared.tlb.shoot(&cpu, alloc::vec![item(CpuSet(0b01))]);
+                    assert!(cpu.shared.flushed[0].load(Ordering::Relaxed));
+                })
+            };
+            let cpu = Cpu { id: 0, shared };
+            cpu.shared.tlb.shoot(&cpu, alloc::vec![item(CpuSet(0b10))]);
+            assert!(cpu.shared.flushed[1].load(Ordering::Relaxed));
+            other.join().unwrap();
+        });
     }
 }
