@@ -118,7 +118,7 @@ impl Mailbox {
             unsafe { (*node).next = head };
             match self
                 .head
-                .compare_exchange_weak(head, node, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange(head, node, Ordering::Release, Ordering::Relaxed)
             {
                 Ok(_) => return,
                 Err(current) => head = current,
@@ -129,6 +129,11 @@ impl Mailbox {
     /// Takes every queued node. Only whole lists are taken, so pushes never race with a partial
     /// take (no ABA).
     fn take_all(&self) -> *mut Node {
+        // Look before writing: a wait loop polls this often, and an empty mailbox should not
+        // bounce its cache line between CPUs.
+        if self.head.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
         self.head.swap(ptr::null_mut(), Ordering::Acquire)
     }
 }
@@ -321,6 +326,7 @@ mod loom_model {
     fn model(f: impl Fn() + Sync + Send + 'static) {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(3);
+        builder.max_branches = 100_000;
         builder.check(f);
     }
 
@@ -336,7 +342,9 @@ mod loom_model {
                     let cpu = Cpu { id: 1, shared };
                     // Interrupts enabled: take the IPI whenever it is there.
                     while !done.load(Ordering::Acquire) {
-                        if cpu.shared.ipi[1].swap(false, Ordering::Acquire) {
+                        if cpu.shared.ipi[1].load(Ordering::Relaxed)
+                            && cpu.shared.ipi[1].swap(false, Ordering::Acquire)
+                        {
                             cpu.shared.tlb.handle_ipi(&cpu);
                         }
                         thread::yield_now();
@@ -358,24 +366,41 @@ mod loom_model {
         });
     }
 
-    /// Two CPUs that shoot at each other with interrupts disabled both finish, each having
-    /// flushed for the other.
+    /// Takes a pending IPI, as an interrupt window does.
+    fn serve(cpu: &Cpu) {
+        if cpu.shared.ipi[cpu.id].load(Ordering::Relaxed)
+            && cpu.shared.ipi[cpu.id].swap(false, Ordering::Acquire)
+        {
+            cpu.shared.tlb.handle_ipi(cpu);
+        }
+    }
+
+    /// Two CPUs that shoot at each other with interrupts disabled both finish their shootdowns
+    /// (each serves the other's from its own wait loop), each having flushed for the other; then
+    /// they enable interrupts until both are done.
     #[test]
     fn mutual_shootdowns_with_interrupts_disabled_finish() {
         model(|| {
             let shared = shared();
-            let other = {
-                let shared = shared.clone();
-                thread::spawn(move || {
-                    let cpu = Cpu { id: 1, shared };
-                    cpu.shared.tlb.shoot(&cpu, alloc::vec![item(CpuSet(0b01))]);
-                    assert!(cpu.shared.flushed[0].load(Ordering::Relaxed));
-                })
+            let finished = Arc::new(AtomicUsize::new(0));
+            let run = |cpu: Cpu, finished: Arc<AtomicUsize>| {
+                let other = 1 - cpu.id;
+                cpu.shared
+                    .tlb
+                    .shoot(&cpu, alloc::vec![item(CpuSet::single(other))]);
+                assert!(cpu.shared.flushed[other].load(Ordering::Relaxed));
+                finished.fetch_add(1, Ordering::Release);
+                while finished.load(Ordering::Acquire) < 2 {
+                    serve(&cpu);
+                    thread::yield_now();
+                }
             };
-            let cpu = Cpu { id: 0, shared };
-            cpu.shared.tlb.shoot(&cpu, alloc::vec![item(CpuSet(0b10))]);
-            assert!(cpu.shared.flushed[1].load(Ordering::Relaxed));
-            other.join().unwrap();
+            let thread1 = {
+                let (shared, finished) = (shared.clone(), finished.clone());
+                thread::spawn(move || run(Cpu { id: 1, shared }, finished))
+            };
+            run(Cpu { id: 0, shared }, finished);
+            thread1.join().unwrap();
         });
     }
 }
