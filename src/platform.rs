@@ -211,8 +211,19 @@ pub trait Platform: Send + Sync {
     fn send_ipi(&self, targets: CpuSet);
 
     /// Carries out `request` in the calling CPU's TLB, whether or not the address space is the
-    /// current one there. Bare-metal kernels forward to
-    /// `zx_vm::arch::native_tlb::invalidate_local` (x86_64) or `invalidate_broadcast` (aarch64).
+    /// current one there. On bare metal the default runs the architecture's instructions
+    /// (`arch::native_tlb::invalidate_local` on x86_64, `invalidate_broadcast` on aarch64); a host
+    /// platform (the simulation) must provide it.
+    #[cfg(target_os = "none")]
+    fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
+        #[cfg(target_arch = "x86_64")]
+        crate::arch::native_tlb::invalidate_local(request);
+        #[cfg(target_arch = "aarch64")]
+        crate::arch::native_tlb::invalidate_broadcast(request);
+    }
+
+    /// Carries out `request` in the calling CPU's TLB (see the bare-metal default).
+    #[cfg(not(target_os = "none"))]
     fn invalidate_local(&self, request: &TlbInvalidate<'_>);
 
     /// Whether [`Platform::invalidate_local`] reaches every CPU by itself, as aarch64's
@@ -229,7 +240,28 @@ pub trait Platform: Send + Sync {
     }
 
     /// Makes `root`, tagged `asid`, the calling CPU's user address space; with `flush`, first drops
-    /// every translation the CPU holds under that tag. Bare-metal kernels forward to
-    /// `zx_vm::arch::native_tlb::load_root`.
+    /// every translation the CPU holds under that tag. On bare metal the default loads CR3 or
+    /// TTBR0_EL1 itself (`arch::native_tlb::load_root`); a host platform must provide it.
+    #[cfg(target_os = "none")]
+    fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+        // SAFETY: `root` is an address space's root table, alive while the address space is (the
+        // crate calls this only from `AddressSpace::activate`). On x86_64 it holds the kernel's
+        // own mappings, which `prepare_root` put there when it was made; on aarch64 the kernel
+        // runs from TTBR1_EL1, untouched by the switch. A non-zero tag exists only when the kernel
+        // made the `Tlb` with tags, which it does only with PCIDs (x86_64) or ASIDs enabled.
+        unsafe { crate::arch::native_tlb::load_root(root, asid, flush) }
+    }
+
+    /// Makes `root`, tagged `asid`, the calling CPU's user address space (see the bare-metal
+    /// default).
+    #[cfg(not(target_os = "none"))]
     fn load_root(&self, root: PhysAddr, asid: u16, flush: bool);
+
+    /// Called once for each new address space, with its empty root table, before it is used. An
+    /// x86_64 kernel copies its own upper-half entries (PML4 slots 256-511) in here, so that the
+    /// kernel stays mapped under every address space; the crate never touches that half. The
+    /// default does nothing (aarch64 kernels run from TTBR1_EL1).
+    fn prepare_root(&self, root: PhysAddr) {
+        let _ = root;
+    }
 }

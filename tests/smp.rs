@@ -440,3 +440,119 @@ fn mutual_shootdowns_do_not_deadlock() {
         );
     }
 }
+
+/// Page faults, maps, unmaps, protects and decommits on the same VMO and address space from four
+/// CPUs at once: nothing deadlocks, nothing reads a freed frame, every status is one the call may
+/// return, and every frame comes back at the end.
+#[test]
+fn the_object_model_under_concurrency() {
+    for (format, broadcast) in [
+        (Format::X86_64, false),
+        (Format::Aarch64, true),
+        (Format::X86_64, true),
+        (Format::Aarch64, false),
+    ] {
+        if std::env::var("ONLY").is_ok_and(|only| only != format!("{format:?}{broadcast}")) {
+            continue;
+        }
+        let machine = smp_machine(4, 4, broadcast);
+        let p = new_process(&machine, format);
+        let root = p.root_vmar_handle();
+        let vmo = patterned_vmo(&p, PAGES);
+        let shared = map_rw(&p, root, vmo, 0, PAGES);
+        let start = Arc::new(Barrier::new(4));
+        let threads: Vec<_> = (0..4usize)
+            .map(|i| {
+                let (machine, p, start) = (machine.clone(), p.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let cpu = machine.cpu(i);
+                    let _attached = cpu.attach();
+                    cpu.switch_to(Some(p.aspace()));
+                    start.wait();
+                    let mut rng = Rng(7 + i as u64);
+                    for _ in 0..1_500 {
+                        let page = rng.below(PAGES);
+                        let va = shared + page * PAGE_SIZE + 8 * i as u64;
+                        match rng.below(7) {
+                            0 | 1 => {
+                                let value = cpu.load(va).unwrap();
+                                assert_ne!(value, FREED_POISON, "{format:?}");
+                            }
+                            // A store may meet a page another CPU just made read-only.
+                            2 => {
+                                let _ = cpu.store(va, 1);
+                            }
+                            3 => {
+                                let perms = if rng.below(2) == 0 {
+                                    ZX_VM_PERM_READ
+                                } else {
+                                    ZX_VM_PERM_READ | ZX_VM_PERM_WRITE
+                                };
+                                let status = zx_vmar_protect(
+                                    &p,
+                                    root,
+                                    perms,
+                                    shared + page * PAGE_SIZE,
+                                    PAGE_SIZE,
+                                );
+                                assert_eq!(status, ZX_OK, "{format:?}");
+                            }
+                            4 => {
+                                let status = zx_vmar_op_range(
+                                    &p,
+                                    root,
+                                    ZX_VMAR_OP_DECOMMIT,
+                                    shared + page * PAGE_SIZE,
+                                    PAGE_SIZE,
+                                    0,
+                                    0,
+                                );
+                                assert_eq!(status, ZX_OK, "{format:?}");
+                            }
+                            5 => {
+                                // A private mapping of the same VMO: touch it and unmap it.
+                                let mut addr = 0;
+                                let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+                                let status = zx_vmar_map(
+                                    &p,
+                                    root,
+                                    rw,
+                                    0,
+                                    vmo,
+                                    page * PAGE_SIZE,
+                                    PAGE_SIZE,
+                                    &mut addr,
+                                );
+                                assert_eq!(status, ZX_OK, "{format:?}");
+                                assert_ne!(cpu.load(addr).unwrap(), FREED_POISON);
+                                assert_eq!(zx_vmar_unmap(&p, root, addr, PAGE_SIZE), ZX_OK);
+                                // Another CPU may already have mapped something at the same place.
+                                if let Ok(value) = cpu.load(addr) {
+                                    assert_ne!(value, FREED_POISON, "{format:?}");
+                                }
+                            }
+                            _ => {
+                                let status = zx_vmo_op_range(
+                                    &p,
+                                    vmo,
+                                    ZX_VMO_OP_COMMIT,
+                                    0,
+                                    PAGES * PAGE_SIZE,
+                                    0,
+                                    0,
+                                );
+                                assert_eq!(status, ZX_OK, "{format:?}");
+                            }
+                        }
+                    }
+                    cpu.switch_to(None);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(p);
+        assert_eq!(machine.frames_in_use(), 0, "{format:?}");
+    }
+}

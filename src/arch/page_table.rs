@@ -161,7 +161,13 @@ impl<F: PteFormat> PageTable<F> {
         if level > 0 {
             // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller.
             let table = unsafe { entries(platform, table_pa) };
-            for slot in table {
+            // The root's upper half belongs to the kernel (see `Platform::prepare_root`).
+            let owned = if level == ROOT_LEVEL {
+                ENTRIES / 2
+            } else {
+                ENTRIES
+            };
+            for slot in &table[..owned] {
                 let entry = slot.load(Ordering::Relaxed);
                 if F::is_table(entry, level) {
                     Self::release_level(platform, F::address(entry), level - 1, out);
@@ -489,6 +495,31 @@ mod tests {
     #[test]
     fn aarch64_flush_threshold() {
         threshold::<Aarch64>();
+    }
+
+    #[test]
+    fn release_leaves_the_kernel_half_alone() {
+        let machine = SimMachine::with_frames(64);
+        let p: &dyn Platform = &*machine;
+        let mut pt = PageTable::<X86_64>::new(p).unwrap();
+        // A kernel's upper-half entry, as `Platform::prepare_root` would copy in.
+        let kernel_table = p.alloc_frame().unwrap();
+        let kernel_entry = X86_64::table_entry(kernel_table);
+        // SAFETY: the root is a live table of `pt`.
+        unsafe { entries(p, pt.root())[300].store(kernel_entry, Ordering::Relaxed) };
+        pt.map(p, 0x40_0000, kernel_table, MmuFlags::READ).unwrap();
+        let root = pt.root();
+        // The kernel's table page stays alive past the release, and no user walk ever reaches it.
+        let mut pending = PendingFlush::new();
+        pt.unmap(p, 0, crate::arch::USER_ADDRESS_LIMIT, &mut pending);
+        // SAFETY: the root is still a live table of `pt`.
+        let kept = unsafe { entries(p, root)[300].load(Ordering::Relaxed) };
+        assert_eq!(kept, kernel_entry);
+        pt.release(p, &mut pending);
+        assert!(!pending.freed_tables().contains(&kernel_table));
+        flush_and_free(&machine, pending);
+        // SAFETY: test-owned frame, unreferenced now.
+        unsafe { machine.free_frames(&[kernel_table]) };
     }
 
     #[test]

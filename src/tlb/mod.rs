@@ -15,7 +15,7 @@ pub(crate) use self::shootdown::Item;
 pub use self::shootdown::Tlb;
 
 use crate::platform::{PhysAddr, Platform, TlbScope};
-use crate::vmar::AddressSpace;
+use crate::vmar::{AddressSpace, Region};
 use crate::vmo::Vmo;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -132,7 +132,8 @@ impl PendingFlush {
 pub struct TlbBatch {
     spaces: Vec<(Arc<AddressSpace>, PendingFlush)>,
     frames: Vec<PhysAddr>,
-    keep_alive: Vec<Arc<Vmo>>,
+    /// Unmapped mappings, taken off their VMOs' lists after the shootdown.
+    retired: Vec<Arc<Region>>,
 }
 
 impl TlbBatch {
@@ -158,10 +159,11 @@ impl TlbBatch {
         &mut self.frames
     }
 
-    /// Keeps `vmo` alive until after the invalidation, so that its frames cannot be freed by its
-    /// destructor while a TLB may still map them.
-    pub(crate) fn keep_alive(&mut self, vmo: Arc<Vmo>) {
-        self.keep_alive.push(vmo);
+    /// Takes over an unmapped mapping: it leaves its VMO's list only after the shootdown, so that
+    /// a decommit meanwhile still flushes its address space, and its VMO (which it holds alive)
+    /// cannot free frames while a TLB may still map them.
+    pub(crate) fn retire(&mut self, region: Arc<Region>) {
+        self.retired.push(region);
     }
 
     /// How many page translations changed, over all address spaces.
@@ -191,8 +193,16 @@ impl TlbBatch {
             // it runs the address space again); each frame is listed once.
             unsafe { platform.free_frames(&frames) };
         }
-        // The VMOs may now drop, and free their remaining frames.
-        self.keep_alive.clear();
+        // No CPU holds a translation through the retired mappings any more.
+        for region in core::mem::take(&mut self.retired) {
+            let vmo = region
+                .mapping()
+                .expect("only mappings retire")
+                .vmo()
+                .clone();
+            Vmo::remove_mapping_locked(&mut vmo.lock(), &region);
+            // Dropping the region may drop the VMO, which frees its frames: safe now.
+        }
     }
 }
 

@@ -261,6 +261,7 @@ impl AddressSpace {
     pub fn new(platform: Arc<dyn Platform>, format: Format) -> ZxResult<Arc<AddressSpace>> {
         let mmu = new_page_table(&*platform, format)?;
         let root_table = mmu.root();
+        platform.prepare_root(root_table);
         let (asid, dirty) = platform.tlb().asids().alloc();
         let root_vmar = 1;
         let mut vmars = BTreeMap::new();
@@ -467,17 +468,18 @@ impl AddressSpace {
             .map_err(|_| FaultError::NoMemory)
     }
 
-    /// Unmaps `region` (a mapping, already unlinked from its VMAR) from the page table and its
-    /// VMO's list. The VMO is kept alive in `batch` until the invalidation is done.
+    /// Unmaps `region` (a mapping, already unlinked from its VMAR): clears its page-table
+    /// entries and hands it to `batch`, which takes it off its VMO's list once the shootdown for
+    /// those entries completed. Until then a decommit of its pages still sees it, and flushes its
+    /// address space too: a CPU may still cache a translation through it.
     fn unlink_mapping(&self, region: &Arc<Region>, batch: &mut TlbBatch) {
         let mapping = region.mapping().expect("a mapping");
-        let vmo = mapping.vmo().clone();
         {
-            let mut inner = vmo.lock();
+            let _inner = mapping.vmo().lock();
             self.unmap_pages(region.base(), region.end(), batch.space(&self.arc()));
-            Vmo::remove_mapping_locked(&mut inner, region);
+            mapping.set_unmapped();
         }
-        batch.keep_alive(vmo);
+        batch.retire(region.clone());
     }
 
     /// Destroys VMAR `id` and everything below it. Its region in the parent is left to the caller.
@@ -775,23 +777,22 @@ impl Vmar {
             can_map,
         );
         let mut result = Ok(start);
-        {
+        let mapped = {
             let mut inner = vmo.lock();
             Vmo::add_mapping_locked(&mut inner, region.clone());
-            let node = tree.node_mut(self.id)?;
-            node.children.insert(region.clone());
+            tree.node_mut(self.id)?.children.insert(region.clone());
             if options.contains(VmOptions::MAP_RANGE) && flags.contains(MmuFlags::READ) {
-                if let Err(status) =
-                    self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)
-                {
-                    // Out of page-table pages: take the new mapping away again.
-                    node.unlink(&region);
-                    self.aspace
-                        .unmap_pages(start, start + len, batch.space(&self.aspace));
-                    Vmo::remove_mapping_locked(&mut inner, &region);
-                    result = Err(status);
-                }
+                self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)
+            } else {
+                Ok(())
             }
+        };
+        if let Err(status) = mapped {
+            // Out of page-table pages: take the new mapping away again, as an unmap would (a CPU
+            // may already have walked the entries that were made).
+            tree.node_mut(self.id)?.unlink(&region);
+            self.aspace.unlink_mapping(&region, &mut batch);
+            result = Err(status);
         }
         drop(tree);
         batch.finish(&**self.aspace.platform());

@@ -12,7 +12,7 @@ use crate::abi::VmOptions;
 use crate::arch::MmuFlags;
 use crate::vmo::Vmo;
 use alloc::sync::{Arc, Weak};
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use intrusive_collections::{intrusive_adapter, linked_list, rbtree, KeyAdapter};
 
 /// A child of a VMAR.
@@ -42,6 +42,10 @@ pub struct Mapping {
     /// The `ZX_VM_CAN_MAP_*` permissions the mapping may ever have: those that both the VMO
     /// handle and the VMAR handle granted when it was made.
     can_map: VmOptions,
+    /// Unmapped: out of its VMAR and its page-table entries cleared, but still on its VMO's list
+    /// until the shootdown for those entries completes (see [`crate::tlb::TlbBatch::retire`]).
+    /// Written under the VMO lock.
+    unmapped: AtomicBool,
 }
 
 intrusive_adapter!(pub(crate) TreeAdapter = Arc<Region>: Region { tree_link => rbtree::AtomicLink });
@@ -85,6 +89,7 @@ impl Region {
                 vmo_offset,
                 flags: AtomicU8::new(flags.bits()),
                 can_map,
+                unmapped: AtomicBool::new(false),
             }),
         })
     }
@@ -145,6 +150,15 @@ impl Mapping {
     /// The permissions the mapping may ever have, as `ZX_VM_CAN_MAP_*` bits.
     pub fn can_map(&self) -> VmOptions {
         self.can_map
+    }
+
+    /// Whether the mapping was unmapped and only waits for its shootdown.
+    pub(crate) fn is_unmapped(&self) -> bool {
+        self.unmapped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_unmapped(&self) {
+        self.unmapped.store(true, Ordering::Relaxed);
     }
 
     /// The address space, unless it is being torn down.

@@ -436,6 +436,13 @@ impl Vmo {
             let Some(aspace) = mapping.aspace() else {
                 continue;
             };
+            if mapping.is_unmapped() {
+                // Its entries are gone, but the shootdown of its unmap may still be under way:
+                // a CPU may cache a translation to one of our frames through it. Flush its
+                // address space as part of our round, so the frames outlive every such entry.
+                batch.space(&aspace).add_all();
+                continue;
+            }
             let va = region.base() + (lo - offset);
             aspace.unmap_pages(va, va + (hi - lo), batch.space(&aspace));
         }
