@@ -179,6 +179,32 @@ impl<F: PteFormat> PageTable<F> {
     }
 }
 
+impl<F: PteFormat> PageTable<F> {
+    fn visit_level(
+        platform: &dyn Platform,
+        table_pa: PhysAddr,
+        level: usize,
+        base: u64,
+        f: &mut dyn FnMut(u64, PhysAddr, MmuFlags),
+    ) {
+        // SAFETY: `table_pa` is a table of this tree, borrowed by the caller for the walk.
+        let table = unsafe { entries(platform, table_pa) };
+        let owned = if level == ROOT_LEVEL { ENTRIES / 2 } else { ENTRIES };
+        for (index, slot) in table[..owned].iter().enumerate() {
+            let entry = slot.load(Ordering::Relaxed);
+            let va = base + index as u64 * entry_span(level);
+            if !F::is_valid(entry) {
+                continue;
+            }
+            if level == 0 {
+                f(va, F::address(entry), F::page_flags(entry));
+            } else if F::is_table(entry, level) {
+                Self::visit_level(platform, F::address(entry), level - 1, va, f);
+            }
+        }
+    }
+}
+
 impl<F: PteFormat> Drop for PageTable<F> {
     fn drop(&mut self) {
         debug_assert!(
@@ -233,6 +259,10 @@ pub trait PageTableOps: Send {
     /// Frees the whole tree, the root included, into `out`. The table is empty afterwards and must
     /// not be used again.
     fn release(&mut self, platform: &dyn Platform, out: &mut PendingFlush);
+
+    /// Calls `f` with every valid level-0 entry of the user half: its address, frame and
+    /// permissions, in address order. For audits; O(tables).
+    fn for_each_page(&self, platform: &dyn Platform, f: &mut dyn FnMut(u64, PhysAddr, MmuFlags));
 }
 
 impl<F: PteFormat> PageTableOps for PageTable<F> {
@@ -316,6 +346,12 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
     fn query(&self, platform: &dyn Platform, va: u64) -> Option<(PhysAddr, MmuFlags)> {
         // SAFETY: the tree is borrowed for the walk, so none of its tables is freed meanwhile.
         unsafe { translate::<F>(platform, self.root, va) }
+    }
+
+    fn for_each_page(&self, platform: &dyn Platform, f: &mut dyn FnMut(u64, PhysAddr, MmuFlags)) {
+        if self.tables > 0 {
+            Self::visit_level(platform, self.root, ROOT_LEVEL, 0, f);
+        }
     }
 
     fn release(&mut self, platform: &dyn Platform, out: &mut PendingFlush) {

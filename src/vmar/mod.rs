@@ -73,6 +73,15 @@ impl Access {
     }
 }
 
+/// What [`AddressSpace::audit`] found wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditError {
+    /// The virtual address of the bad translation.
+    pub va: u64,
+    /// What is wrong with it.
+    pub what: &'static str,
+}
+
 /// Why a page fault could not be resolved. The kernel turns it into an exception for the thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultError {
@@ -394,6 +403,45 @@ impl AddressSpace {
     ) -> R {
         let mut mmu = self.mmu.lock();
         f(&mut **mmu, &*self.platform)
+    }
+
+    /// Checks that every translation in the page table belongs to a live mapping and to the
+    /// committed page behind it, with no more than the mapping's permissions. For tests and
+    /// debugging: call it while no operation on the address space or its VMOs is under way.
+    pub fn audit(&self) -> Result<(), AuditError> {
+        let tree = self.lock_tree();
+        let mut pages = Vec::new();
+        self.mmu
+            .lock()
+            .for_each_page(&*self.platform, &mut |va, pa, flags| pages.push((va, pa, flags)));
+        for (va, pa, flags) in pages {
+            let fail = |what| Err(AuditError { va, what });
+            let Ok(mut node) = tree.node(self.root_vmar) else {
+                return fail("a translation outlived the root VMAR");
+            };
+            let region = loop {
+                let Some(region) = node.child_at(va) else {
+                    return fail("a translation outside every mapping");
+                };
+                match region.kind() {
+                    RegionKind::Vmar(child) => match tree.node(*child) {
+                        Ok(child) => node = child,
+                        Err(_) => return fail("a translation in a destroyed VMAR"),
+                    },
+                    RegionKind::Mapping(_) => break region,
+                }
+            };
+            let mapping = region.mapping().expect("matched above");
+            if !mapping.flags().union(MmuFlags::USER).contains(flags) {
+                return fail("a translation with more permissions than its mapping");
+            }
+            let index = (va - region.base() + mapping.vmo_offset()) >> PAGE_SHIFT;
+            let vmo = mapping.vmo();
+            if vmo.lookup_page_locked(&vmo.lock(), index) != Some(pa) {
+                return fail("a translation to a frame that is not the VMO's page");
+            }
+        }
+        Ok(())
     }
 
     fn arc(&self) -> Arc<AddressSpace> {

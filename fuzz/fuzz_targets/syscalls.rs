@@ -1,0 +1,292 @@
+//! Fuzz target: bytes decode into a sequence of syscalls, kernel-side calls (pins, allocation
+//! failures) and simulated loads and stores, run against the crate on a simulated machine. After
+//! every step the invariants must hold:
+//!
+//! - every present page-table entry belongs to a live mapping and to the committed VMO page behind
+//!   it, with no more than the mapping's permissions (`AddressSpace::audit`);
+//! - frames in use = pages committed to live VMOs + page-table pages: nothing leaked, nothing freed
+//!   twice (the machine panics on a double free, or on freeing a frame a TLB still maps);
+//! - no load ever returns the poison of a freed frame;
+//! - when everything is dropped, every frame is back (the machine checks on drop).
+//!
+//! Run: `cargo +nightly fuzz run syscalls` (see README.md).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::sync::{Arc, Weak};
+use zx_vm::abi::*;
+use zx_vm::arch::Format;
+use zx_vm::sim::{SimConfig, SimMachine, FREED_POISON};
+use zx_vm::syscall::*;
+use zx_vm::{KernelObject, Platform, Process, Vmo};
+
+/// Reads the fuzzer's bytes as values; zeros once they run out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from(self.u8()) | (u16::from(self.u8()) << 8)
+    }
+
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, i| v | (u64::from(self.u8()) << (8 * i)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+struct World {
+    machine: Arc<SimMachine>,
+    processes: Vec<Arc<Process>>,
+    /// (process, handle) pairs that were issued at some point (some closed since).
+    handles: Vec<(usize, zx_handle_t)>,
+    /// Addresses returned by map and allocate.
+    addrs: Vec<u64>,
+    vmos: Vec<Weak<Vmo>>,
+}
+
+impl World {
+    fn process(&self, b: &mut Bytes) -> usize {
+        usize::from(b.u8()) % self.processes.len()
+    }
+
+    /// A handle of process `p`: mostly one it was given, sometimes garbage.
+    fn handle(&self, p: usize, b: &mut Bytes) -> zx_handle_t {
+        let pick = b.u8();
+        if pick >= 240 {
+            return u32::from(b.u16()) | (u32::from(pick) << 16);
+        }
+        let own: Vec<_> = self.handles.iter().filter(|(q, _)| *q == p).collect();
+        if own.is_empty() {
+            return ZX_HANDLE_INVALID;
+        }
+        own[usize::from(pick) % own.len()].1
+    }
+
+    fn address(&self, b: &mut Bytes) -> u64 {
+        let pick = b.u8();
+        if pick >= 250 || self.addrs.is_empty() {
+            return b.u64();
+        }
+        let base = self.addrs[usize::from(pick) % self.addrs.len()];
+        let delta = i64::from(b.u8() as i8) * PAGE_SIZE as i64;
+        base.wrapping_add_signed(delta) + u64::from(b.u8() % 4 == 0) * u64::from(b.u8())
+    }
+
+    fn size(&self, b: &mut Bytes) -> u64 {
+        match b.u8() {
+            250 => b.u64(),
+            251 => 0,
+            n => u64::from(n % 24) * PAGE_SIZE + u64::from(n >= 200) * u64::from(b.u8()),
+        }
+    }
+
+    fn remember(&mut self, p: usize, handle: zx_handle_t) {
+        self.handles.push((p, handle));
+        if let Ok((vmo, _)) = self.processes[p].vmo(handle) {
+            // Duplicates name the same VMO: count it once.
+            if !self.vmos.iter().any(|known| known.as_ptr() == Arc::as_ptr(&vmo)) {
+                self.vmos.push(Arc::downgrade(&vmo));
+            }
+        }
+    }
+
+    fn check(&self) {
+        for process in &self.processes {
+            if let Err(error) = process.aspace().audit() {
+                panic!("audit: {error:?}");
+            }
+        }
+        let committed: u64 = self
+            .vmos
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|vmo| vmo.committed_bytes() / PAGE_SIZE)
+            .sum();
+        let tables: u64 = self
+            .processes
+            .iter()
+            .map(|p| p.aspace().page_table_pages() as u64)
+            .sum();
+        assert_eq!(
+            self.machine.frames_in_use(),
+            committed + tables,
+            "frames in use != committed pages + page-table pages"
+        );
+    }
+}
+
+fn run(data: &[u8]) {
+    let mut b = Bytes(data);
+    let flags = b.u8();
+    let format = if flags & 1 == 0 { Format::X86_64 } else { Format::Aarch64 };
+    let machine = SimMachine::new(SimConfig {
+        frames: 384,
+        cpus: 2,
+        poison_freed: true,
+        tags: u16::from(flags >> 1 & 3),
+        broadcast: flags & 8 != 0,
+    });
+    let platform: Arc<dyn Platform> = machine.clone();
+    let mut world = World {
+        machine: machine.clone(),
+        processes: Vec::new(),
+        handles: Vec::new(),
+        addrs: Vec::new(),
+        vmos: Vec::new(),
+    };
+    for p in 0..2 {
+        let process = Process::new(platform.clone(), format).expect("a process fits in 384 frames");
+        world.handles.push((p, process.root_vmar_handle()));
+        world.processes.push(process);
+    }
+    let cpus = [machine.cpu(0), machine.cpu(1)];
+    let mut running: [Option<usize>; 2] = [None, None];
+
+    for _ in 0..96 {
+        if b.is_empty() {
+            break;
+        }
+        let p = world.process(&mut b);
+        let process = world.processes[p].clone();
+        match b.u8() % 16 {
+            0 => {
+                let mut handle = 0;
+                let size = world.size(&mut b);
+                if zx_vmo_create(&process, size, u32::from(b.u8() % 4 == 0), &mut handle) == ZX_OK {
+                    world.remember(p, handle);
+                }
+            }
+            1 => {
+                let vmar = world.handle(p, &mut b);
+                let options = u32::from(b.u16()) & 0x3ff;
+                let (offset, size) = (u64::from(b.u8()) * PAGE_SIZE, world.size(&mut b));
+                let (mut child, mut addr) = (0, 0);
+                if zx_vmar_allocate(&process, vmar, options, offset, size, &mut child, &mut addr) == ZX_OK {
+                    world.remember(p, child);
+                    world.addrs.push(addr);
+                }
+            }
+            2 | 3 => {
+                let vmar = world.handle(p, &mut b);
+                let vmo = world.handle(p, &mut b);
+                let options = u32::from(b.u16()) & 0x1fff;
+                let offset = u64::from(b.u8()) * PAGE_SIZE;
+                let vmo_offset = u64::from(b.u8() % 16) * PAGE_SIZE;
+                let len = world.size(&mut b);
+                let mut addr = 0;
+                if zx_vmar_map(&process, vmar, options, offset, vmo, vmo_offset, len, &mut addr) == ZX_OK {
+                    world.addrs.push(addr);
+                }
+            }
+            4 => {
+                let vmar = world.handle(p, &mut b);
+                let (addr, len) = (world.address(&mut b), world.size(&mut b));
+                zx_vmar_unmap(&process, vmar, addr, len);
+            }
+            5 => {
+                let vmar = world.handle(p, &mut b);
+                let perms = u32::from(b.u8() % 8);
+                let (addr, len) = (world.address(&mut b), world.size(&mut b));
+                zx_vmar_protect(&process, vmar, perms, addr, len);
+            }
+            6 => {
+                let vmar = world.handle(p, &mut b);
+                if b.u8() % 4 == 0 {
+                    zx_vmar_destroy(&process, vmar);
+                }
+            }
+            7 | 8 => {
+                let vmar = world.handle(p, &mut b);
+                let op = if b.u8() % 4 == 0 { u32::from(b.u8()) } else { ZX_VMAR_OP_DECOMMIT };
+                let (addr, size) = (world.address(&mut b), world.size(&mut b));
+                let (buffer, buffer_size) = if b.u8() % 8 == 0 { (1, 0) } else { (0, 0) };
+                zx_vmar_op_range(&process, vmar, op, addr, size, buffer, buffer_size);
+            }
+            9 => {
+                let vmo = world.handle(p, &mut b);
+                let offset = u64::from(b.u16()) * 8;
+                let mut buffer = vec![0u8; usize::from(b.u8())];
+                if b.u8() % 2 == 0 {
+                    zx_vmo_read(&process, vmo, &mut buffer, offset);
+                } else {
+                    buffer.fill(b.u8() | 1);
+                    zx_vmo_write(&process, vmo, &buffer, offset);
+                }
+            }
+            10 => {
+                let vmo = world.handle(p, &mut b);
+                let op = u32::from(b.u8() % 16);
+                let (offset, size) = (u64::from(b.u8() % 24) * PAGE_SIZE, world.size(&mut b));
+                zx_vmo_op_range(&process, vmo, op, offset, size, 0, 0);
+            }
+            11 => {
+                let handle = world.handle(p, &mut b);
+                let rights = if b.u8() % 2 == 0 { ZX_RIGHT_SAME_RIGHTS } else { u32::from(b.u16()) << 2 };
+                let mut out = 0;
+                let status = if b.u8() % 2 == 0 {
+                    zx_handle_duplicate(&process, handle, rights, &mut out)
+                } else {
+                    zx_handle_replace(&process, handle, rights, &mut out)
+                };
+                if status == ZX_OK {
+                    world.remember(p, out);
+                }
+            }
+            12 => {
+                let handle = world.handle(p, &mut b);
+                zx_handle_close(&process, handle);
+            }
+            13 | 14 => {
+                let c = usize::from(b.u8() % 2);
+                if running[c] != Some(p) {
+                    cpus[c].switch_to(Some(process.aspace()));
+                    running[c] = Some(p);
+                }
+                let va = world.address(&mut b) & !7;
+                if b.u8() % 2 == 0 {
+                    if let Ok(value) = cpus[c].load(va) {
+                        assert_ne!(value, FREED_POISON, "a load read a freed frame");
+                    }
+                } else {
+                    let _ = cpus[c].store(va, u64::from(b.u8()) + 1);
+                }
+            }
+            _ => match b.u8() % 4 {
+                // Kernel-side: allocation failures from here on, or none.
+                0 => machine.set_allocation_budget(Some(u64::from(b.u8() % 8))),
+                1 => machine.set_allocation_budget(None),
+                // Kernel-side: pin or unpin a VMO range.
+                _ => {
+                    let handle = world.handle(p, &mut b);
+                    if let Ok(handle) = process.handle(handle) {
+                        if let KernelObject::Vmo(vmo) = handle.object {
+                            let (offset, len) = (u64::from(b.u8() % 8) * PAGE_SIZE, PAGE_SIZE * u64::from(b.u8() % 3));
+                            let _ = if b.u8() % 2 == 0 { vmo.pin(offset, len) } else { vmo.unpin(offset, len) };
+                        }
+                    }
+                }
+            },
+        }
+        world.check();
+    }
+    machine.set_allocation_budget(None);
+    for cpu in &cpus {
+        cpu.switch_to(None);
+    }
+    // Dropping the world drops every object; the machine then checks that every frame came back.
+}
+
+fuzz_target!(|data: &[u8]| run(data));
