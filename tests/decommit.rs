@@ -67,6 +67,8 @@ fn decommit_reaches_every_alias() {
         assert_eq!(status, ZX_OK, "{format:?}");
 
         let delta = machine.counters().since(&counters);
+        assert_eq!(a.aspace().audit(), Ok(()), "{format:?}");
+        assert_eq!(b.aspace().audit(), Ok(()), "{format:?}");
         assert_eq!(
             committed(&a, vmo),
             2 * PAGE_SIZE,
