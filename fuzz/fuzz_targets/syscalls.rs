@@ -97,7 +97,11 @@ impl World {
         self.handles.push((p, handle));
         if let Ok((vmo, _)) = self.processes[p].vmo(handle) {
             // Duplicates name the same VMO: count it once.
-            if !self.vmos.iter().any(|known| known.as_ptr() == Arc::as_ptr(&vmo)) {
+            if !self
+                .vmos
+                .iter()
+                .any(|known| known.as_ptr() == Arc::as_ptr(&vmo))
+            {
                 self.vmos.push(Arc::downgrade(&vmo));
             }
         }
@@ -131,7 +135,11 @@ impl World {
 fn run(data: &[u8]) {
     let mut b = Bytes(data);
     let flags = b.u8();
-    let format = if flags & 1 == 0 { Format::X86_64 } else { Format::Aarch64 };
+    let format = if flags & 1 == 0 {
+        Format::X86_64
+    } else {
+        Format::Aarch64
+    };
     let machine = SimMachine::new(SimConfig {
         frames: 384,
         cpus: 2,
@@ -174,7 +182,9 @@ fn run(data: &[u8]) {
                 let options = u32::from(b.u16()) & 0x3ff;
                 let (offset, size) = (u64::from(b.u8()) * PAGE_SIZE, world.size(&mut b));
                 let (mut child, mut addr) = (0, 0);
-                if zx_vmar_allocate(&process, vmar, options, offset, size, &mut child, &mut addr) == ZX_OK {
+                if zx_vmar_allocate(&process, vmar, options, offset, size, &mut child, &mut addr)
+                    == ZX_OK
+                {
                     world.remember(p, child);
                     world.addrs.push(addr);
                 }
@@ -187,7 +197,10 @@ fn run(data: &[u8]) {
                 let vmo_offset = u64::from(b.u8() % 16) * PAGE_SIZE;
                 let len = world.size(&mut b);
                 let mut addr = 0;
-                if zx_vmar_map(&process, vmar, options, offset, vmo, vmo_offset, len, &mut addr) == ZX_OK {
+                if zx_vmar_map(
+                    &process, vmar, options, offset, vmo, vmo_offset, len, &mut addr,
+                ) == ZX_OK
+                {
                     world.addrs.push(addr);
                 }
             }
@@ -210,7 +223,11 @@ fn run(data: &[u8]) {
             }
             7 | 8 => {
                 let vmar = world.handle(p, &mut b);
-                let op = if b.u8() % 4 == 0 { u32::from(b.u8()) } else { ZX_VMAR_OP_DECOMMIT };
+                let op = if b.u8() % 4 == 0 {
+                    u32::from(b.u8())
+                } else {
+                    ZX_VMAR_OP_DECOMMIT
+                };
                 let (addr, size) = (world.address(&mut b), world.size(&mut b));
                 let (buffer, buffer_size) = if b.u8() % 8 == 0 { (1, 0) } else { (0, 0) };
                 zx_vmar_op_range(&process, vmar, op, addr, size, buffer, buffer_size);
@@ -234,7 +251,11 @@ fn run(data: &[u8]) {
             }
             11 => {
                 let handle = world.handle(p, &mut b);
-                let rights = if b.u8() % 2 == 0 { ZX_RIGHT_SAME_RIGHTS } else { u32::from(b.u16()) << 2 };
+                let rights = if b.u8() % 2 == 0 {
+                    ZX_RIGHT_SAME_RIGHTS
+                } else {
+                    u32::from(b.u16()) << 2
+                };
                 let mut out = 0;
                 let status = if b.u8() % 2 == 0 {
                     zx_handle_duplicate(&process, handle, rights, &mut out)
@@ -273,8 +294,15 @@ fn run(data: &[u8]) {
                     let handle = world.handle(p, &mut b);
                     if let Ok(handle) = process.handle(handle) {
                         if let KernelObject::Vmo(vmo) = handle.object {
-                            let (offset, len) = (u64::from(b.u8() % 8) * PAGE_SIZE, PAGE_SIZE * u64::from(b.u8() % 3));
-                            let _ = if b.u8() % 2 == 0 { vmo.pin(offset, len) } else { vmo.unpin(offset, len) };
+                            let (offset, len) = (
+                                u64::from(b.u8() % 8) * PAGE_SIZE,
+                                PAGE_SIZE * u64::from(b.u8() % 3),
+                            );
+                            let _ = if b.u8() % 2 == 0 {
+                                vmo.pin(offset, len)
+                            } else {
+                                vmo.unpin(offset, len)
+                            };
                         }
                     }
                 }
