@@ -315,15 +315,27 @@ impl SimMachine {
         if frames.is_empty() {
             return;
         }
-        let mut sorted: Vec<PhysAddr> = frames.to_vec();
-        sorted.sort_unstable();
+        // The usable translations are usually far fewer than the frames freed: index those.
+        let mut cached: Vec<(PhysAddr, usize, u64)> = Vec::new();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
-            for (&(tag, vpn), entry) in tlb.entries.iter() {
+            cached.extend(
+                tlb.entries
+                    .iter()
+                    .filter(|(&(tag, _), _)| Some(tag) == tlb.tag)
+                    .map(|(&(_, vpn), entry)| (entry.frame, index, vpn)),
+            );
+        }
+        if cached.is_empty() {
+            return;
+        }
+        cached.sort_unstable();
+        for frame in frames {
+            let at = cached.partition_point(|&(cached_frame, _, _)| cached_frame < *frame);
+            if let Some(&(cached_frame, cpu, vpn)) = cached.get(at) {
                 assert!(
-                    Some(tag) != tlb.tag || sorted.binary_search(&entry.frame).is_err(),
-                    "frame {:?} freed while CPU {index}'s TLB still maps page {:#x} to it",
-                    entry.frame,
+                    cached_frame != *frame,
+                    "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it",
                     vpn * PAGE_SIZE
                 );
             }
