@@ -102,6 +102,21 @@ impl Format {
     }
 }
 
+/// Makes entries just made valid visible to this CPU's MMU before the faulting access is
+/// retried. x86_64 needs nothing: its walks see earlier stores, and the return from the fault is
+/// serialising. aarch64 needs `DSB ISHST` (the store reaches the walker) and `ISB`.
+#[inline]
+pub fn publish_new_entries() {
+    #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+    {
+        use aarch64_cpu::asm::barrier;
+        // Barrier: the descriptor stores complete for the table walkers before later accesses.
+        barrier::dsb(barrier::ISHST);
+        // Barrier: the retried access is fetched and translated after the DSB.
+        barrier::isb(barrier::SY);
+    }
+}
+
 /// The index of `va`'s entry in a table of `level`.
 #[inline]
 pub(crate) const fn table_index(va: u64, level: usize) -> usize {

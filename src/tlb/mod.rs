@@ -120,8 +120,9 @@ impl PendingFlush {
         &self.pages
     }
 
-    /// The table pages to free after the invalidation.
-    pub(crate) fn freed_tables(&self) -> &[PhysAddr] {
+    /// The table pages to free after the invalidation (for kernels that drive a
+    /// [`crate::arch::PageTable`] of their own).
+    pub fn freed_tables(&self) -> &[PhysAddr] {
         &self.freed_tables
     }
 }

@@ -513,7 +513,9 @@ impl AddressSpace {
         self.mmu
             .lock()
             .map(&*self.platform, va, pa, flags | MmuFlags::USER)
-            .map_err(|_| FaultError::NoMemory)
+            .map_err(|_| FaultError::NoMemory)?;
+        crate::arch::publish_new_entries();
+        Ok(())
     }
 
     /// Unmaps `region` (a mapping, already unlinked from its VMAR): clears its page-table

@@ -1,0 +1,177 @@
+//! The physical frame allocator behind [`zx_vm::Platform::alloc_frame`] and `free_frames`.
+//!
+//! A bitmap over the RAM the boot information reported (less the kernel image and whatever the
+//! boot code keeps), searched next-fit: the search continues where the last one stopped, so a
+//! frame that was just freed is not handed out again soon. Together with the poison that every
+//! freed frame is filled with, that makes a use of a freed frame through a stale TLB entry show
+//! as a poison read rather than as a plausible zero.
+//!
+//! The allocator counts frames allocated and freed; the scenarios check that every frame the crate
+//! took came back.
+
+use crate::arch;
+use crate::sync::IrqSpinLock;
+use core::sync::atomic::{AtomicU64, Ordering};
+use zx_vm::abi::PAGE_SIZE;
+use zx_vm::PhysAddr;
+
+/// The most physical memory tracked: 4 GiB above `base`.
+const MAX_FRAMES: usize = 1 << 20;
+/// What a freed frame is filled with (the host simulation uses the same value).
+pub const FREED_POISON: u64 = 0xdead_f4ee_dead_f4ee;
+
+struct Bitmap {
+    /// Physical address of frame 0 of the bitmap.
+    base: u64,
+    /// One bit per frame: set when the frame is not available (in use, or not RAM).
+    used: [u64; MAX_FRAMES / 64],
+    /// Frames tracked (RAM or not) from `base`.
+    frames: usize,
+    /// Where the next search starts.
+    cursor: usize,
+}
+
+impl Bitmap {
+    fn is_used(&self, frame: usize) -> bool {
+        self.used[frame / 64] & (1 << (frame % 64)) != 0
+    }
+
+    fn set(&mut self, frame: usize, used: bool) {
+        if used {
+            self.used[frame / 64] |= 1 << (frame % 64);
+        } else {
+            self.used[frame / 64] &= !(1 << (frame % 64));
+        }
+    }
+
+    /// The first run of `count` free frames at or after the cursor, wrapping around once.
+    fn find(&self, count: usize) -> Option<usize> {
+        let mut start = self.cursor;
+        let mut wrapped = false;
+        loop {
+            if start + count > self.frames {
+                if wrapped {
+                    return None;
+                }
+                wrapped = true;
+                start = 0;
+                continue;
+            }
+            if wrapped && start >= self.cursor + count {
+                return None;
+            }
+            match (start..start + count).rev().find(|&f| self.is_used(f)) {
+                Some(used) => start = used + 1,
+                None => return Some(start),
+            }
+        }
+    }
+}
+
+/// The frame allocator.
+pub struct FrameAllocator {
+    bitmap: IrqSpinLock<Bitmap>,
+    allocated: AtomicU64,
+    freed: AtomicU64,
+    total: AtomicU64,
+}
+
+/// The one frame allocator.
+pub static FRAMES: FrameAllocator = FrameAllocator {
+    bitmap: IrqSpinLock::new(Bitmap {
+        base: 0,
+        used: [u64::MAX; MAX_FRAMES / 64],
+        frames: 0,
+        cursor: 0,
+    }),
+    allocated: AtomicU64::new(0),
+    freed: AtomicU64::new(0),
+    total: AtomicU64::new(0),
+};
+
+impl FrameAllocator {
+    /// Sets the physical address of the lowest frame the allocator may ever track.
+    pub fn init(&self, base: u64) {
+        self.bitmap.lock().base = base;
+    }
+
+    /// Adds the RAM `[start, end)` (rounded inwards to frames) to the pool.
+    pub fn add_region(&self, start: u64, end: u64) {
+        let mut bitmap = self.bitmap.lock();
+        let start = start.next_multiple_of(PAGE_SIZE).max(bitmap.base);
+        let end = end & !(PAGE_SIZE - 1);
+        if end <= start {
+            return;
+        }
+        let first = ((start - bitmap.base) / PAGE_SIZE) as usize;
+        let last = (((end - bitmap.base) / PAGE_SIZE) as usize).min(MAX_FRAMES);
+        let mut added = 0;
+        for frame in first..last {
+            if bitmap.is_used(frame) {
+                bitmap.set(frame, false);
+                added += 1;
+            }
+        }
+        bitmap.frames = bitmap.frames.max(last);
+        self.total.fetch_add(added, Ordering::Relaxed);
+    }
+
+    /// Allocates `count` physically contiguous frames.
+    pub fn alloc(&self, count: usize) -> Option<PhysAddr> {
+        let mut bitmap = self.bitmap.lock();
+        let first = bitmap.find(count)?;
+        for frame in first..first + count {
+            bitmap.set(frame, true);
+        }
+        bitmap.cursor = first + count;
+        self.allocated.fetch_add(count as u64, Ordering::Relaxed);
+        Some(PhysAddr(bitmap.base + first as u64 * PAGE_SIZE))
+    }
+
+    /// Returns `frame`, filling it with [`FREED_POISON`] first. Panics on a frame that is not
+    /// allocated: a double free is a bug the tests must see.
+    pub fn free(&self, frame: PhysAddr) {
+        let index = {
+            let bitmap = self.bitmap.lock();
+            let index = frame.0.wrapping_sub(bitmap.base) / PAGE_SIZE;
+            assert!(
+                index < bitmap.frames as u64 && bitmap.is_used(index as usize),
+                "free of frame {frame:?}, which is not allocated"
+            );
+            index as usize
+        };
+        let words = arch::phys_to_virt(frame) as *mut u64;
+        for i in 0..(PAGE_SIZE / 8) as usize {
+            // SAFETY: `frame` is allocated (checked above; it stays marked in use until the
+            // bit is cleared below, so no one else can be handed it meanwhile) and the caller
+            // gave it up: no CPU reaches it through a user mapping any more (the
+            // `Platform::free_frames` contract). The direct map maps all RAM writable.
+            unsafe { words.add(i).write_volatile(FREED_POISON) };
+        }
+        self.bitmap.lock().set(index, false);
+        self.freed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frames handed out since boot.
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Frames given back since boot.
+    pub fn freed(&self) -> u64 {
+        self.freed.load(Ordering::Relaxed)
+    }
+
+    /// Frames in use now.
+    pub fn in_use(&self) -> u64 {
+        // Read `freed` first: a free between the two loads can only make the answer too high,
+        // never show a frame as returned that is not.
+        let freed = self.freed();
+        self.allocated() - freed
+    }
+
+    /// Frames in the pool.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
