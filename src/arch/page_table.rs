@@ -189,7 +189,11 @@ impl<F: PteFormat> PageTable<F> {
     ) {
         // SAFETY: `table_pa` is a table of this tree, borrowed by the caller for the walk.
         let table = unsafe { entries(platform, table_pa) };
-        let owned = if level == ROOT_LEVEL { ENTRIES / 2 } else { ENTRIES };
+        let owned = if level == ROOT_LEVEL {
+            ENTRIES / 2
+        } else {
+            ENTRIES
+        };
         for (index, slot) in table[..owned].iter().enumerate() {
             let entry = slot.load(Ordering::Relaxed);
             let va = base + index as u64 * entry_span(level);

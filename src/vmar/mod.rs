@@ -413,7 +413,9 @@ impl AddressSpace {
         let mut pages = Vec::new();
         self.mmu
             .lock()
-            .for_each_page(&*self.platform, &mut |va, pa, flags| pages.push((va, pa, flags)));
+            .for_each_page(&*self.platform, &mut |va, pa, flags| {
+                pages.push((va, pa, flags))
+            });
         for (va, pa, flags) in pages {
             let fail = |what| Err(AuditError { va, what });
             let Ok(mut node) = tree.node(self.root_vmar) else {
