@@ -294,22 +294,42 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         flags: MmuFlags,
     ) -> Result<(), Status> {
         debug_assert!(va < super::USER_ADDRESS_LIMIT && va & 0xfff == 0);
+        // Follow the tables that exist.
         let mut table_pa = self.root;
-        for level in (1..LEVELS).rev() {
+        let mut level = ROOT_LEVEL;
+        while level > 0 {
             // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
             let table = unsafe { entries(platform, table_pa) };
-            let slot = &table[table_index(va, level)];
-            let entry = slot.load(Ordering::Relaxed);
-            table_pa = if F::is_table(entry, level) {
-                F::address(entry)
-            } else {
+            let entry = table[table_index(va, level)].load(Ordering::Relaxed);
+            if !F::is_table(entry, level) {
                 debug_assert!(!F::is_valid(entry), "block mappings are never made");
-                let child = new_table(platform)?;
-                self.tables += 1;
-                // Release: the zeroed child is visible before the entry that links it.
-                slot.store(F::table_entry(child), Ordering::Release);
-                child
-            };
+                break;
+            }
+            table_pa = F::address(entry);
+            level -= 1;
+        }
+        // Allocate every missing table before linking any, so that running out of frames
+        // changes nothing: tables never linked were never seen by a walker, and go back at once.
+        let mut fresh = [PhysAddr(0); LEVELS - 1];
+        for made in 0..level {
+            match new_table(platform) {
+                Ok(table) => fresh[made] = table,
+                Err(status) => {
+                    // SAFETY: these frames were allocated just now and never linked into the
+                    // tree, so no page-table entry, walker or TLB can refer to them.
+                    unsafe { platform.free_frames(&fresh[..made]) };
+                    return Err(status);
+                }
+            }
+        }
+        for &child in &fresh[..level] {
+            // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
+            let table = unsafe { entries(platform, table_pa) };
+            // Release: the zeroed child is visible before the entry that links it.
+            table[table_index(va, level)].store(F::table_entry(child), Ordering::Release);
+            self.tables += 1;
+            table_pa = child;
+            level -= 1;
         }
         // SAFETY: as above, a level-0 table of this tree.
         let table = unsafe { entries(platform, table_pa) };

@@ -318,8 +318,8 @@ pub fn zx_handle_duplicate(
     })
 }
 
-/// `zx_handle_replace`: a new handle with a subset of the rights; the old one is closed. On
-/// failure the old handle stays valid.
+/// `zx_handle_replace`: a new handle with a subset of the rights. As in Zircon, `handle` is
+/// always invalidated, even when the call fails (a bad `rights`).
 pub fn zx_handle_replace(
     process: &Process,
     handle: zx_handle_t,
@@ -328,8 +328,13 @@ pub fn zx_handle_replace(
 ) -> zx_status_t {
     with_out(out, || {
         let old = process.handle(handle)?;
-        let rights = derived_rights(&old, rights)?;
-        process.replace_handle(handle, rights)
+        match derived_rights(&old, rights) {
+            Ok(rights) => process.replace_handle(handle, rights),
+            Err(status) => {
+                process.remove_handle(handle)?;
+                Err(status)
+            }
+        }
     })
 }
 

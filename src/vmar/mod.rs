@@ -784,6 +784,11 @@ impl Vmar {
         if !allowed.contains(options) || !valid_perms(options) {
             return Err(Status::InvalidArgs);
         }
+        // As in Zircon: an overwrite cannot also map the range at once (a map that could fail
+        // after the overwrite removed the old mappings would change things and fail).
+        if options.contains(VmOptions::SPECIFIC_OVERWRITE | VmOptions::MAP_RANGE) {
+            return Err(Status::InvalidArgs);
+        }
         let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
         if len == 0 || !is_page_aligned(vmar_offset) || !is_page_aligned(vmo_offset) {
             return Err(Status::InvalidArgs);
@@ -808,6 +813,14 @@ impl Vmar {
             if node.overlaps(start, end) {
                 if !options.contains(VmOptions::SPECIFIC_OVERWRITE) {
                     return Err(Status::AlreadyExists);
+                }
+                // An overwrite replaces mappings, never sub-VMARs (Zircon: ZX_ERR_INVALID_ARGS).
+                let over_vmar = node
+                    .children_in(start, end)
+                    .iter()
+                    .any(|region| matches!(region.kind(), RegionKind::Vmar(_)));
+                if over_vmar {
+                    return Err(Status::InvalidArgs);
                 }
                 self.unmap_locked(&mut tree, start, end, &mut batch)?;
             }
