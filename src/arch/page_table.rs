@@ -76,6 +76,23 @@ impl<F: PteFormat> PageTable<F> {
     ) -> bool {
         // SAFETY: `table_pa` is a table of this tree, which we own exclusively (&mut self).
         let table = unsafe { entries(platform, table_pa) };
+        if level == 0 {
+            // The leaves: one tight loop over the slots of the range.
+            let first = table_index(start, 0);
+            let count = ((end - start) >> 12) as usize;
+            let mut va = start;
+            for slot in &table[first..first + count] {
+                if F::is_valid(slot.load(Ordering::Relaxed)) {
+                    slot.store(0, Ordering::Relaxed);
+                    out.add_page(va);
+                }
+                va += 4096;
+            }
+            return count == ENTRIES
+                || table
+                    .iter()
+                    .all(|e| !F::is_valid(e.load(Ordering::Relaxed)));
+        }
         let span = entry_span(level);
         let mut va = start;
         while va < end {
@@ -83,10 +100,7 @@ impl<F: PteFormat> PageTable<F> {
             let slot = &table[table_index(va, level)];
             let entry = slot.load(Ordering::Relaxed);
             if F::is_valid(entry) {
-                if level == 0 {
-                    slot.store(0, Ordering::Relaxed);
-                    out.add_page(va);
-                } else if F::is_table(entry, level) {
+                if F::is_table(entry, level) {
                     let child = F::address(entry);
                     if self.unmap_level(platform, child, level - 1, va, entry_end, out) {
                         slot.store(0, Ordering::Relaxed);

@@ -464,11 +464,30 @@ impl Platform for SimMachine {
             }
         }
         let mut allocator = lock(&self.allocator);
+        // Clear a bitmap word's bits together: consecutive frames share a word.
+        let mut word = usize::MAX;
+        let mut mask = 0u64;
+        let clear = |allocator: &mut FrameAllocator, word: usize, mask: u64| {
+            if mask != 0 {
+                assert!(
+                    allocator.used[word] & mask == mask,
+                    "double free in bitmap word {word}"
+                );
+                allocator.used[word] &= !mask;
+            }
+        };
         for &pa in frames {
             let index = self.frame_index(pa);
-            assert!(allocator.is_used(index), "double free of {pa:?}");
-            allocator.set(index, false);
+            if index / 64 != word {
+                clear(&mut allocator, word, mask);
+                word = index / 64;
+                mask = 0;
+            }
+            let bit = 1u64 << (index % 64);
+            assert!(mask & bit == 0, "double free of {pa:?}");
+            mask |= bit;
         }
+        clear(&mut allocator, word, mask);
         self.counters
             .frames_freed
             .fetch_add(frames.len() as u64, Ordering::SeqCst);

@@ -16,7 +16,7 @@ pub use self::shootdown::Tlb;
 
 use crate::platform::{PhysAddr, Platform, TlbScope};
 use crate::vmar::{AddressSpace, Region};
-use crate::vmo::Vmo;
+use crate::vmo::{RemovedPages, Vmo};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -132,7 +132,7 @@ impl PendingFlush {
 #[derive(Default)]
 pub struct TlbBatch {
     spaces: Vec<(Arc<AddressSpace>, PendingFlush)>,
-    frames: Vec<PhysAddr>,
+    removed: RemovedPages,
     /// Unmapped mappings, taken off their VMOs' lists after the shootdown.
     retired: Vec<Arc<Region>>,
 }
@@ -155,9 +155,9 @@ impl TlbBatch {
         &mut self.spaces[index].1
     }
 
-    /// The list that data frames go into, to be freed after the invalidation.
-    pub(crate) fn frames(&mut self) -> &mut Vec<PhysAddr> {
-        &mut self.frames
+    /// Where the pages that leave VMOs go, to be freed after the invalidation.
+    pub(crate) fn removed(&mut self) -> &mut RemovedPages {
+        &mut self.removed
     }
 
     /// Takes over an unmapped mapping: it leaves its VMO's list only after the shootdown, so that
@@ -177,7 +177,7 @@ impl TlbBatch {
     /// and table pages. Called with no crate lock held.
     pub fn finish(mut self, platform: &dyn Platform) {
         let spaces = core::mem::take(&mut self.spaces);
-        let mut frames = core::mem::take(&mut self.frames);
+        let removed = core::mem::take(&mut self.removed);
         let items: Vec<Item> = spaces
             .iter()
             .filter(|(_, pending)| !pending.is_empty())
@@ -185,15 +185,17 @@ impl TlbBatch {
             .collect();
         platform.tlb().shoot(platform, items);
         for (_, pending) in &spaces {
-            frames.extend_from_slice(pending.freed_tables());
+            if !pending.freed_tables().is_empty() {
+                // SAFETY: every table here was unlinked under its address space's page-table
+                // lock, and `shoot` returned only after every CPU that may have cached a walk
+                // through it completed its invalidation (or was marked to flush before it runs
+                // the address space again); each is listed once.
+                unsafe { platform.free_frames(pending.freed_tables()) };
+            }
         }
-        if !frames.is_empty() {
-            // SAFETY: every frame here was unlinked from the page tables and the page lists under
-            // their locks, and `shoot` returned only after every CPU that may have held a
-            // translation through them completed its invalidation (or was marked to flush before
-            // it runs the address space again); each frame is listed once.
-            unsafe { platform.free_frames(&frames) };
-        }
+        // SAFETY: as for the tables: these frames left their page lists under the VMOs' locks,
+        // every entry mapping them was cleared and is covered by the shootdown that completed.
+        unsafe { removed.free(platform) };
         // No CPU holds a translation through the retired mappings any more.
         for region in core::mem::take(&mut self.retired) {
             let vmo = region
@@ -210,7 +212,7 @@ impl TlbBatch {
 impl Drop for TlbBatch {
     fn drop(&mut self) {
         debug_assert!(
-            self.frames.is_empty() && self.spaces.iter().all(|(_, p)| p.freed_tables.is_empty()),
+            self.removed.is_empty() && self.spaces.iter().all(|(_, p)| p.freed_tables.is_empty()),
             "a TlbBatch holding frames was dropped without finish(): its frames leak"
         );
     }

@@ -9,7 +9,7 @@
 
 mod page_list;
 
-pub use self::page_list::{PageList, CHUNK_PAGES};
+pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES};
 
 use crate::abi::{
     is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, Status, ZxResult, PAGE_SHIFT,
@@ -332,13 +332,13 @@ impl Vmo {
                     added.push(index);
                 }
                 None => {
-                    let mut frames = Vec::with_capacity(added.len());
+                    let mut removed = RemovedPages::default();
                     for index in added {
-                        inner.pages.remove_range(index, index + 1, &mut frames);
+                        inner.pages.remove_range(index, index + 1, &mut removed);
                     }
                     // SAFETY: these frames were committed by this call under the lock we still
                     // hold, so no mapping can have translated them: no TLB holds them.
-                    unsafe { self.platform.free_frames(&frames) };
+                    unsafe { removed.free(&*self.platform) };
                     return Err(Status::NoMemory);
                 }
             }
@@ -418,7 +418,7 @@ impl Vmo {
     ) {
         debug_assert!(self.supports_decommit());
         let last = last.min(self.size >> PAGE_SHIFT);
-        if inner.pages.remove_range(first, last, batch.frames()) == 0 {
+        if inner.pages.remove_range(first, last, batch.removed()) == 0 {
             // No page was committed, so no translation to one can exist.
             return;
         }
@@ -469,17 +469,16 @@ impl Drop for Vmo {
     fn drop(&mut self) {
         let inner = self.inner.get_mut();
         debug_assert!(inner.mappings.is_empty(), "a mapping holds its VMO alive");
-        let mut frames = Vec::new();
-        inner.pages.remove_range(0, u64::MAX, &mut frames);
+        let mut removed = RemovedPages::default();
+        inner.pages.remove_range(0, u64::MAX, &mut removed);
         if let VmoKind::Contiguous { base } = self.kind {
-            frames
+            removed
+                .frames
                 .extend((0..self.size >> PAGE_SHIFT).map(|i| PhysAddr(base.0 + (i << PAGE_SHIFT))));
         }
-        if !frames.is_empty() {
-            // SAFETY: the VMO has no mappings (each mapping holds it alive, and an unmap keeps it
-            // alive in its TlbBatch until the invalidation completed), so no page table or TLB
-            // refers to these frames; each is freed once, here.
-            unsafe { self.platform.free_frames(&frames) };
-        }
+        // SAFETY: the VMO has no mappings (each mapping holds it alive, and an unmapped one keeps
+        // it alive in its TlbBatch until the shootdown completed), so no page table or TLB refers
+        // to these frames; each is freed once, here.
+        unsafe { removed.free(&*self.platform) };
     }
 }

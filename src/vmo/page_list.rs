@@ -14,11 +14,68 @@ use alloc::vec::Vec;
 /// Pages per chunk.
 pub const CHUNK_PAGES: u64 = 64;
 
-struct Chunk {
+/// The frames of up to [`CHUNK_PAGES`] consecutive pages.
+pub struct Chunk {
     /// Frame number + 1 of each page; 0 where the page is not committed.
     slots: [u32; CHUNK_PAGES as usize],
     /// How many slots are non-zero.
     used: u32,
+}
+
+impl Chunk {
+    /// The frames in the chunk.
+    pub fn frames(&self) -> impl Iterator<Item = PhysAddr> + '_ {
+        self.slots
+            .iter()
+            .filter(|&&slot| slot != 0)
+            .map(|&slot| decode(slot))
+    }
+}
+
+/// Pages taken out of a [`PageList`]: whole chunks, and single frames from partial ones.
+#[derive(Default)]
+pub struct RemovedPages {
+    /// Chunks that left whole.
+    pub chunks: Vec<Box<Chunk>>,
+    /// Frames that left one by one.
+    pub frames: Vec<PhysAddr>,
+}
+
+impl RemovedPages {
+    /// Gives every frame back to `platform`, without a list of them all: the single frames in
+    /// one call, each whole chunk's in another.
+    ///
+    /// # Safety
+    /// As for [`Platform::free_frames`]: no page table or TLB may still reach any of the frames.
+    pub unsafe fn free(&self, platform: &dyn crate::platform::Platform) {
+        if !self.frames.is_empty() {
+            // SAFETY: forwarded from the caller.
+            unsafe { platform.free_frames(&self.frames) };
+        }
+        let mut batch = [PhysAddr(0); CHUNK_PAGES as usize];
+        for chunk in &self.chunks {
+            let mut count = 0;
+            for frame in chunk.frames() {
+                batch[count] = frame;
+                count += 1;
+            }
+            // SAFETY: forwarded from the caller.
+            unsafe { platform.free_frames(&batch[..count]) };
+        }
+    }
+
+    /// Every frame taken out.
+    pub fn frames(&self) -> impl Iterator<Item = PhysAddr> + '_ {
+        self.frames
+            .iter()
+            .copied()
+            .chain(self.chunks.iter().flat_map(|chunk| chunk.frames()))
+    }
+
+    /// Whether nothing was taken out.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.frames.is_empty()
+    }
 }
 
 /// A sparse map from page index to frame.
@@ -77,31 +134,52 @@ impl PageList {
         self.committed += 1;
     }
 
-    /// Takes every committed page in `[start, end)` out of the list, pushing its frame onto
-    /// `frames`. Returns how many pages left.
-    pub fn remove_range(&mut self, start: u64, end: u64, frames: &mut Vec<PhysAddr>) -> u64 {
+    /// Takes every committed page in `[start, end)` out of the list into `out`: chunks that lie
+    /// wholly inside the range move there as they are (no per-page work), the pages of the chunks
+    /// at its ends one by one. Returns how many pages left.
+    pub fn remove_range(&mut self, start: u64, end: u64, out: &mut RemovedPages) -> u64 {
         if start >= end || self.committed == 0 {
             return 0;
         }
         let first_chunk = start / CHUNK_PAGES;
         let last_chunk = (end - 1) / CHUNK_PAGES;
+        // The chunks wholly inside: [first_full, end_full).
+        let first_full = start.div_ceil(CHUNK_PAGES);
+        let end_full = end / CHUNK_PAGES;
         let mut removed = 0;
-        let mut emptied = Vec::new();
-        for (&key, chunk) in self.chunks.range_mut(first_chunk..=last_chunk) {
-            let base = key * CHUNK_PAGES;
-            let lo = start.max(base) - base;
-            let hi = end.min(base + CHUNK_PAGES) - base;
-            if chunk.used == 0 {
-                continue;
+        if first_full < end_full {
+            let mut middle = self.chunks.split_off(&first_full);
+            let mut tail = middle.split_off(&end_full);
+            self.chunks.append(&mut tail);
+            for chunk in middle.into_values() {
+                removed += u64::from(chunk.used);
+                out.chunks.push(chunk);
             }
-            for slot in &mut chunk.slots[lo as usize..hi as usize] {
+        }
+        // The chunks at either end that the range covers only in part.
+        let full = first_full..end_full;
+        let mut emptied = Vec::new();
+        let ends = [first_chunk, last_chunk];
+        let partial = ends[..if first_chunk == last_chunk { 1 } else { 2 }]
+            .iter()
+            .filter(|key| !full.contains(key));
+        for &key in partial {
+            let Some(chunk) = self.chunks.get_mut(&key) else {
+                continue;
+            };
+            let base = key * CHUNK_PAGES;
+            let lo = (start.max(base) - base) as usize;
+            let hi = (end.min(base + CHUNK_PAGES) - base) as usize;
+            let mut taken = 0u32;
+            for slot in &mut chunk.slots[lo..hi] {
                 if *slot != 0 {
-                    frames.push(decode(*slot));
+                    out.frames.push(decode(*slot));
                     *slot = 0;
-                    chunk.used -= 1;
-                    removed += 1;
+                    taken += 1;
                 }
             }
+            chunk.used -= taken;
+            removed += u64::from(taken);
             if chunk.used == 0 {
                 emptied.push(key);
             }
@@ -157,9 +235,9 @@ mod tests {
         assert_eq!(list.committed_pages(), 5);
         assert_eq!(list.get(63), Some(PhysAddr::from_frame_number(70)));
         assert_eq!(list.get(2), None);
-        let mut frames = Vec::new();
-        assert_eq!(list.remove_range(1, 65, &mut frames), 3);
-        assert_eq!(frames.len(), 3);
+        let mut removed = RemovedPages::default();
+        assert_eq!(list.remove_range(1, 65, &mut removed), 3);
+        assert_eq!(removed.frames().count(), 3);
         assert_eq!(list.committed_pages(), 2);
         assert!(list.any_in_range(0, 1));
         assert!(!list.any_in_range(1, 1000));
