@@ -474,14 +474,17 @@ impl Scenario {
     }
 }
 
-/// Maps `pages` pages of `vmo` from page `vmo_page` at exactly `addr`, replacing what is there,
+/// Maps `pages` pages of `vmo` from page `vmo_page` at exactly `addr`, replacing the mapping there,
 /// with every committed page entered in the page table (`ZX_VM_MAP_RANGE`).
 fn remap(process: &Process, vmo: zx_handle_t, vmo_page: u64, addr: u64, pages: u64) {
     let mut mapped = 0;
+    // Zircon refuses SPECIFIC_OVERWRITE with MAP_RANGE: unmap, then map at the same place.
+    let root = process.root_vmar_handle();
+    assert_eq!(zx_vmar_unmap(process, root, addr, pages * PAGE_SIZE), ZX_OK);
     let status = zx_vmar_map(
         process,
-        process.root_vmar_handle(),
-        RW | ZX_VM_SPECIFIC_OVERWRITE | ZX_VM_MAP_RANGE,
+        root,
+        RW | ZX_VM_SPECIFIC | ZX_VM_MAP_RANGE,
         addr - root_base(process),
         vmo,
         vmo_page * PAGE_SIZE,
