@@ -198,13 +198,10 @@ fn failed_replace_invalidates_the_handle() {
 
 /// Zircon refuses to destroy an address space's root VMAR: `VmAddressRegionDispatcher::destroy`
 /// returns `ZX_ERR_NOT_SUPPORTED` for it ("Disallow destroying the root vmar of an aspace as this
-/// violates the aspace invariants"). The crate's `zx_vmar_destroy` destroys it (`Vmar::destroy`
-/// has no case for a VMAR without a parent), after which every map, allocate and fault in the
-/// process fails for good. The fix belongs in the syscall (`Process::drop` still needs
-/// `Vmar::destroy` on the root); then set `ROOT_VMAR_DESTROY_ALLOWED` in `common/model.rs` to
-/// `false`.
+/// violates the aspace invariants"). The crate's `zx_vmar_destroy` used to destroy it, after which
+/// every map, allocate and fault in the process failed for good. Fixed in the syscall
+/// (`Process::drop` still destroys the root through `Vmar::destroy`).
 #[test]
-#[ignore = "bug: zx_vmar_destroy destroys a process's root VMAR (Zircon: ZX_ERR_NOT_SUPPORTED)"]
 fn destroying_the_root_vmar_is_not_supported() {
     let machine = machine(1);
     let p = process(&machine, Format::NATIVE);
@@ -222,10 +219,9 @@ fn destroying_the_root_vmar_is_not_supported() {
 /// that provenance ("trying to retag ... for SharedReadWrite permission ... but that tag does
 /// not exist in the borrow stack"). Tree Borrows accepts it. Passing `Arc::as_ptr(region)` (from
 /// the `Arc`, which keeps the whole allocation's provenance) in both functions makes this run
-/// clean under Stacked Borrows too (tried on a scratch copy). Natively this test passes; it fails
-/// only under `cargo +nightly miri test --test regressions -- --ignored miri_`.
+/// clean under Stacked Borrows too; both functions now do that. Natively this test always passed;
+/// run it under `cargo +nightly miri test --test regressions miri_`.
 #[test]
-#[ignore = "bug: under Miri (Stacked Borrows), unlinking a Region rebuilds its Arc from a &Region pointer (UB); run with cargo miri"]
 fn miri_unmap_keeps_arc_provenance() {
     use std::sync::Arc;
     use zx_vm::sim::{SimConfig, SimMachine};

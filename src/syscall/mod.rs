@@ -282,11 +282,15 @@ pub fn zx_vmar_protect(
     })())
 }
 
-/// `zx_vmar_destroy`: needs `ZX_RIGHT_OP_CHILDREN`.
+/// `zx_vmar_destroy`: needs `ZX_RIGHT_OP_CHILDREN`; a root VMAR is `ZX_ERR_NOT_SUPPORTED`, as
+/// in Zircon (it goes with its process).
 pub fn zx_vmar_destroy(process: &Process, handle: zx_handle_t) -> zx_status_t {
     to_status((|| {
         let (vmar, rights) = process.vmar(handle)?;
         require(rights, Rights::OP_CHILDREN)?;
+        if vmar.is_root() {
+            return Err(Status::NotSupported);
+        }
         vmar.destroy()
     })())
 }

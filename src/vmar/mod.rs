@@ -160,10 +160,12 @@ impl VmarNode {
     }
 
     /// Unlinks `region` from the children.
-    fn unlink(&mut self, region: &Region) {
+    fn unlink(&mut self, region: &Arc<Region>) {
         // SAFETY: callers pass only regions found in this node's tree under the tree lock they
-        // still hold, so `region` is linked in `self.children` and in no other tree.
-        let mut cursor = unsafe { self.children.cursor_mut_from_ptr(region) };
+        // still hold, so `region` is linked in `self.children` and in no other tree. The pointer
+        // comes from the `Arc`, so it keeps the provenance of the whole allocation that `remove`
+        // turns back into an `Arc`.
+        let mut cursor = unsafe { self.children.cursor_mut_from_ptr(Arc::as_ptr(region)) };
         cursor.remove();
     }
 }
@@ -989,8 +991,14 @@ impl Vmar {
         Ok(())
     }
 
+    /// Whether this is its address space's root VMAR.
+    pub fn is_root(&self) -> bool {
+        self.id == self.aspace.root_vmar
+    }
+
     /// `zx_vmar_destroy`: unmaps everything in the VMAR and destroys it and its sub-VMARs; later
-    /// operations on it fail with `ZX_ERR_BAD_STATE`.
+    /// operations on it fail with `ZX_ERR_BAD_STATE`. (The syscall refuses a root VMAR; the kernel
+    /// destroys one when its process dies.)
     pub fn destroy(&self) -> ZxResult {
         let mut tree = self.aspace.lock_tree();
         let parent = tree.node(self.id)?.parent;

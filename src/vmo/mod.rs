@@ -455,11 +455,12 @@ impl Vmo {
     }
 
     /// Removes `region` from this VMO's mapping list.
-    pub(crate) fn remove_mapping_locked(inner: &mut VmoInner, region: &Region) {
+    pub(crate) fn remove_mapping_locked(inner: &mut VmoInner, region: &Arc<Region>) {
         // SAFETY: `region` is a mapping of this VMO, and a mapping is in its VMO's list from its
-        // creation until this call (made once, when it is unmapped), so it is linked in
-        // `inner.mappings` and not in any other list.
-        let mut cursor = unsafe { inner.mappings.cursor_mut_from_ptr(region) };
+        // creation until this call (made once, after its unmap's shootdown), so it is linked in
+        // `inner.mappings` and not in any other list. The pointer comes from the `Arc`, keeping
+        // the provenance of the whole allocation that `remove` turns back into an `Arc`.
+        let mut cursor = unsafe { inner.mappings.cursor_mut_from_ptr(Arc::as_ptr(region)) };
         cursor.remove();
         inner.mapping_count -= 1;
     }

@@ -62,11 +62,10 @@ const CAN_MAP_RWX: zx_vm_option_t =
     ZX_VM_CAN_MAP_READ | ZX_VM_CAN_MAP_WRITE | ZX_VM_CAN_MAP_EXECUTE;
 /// The largest VMO (the crate's documented `MAX_VMO_SIZE`: the user address space).
 const MAX_VMO_SIZE: u64 = 1 << 47;
-/// Zircon refuses to destroy an address space's root VMAR (`ZX_ERR_NOT_SUPPORTED`); the crate
-/// destroys it, leaving the process without an address space. A crate bug, pinned by
-/// `destroying_the_root_vmar_is_not_supported` in `tests/regressions.rs`: until it is fixed, the
-/// model follows the crate (set this to `false` with the fix).
-const ROOT_VMAR_DESTROY_ALLOWED: bool = true;
+/// Zircon refuses to destroy an address space's root VMAR (`ZX_ERR_NOT_SUPPORTED`). The crate
+/// once destroyed it (pinned by `destroying_the_root_vmar_is_not_supported` in
+/// `tests/regressions.rs`); fixed, so the model refuses it too.
+const ROOT_VMAR_DESTROY_ALLOWED: bool = false;
 /// The rights of a process's first handle to its root VMAR: the default VMAR rights plus read,
 /// write and execute, since the root VMAR can map all three.
 pub const ROOT_VMAR_RIGHTS: zx_rights_t =
