@@ -495,7 +495,9 @@ impl Platform for SimMachine {
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
         let index = self.frame_index(pa);
-        self.memory[index * WORDS_PER_FRAME..].as_ptr() as *mut u8
+        // Pointer arithmetic from the whole memory's pointer, not a fresh slice per call: Miri
+        // would otherwise re-check the rest of memory at every call.
+        self.memory.as_ptr().wrapping_add(index * WORDS_PER_FRAME) as *mut u8
     }
 
     fn cpu_count(&self) -> usize {
