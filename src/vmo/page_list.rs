@@ -46,7 +46,7 @@ impl RemovedPages {
     /// one call, each whole chunk's in another.
     ///
     /// # Safety
-    /// As for [`Platform::free_frames`]: no page table or TLB may still reach any of the frames.
+    /// As for [`crate::platform::Platform::free_frames`]: no page table or TLB may still reach any of the frames.
     pub unsafe fn free(&self, platform: &dyn crate::platform::Platform) {
         if !self.frames.is_empty() {
             // SAFETY: forwarded from the caller.
