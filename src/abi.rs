@@ -70,6 +70,7 @@ pub enum Status {
     BadState = ZX_ERR_BAD_STATE,
     NotFound = ZX_ERR_NOT_FOUND,
     AlreadyExists = ZX_ERR_ALREADY_EXISTS,
+    Unavailable = ZX_ERR_UNAVAILABLE,
     AccessDenied = ZX_ERR_ACCESS_DENIED,
 }
 

@@ -5,6 +5,7 @@
 //! The host simulation (`sim` feature) is another implementation, and the one the tests use.
 
 use core::fmt;
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A physical address.
@@ -175,11 +176,35 @@ pub struct TlbInvalidate<'a> {
 ///
 /// Every method may be called from any CPU, and all but [`Platform::send_ipi`] with the crate's
 /// own locks held (see the lock order in [`crate::vmar`]); none may call back into the crate.
-pub trait Platform: Send + Sync {
+///
+/// # Safety
+///
+/// The crate's `unsafe` code trusts what these methods answer, so an implementation promises:
+/// - [`Platform::alloc_frame`] and [`Platform::alloc_contiguous`] hand out frames of RAM that
+///   nothing else uses until the crate gives them back through [`Platform::free_frames`], and never
+///   the same frame twice while it is allocated.
+/// - [`Platform::phys_to_virt`] returns, for every frame the allocator handed out (and every frame
+///   of a physical VMO the kernel creates), a pointer valid for reads and writes of
+///   [`crate::abi::PAGE_SIZE`] bytes, 8-aligned, for as long as the frame is allocated, through a
+///   mapping of the same memory type the MMU uses for page tables and user pages (normal
+///   write-back memory). Page-table pages are reached through it too.
+/// - [`Platform::current_cpu`] answers the index of the calling CPU, below the CPU count given
+///   to [`crate::tlb::Tlb::new`], and keeps answering the same index between
+///   [`Platform::preempt_disable`] and [`Platform::preempt_enable`] (the thread does not migrate).
+/// - [`Platform::tlb`] always returns the same [`crate::tlb::Tlb`].
+/// - [`Platform::send_ipi`] makes every target CPU run [`crate::tlb::Tlb::handle_ipi`] once its
+///   interrupts are enabled, and the heap is usable from that handler's context (the crate's
+///   handler does not allocate, but a kernel's own handler code may).
+/// - [`Platform::invalidate_local`] carries out the request on the calling CPU (on every CPU, when
+///   [`Platform::invalidation_is_broadcast`] answers true), complete when it returns.
+/// - [`Platform::load_root`] and [`Platform::load_kernel_root`] do what their documentation says,
+///   and [`Platform::prepare_root`] leaves the root's user range empty.
+pub unsafe trait Platform: Send + Sync {
     /// Allocates one 4 KiB frame. Its contents are unspecified; the crate zeroes what it needs.
     fn alloc_frame(&self) -> Option<PhysAddr>;
 
-    /// Allocates `count` physically contiguous frames, for contiguous VMOs. The default has none.
+    /// Allocates `count` physically contiguous frames, for contiguous VMOs. Optional: the default
+    /// has none.
     fn alloc_contiguous(&self, count: usize) -> Option<PhysAddr> {
         let _ = count;
         None
@@ -193,22 +218,34 @@ pub trait Platform: Send + Sync {
     /// page-table entry that pointed at it is gone and every TLB invalidation covering it completed.
     unsafe fn free_frames(&self, frames: &[PhysAddr]);
 
-    /// Where the kernel can read and write the frame at `pa`. The pointer is valid for
-    /// [`crate::abi::PAGE_SIZE`] bytes, 8-aligned, for as long as the frame is allocated.
+    /// Where the kernel can read and write the frame at `pa`: valid for
+    /// [`crate::abi::PAGE_SIZE`] bytes, 8-aligned, for as long as the frame is allocated (e.g. a
+    /// direct map of physical memory at a fixed offset).
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8;
 
-    /// How many CPUs the machine has (at most [`MAX_CPUS`]).
-    fn cpu_count(&self) -> usize;
-
-    /// The index of the CPU running the caller, below [`Platform::cpu_count`].
+    /// The index of the CPU running the caller, below the CPU count given to
+    /// [`crate::tlb::Tlb::new`] (the crate's one source for the number of CPUs).
     fn current_cpu(&self) -> usize;
+
+    /// Keeps the calling thread on its CPU until the matching [`Platform::preempt_enable`]; calls
+    /// nest. The crate calls it through [`CpuPin`] around every shootdown and activation. Optional:
+    /// the default does nothing, which is right for a kernel that never migrates a thread while it
+    /// runs kernel code (no kernel preemption, or the crate is only entered with interrupts off).
+    fn preempt_disable(&self) {}
+
+    /// Undoes one [`Platform::preempt_disable`]. Optional, as that is.
+    fn preempt_enable(&self) {}
 
     /// The machine's TLB-maintenance state, made once by the kernel with [`crate::tlb::Tlb::new`].
     fn tlb(&self) -> &crate::tlb::Tlb;
 
     /// Sends the TLB-shootdown IPI to every CPU in `targets` (never the caller). The kernel's
     /// handler for it calls [`crate::tlb::Tlb::handle_ipi`]. Called with no crate lock held.
-    fn send_ipi(&self, targets: CpuSet);
+    /// Never called when [`Platform::invalidation_is_broadcast`] answers true; the default, for
+    /// such a platform (and a single-CPU one, which has no other CPU to send to), does nothing.
+    fn send_ipi(&self, targets: CpuSet) {
+        let _ = targets;
+    }
 
     /// Carries out `request` in the calling CPU's TLB, whether or not the address space is the
     /// current one there. On bare metal the default runs the architecture's instructions
@@ -227,41 +264,111 @@ pub trait Platform: Send + Sync {
     fn invalidate_local(&self, request: &TlbInvalidate<'_>);
 
     /// Whether [`Platform::invalidate_local`] reaches every CPU by itself, as aarch64's
-    /// `TLBI ...IS` does; then the crate sends no IPIs.
+    /// `TLBI ...IS` does; then the crate sends no IPIs. Optional: the default says true on aarch64.
     fn invalidation_is_broadcast(&self) -> bool {
         cfg!(target_arch = "aarch64")
     }
 
     /// Called in every turn of a shootdown's wait for acknowledgements (after serving the calling
-    /// CPU's own mailbox). The default is a spin-loop hint; a kernel may also poll for its own
-    /// cross-CPU work, and a hosted simulation yields its thread.
+    /// CPU's own mailbox). Optional: the default is a spin-loop hint; a kernel may also poll for
+    /// its own cross-CPU work, and a hosted simulation yields its thread.
     fn wait_hint(&self) {
         core::hint::spin_loop();
     }
 
-    /// Makes `root`, tagged `asid`, the calling CPU's user address space; with `flush`, first drops
-    /// every translation the CPU holds under that tag. On bare metal the default loads CR3 or
+    /// Makes `root`, tagged `asid`, the calling CPU's user address space; with `flush`, first
+    /// drops every translation the CPU holds under that tag. The crate calls it only from
+    /// [`crate::vmar::AddressSpace::activate`]. On bare metal the default loads CR3 or
     /// TTBR0_EL1 itself (`arch::native_tlb::load_root`); a host platform must provide it.
+    ///
+    /// # Safety
+    /// `root` is the root table of a live address space, prepared by [`Platform::prepare_root`],
+    /// which stays alive while it is loaded; the caller runs pinned to its CPU.
     #[cfg(target_os = "none")]
-    fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
-        // SAFETY: `root` is an address space's root table, alive while the address space is (the
-        // crate calls this only from `AddressSpace::activate`). On x86_64 it holds the kernel's
-        // own mappings, which `prepare_root` put there when it was made; on aarch64 the kernel
-        // runs from TTBR1_EL1, untouched by the switch. A non-zero tag exists only when the kernel
-        // made the `Tlb` with tags, which it does only with PCIDs (x86_64) or ASIDs enabled.
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+        // SAFETY: forwarded from the caller: `root` is a live, prepared root table. On x86_64 it
+        // holds the kernel's own mappings (`prepare_root`); on aarch64 the kernel runs from
+        // TTBR1_EL1, untouched by the switch. A non-zero tag exists only when the kernel made the
+        // `Tlb` with tags, which it does only with PCIDs (x86_64) or ASIDs enabled.
         unsafe { crate::arch::native_tlb::load_root(root, asid, flush) }
     }
 
     /// Makes `root`, tagged `asid`, the calling CPU's user address space (see the bare-metal
     /// default).
+    ///
+    /// # Safety
+    /// As for the bare-metal default.
     #[cfg(not(target_os = "none"))]
-    fn load_root(&self, root: PhysAddr, asid: u16, flush: bool);
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool);
+
+    /// Makes the calling CPU run with no user address space: x86_64 loads the kernel's own root
+    /// table (one without user mappings); aarch64 loads an empty table into TTBR0_EL1 (or sets
+    /// TCR_EL1.EPD0). Afterwards no TLB entry or cached walk of the CPU comes from a user root
+    /// loaded before (loading another root drops non-global translations when untagged; tagged
+    /// ones stay under their tag, which the crate tracks). The crate calls it only from
+    /// [`crate::vmar::AddressSpace::deactivate`].
+    ///
+    /// # Safety
+    /// The caller runs pinned to its CPU and touches no user address until it activates an
+    /// address space again.
+    unsafe fn load_kernel_root(&self);
 
     /// Called once for each new address space, with its empty root table, before it is used. An
-    /// x86_64 kernel copies its own upper-half entries (PML4 slots 256-511) in here, so that the
-    /// kernel stays mapped under every address space; the crate never touches that half. The
-    /// default does nothing (aarch64 kernels run from TTBR1_EL1).
+    /// x86_64 kernel copies its own entries in here (the upper half, PML4 slots 256-511, and any
+    /// lower-half slot it keeps outside the address space's user range), so that the kernel
+    /// stays mapped under every address space; the crate never touches an entry outside the user
+    /// range, and [`crate::vmar::AddressSpace::new`] checks afterwards that the user range is
+    /// still empty and (x86_64) that some kernel entry is there. Optional: the default does
+    /// nothing, which is right for aarch64 kernels (they run from TTBR1_EL1).
     fn prepare_root(&self, root: PhysAddr) {
         let _ = root;
+    }
+}
+
+/// The calling thread, pinned to its CPU for as long as the value lives: the crate reads the CPU
+/// index once and relies on it (a shootdown flushes this CPU and serves its mailbox; an
+/// activation records this CPU in an address space's active set). Made by [`CpuPin::new`], which
+/// calls [`Platform::preempt_disable`]; dropping it calls [`Platform::preempt_enable`]. Not `Send`.
+pub struct CpuPin<'a> {
+    platform: &'a dyn Platform,
+    cpu: usize,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> CpuPin<'a> {
+    /// Pins the calling thread to its CPU.
+    ///
+    /// # Panics
+    /// If [`Platform::current_cpu`] answers an index at or above the CPU count of the platform's
+    /// [`crate::tlb::Tlb`]: a broken `Platform` implementation, never a caller's argument.
+    pub fn new(platform: &'a dyn Platform) -> Self {
+        platform.preempt_disable();
+        let cpu = platform.current_cpu();
+        let cpus = platform.tlb().cpu_count();
+        if cpu >= cpus {
+            platform.preempt_enable();
+            panic!("Platform::current_cpu() answered {cpu}, but the Tlb was made for {cpus} CPUs");
+        }
+        CpuPin {
+            platform,
+            cpu,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The CPU's index.
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &'a dyn Platform {
+        self.platform
+    }
+}
+
+impl Drop for CpuPin<'_> {
+    fn drop(&mut self) {
+        self.platform.preempt_enable();
     }
 }

@@ -13,7 +13,10 @@ mod page_table;
 mod x86_64;
 
 pub use self::aarch64::Aarch64;
-pub use self::page_table::{new_page_table, translate, translate_format, PageTable, PageTableOps};
+pub use self::page_table::{
+    check_prepared_root, new_page_table, new_page_table_for, translate, translate_format,
+    valid_user_range, PageTable, PageTableOps, RootProblem,
+};
 pub use self::x86_64::X86_64;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
@@ -92,6 +95,16 @@ impl Format {
     } else {
         Format::X86_64
     };
+
+    /// The most ASIDs or PCIDs the format's TLBs can tell apart (tags 1..=max; 0 is untagged):
+    /// 4095 PCIDs on x86_64, 65535 ASIDs on aarch64 (16-bit ASIDs, TCR_EL1.AS = 1; a kernel with
+    /// 8-bit ASIDs passes at most 255).
+    pub const fn max_tags(self) -> u16 {
+        match self {
+            Format::X86_64 => 4095,
+            Format::Aarch64 => u16::MAX,
+        }
+    }
 
     /// The format's name.
     pub const fn name(self) -> &'static str {

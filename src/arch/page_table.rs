@@ -50,15 +50,42 @@ pub struct PageTable<F: PteFormat> {
     root: PhysAddr,
     /// Table pages in the tree, the root included.
     tables: usize,
+    /// The root slots this tree owns, `first..=last`: those that cover its user range. Every
+    /// table below them was made here; every other root slot is the kernel's, never touched.
+    slots: (usize, usize),
     _format: PhantomData<F>,
 }
 
+/// The root slots (512 GiB each) that cover `[start, end)`.
+fn root_slots(start: u64, end: u64) -> (usize, usize) {
+    (
+        table_index(start, ROOT_LEVEL),
+        table_index(end - 1, ROOT_LEVEL),
+    )
+}
+
+/// Whether `[start, end)` is a user range a tree can own: page aligned, not empty, inside the
+/// lower half.
+pub fn valid_user_range(start: u64, end: u64) -> bool {
+    start < end && start & 0xfff == 0 && end & 0xfff == 0 && end <= super::USER_ADDRESS_LIMIT
+}
+
 impl<F: PteFormat> PageTable<F> {
-    /// A tree with an empty root table.
+    /// A tree with an empty root table, owning the whole lower half (root slots 0-255).
     pub fn new(platform: &dyn Platform) -> Result<Self, Status> {
+        Self::with_user_range(platform, 0, super::USER_ADDRESS_LIMIT)
+    }
+
+    /// A tree with an empty root table that maps only `[start, end)` (page aligned, inside the
+    /// lower half: `ZX_ERR_INVALID_ARGS` otherwise) and owns just the root slots covering it.
+    pub fn with_user_range(platform: &dyn Platform, start: u64, end: u64) -> Result<Self, Status> {
+        if !valid_user_range(start, end) {
+            return Err(Status::InvalidArgs);
+        }
         Ok(PageTable {
             root: new_table(platform)?,
             tables: 1,
+            slots: root_slots(start, end),
             _format: PhantomData,
         })
     }
@@ -166,35 +193,52 @@ impl<F: PteFormat> PageTable<F> {
         }
     }
 
-    fn release_level(
+    /// The addresses the owned root slots cover.
+    fn owned_span(&self) -> (u64, u64) {
+        let span = entry_span(ROOT_LEVEL);
+        (self.slots.0 as u64 * span, (self.slots.1 as u64 + 1) * span)
+    }
+
+    /// Frees the tables below `table_pa` (at `level`), then `table_pa` itself, into `out`.
+    /// Iterative, with one cursor per level on this stack frame: the depth is the format's.
+    fn release_below(
+        &self,
         platform: &dyn Platform,
         table_pa: PhysAddr,
         level: usize,
         out: &mut PendingFlush,
     ) {
-        if level > 0 {
-            // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller.
-            let table = unsafe { entries(platform, table_pa) };
-            // The root's upper half belongs to the kernel (see `Platform::prepare_root`).
-            let owned = if level == ROOT_LEVEL {
-                ENTRIES / 2
-            } else {
-                ENTRIES
-            };
-            for slot in &table[..owned] {
-                let entry = slot.load(Ordering::Relaxed);
-                if F::is_table(entry, level) {
-                    Self::release_level(platform, F::address(entry), level - 1, out);
+        // path[l] = (table at level l, next slot to look at) for the levels being walked.
+        let mut path = [(PhysAddr(0), 0usize); LEVELS];
+        path[level] = (table_pa, 0);
+        let mut at = level;
+        loop {
+            let (table_pa, next) = path[at];
+            if at == 0 || next == ENTRIES {
+                // Every child is gone (a leaf table holds no tables): free this one.
+                out.free_table(table_pa);
+                if at == level {
+                    return;
                 }
-                slot.store(0, Ordering::Relaxed);
+                at += 1;
+                continue;
+            }
+            path[at].1 += 1;
+            // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller.
+            let slot = &unsafe { entries(platform, table_pa) }[next];
+            let entry = slot.load(Ordering::Relaxed);
+            slot.store(0, Ordering::Relaxed);
+            if F::is_table(entry, at) {
+                at -= 1;
+                path[at] = (F::address(entry), 0);
             }
         }
-        out.free_table(table_pa);
     }
 }
 
 impl<F: PteFormat> PageTable<F> {
     fn visit_level(
+        &self,
         platform: &dyn Platform,
         table_pa: PhysAddr,
         level: usize,
@@ -203,12 +247,12 @@ impl<F: PteFormat> PageTable<F> {
     ) {
         // SAFETY: `table_pa` is a table of this tree, borrowed by the caller for the walk.
         let table = unsafe { entries(platform, table_pa) };
-        let owned = if level == ROOT_LEVEL {
-            ENTRIES / 2
+        let (first, last) = if level == ROOT_LEVEL {
+            self.slots
         } else {
-            ENTRIES
+            (0, ENTRIES - 1)
         };
-        for (index, slot) in table[..owned].iter().enumerate() {
+        for (index, slot) in table.iter().enumerate().take(last + 1).skip(first) {
             let entry = slot.load(Ordering::Relaxed);
             let va = base + index as u64 * entry_span(level);
             if !F::is_valid(entry) {
@@ -217,7 +261,7 @@ impl<F: PteFormat> PageTable<F> {
             if level == 0 {
                 f(va, F::address(entry), F::page_flags(entry));
             } else if F::is_table(entry, level) {
-                Self::visit_level(platform, F::address(entry), level - 1, va, f);
+                self.visit_level(platform, F::address(entry), level - 1, va, f);
             }
         }
     }
@@ -278,8 +322,11 @@ pub trait PageTableOps: Send {
     /// not be used again.
     fn release(&mut self, platform: &dyn Platform, out: &mut PendingFlush);
 
-    /// Calls `f` with every valid level-0 entry of the user half: its address, frame and
-    /// permissions, in address order. For audits; O(tables).
+    /// The root slots the tree owns, `first..=last` (those covering its user range).
+    fn user_slots(&self) -> (usize, usize);
+
+    /// Calls `f` with every valid level-0 entry of the user range's root slots: its address,
+    /// frame and permissions, in address order. For audits; O(tables).
     fn for_each_page(&self, platform: &dyn Platform, f: &mut dyn FnMut(u64, PhysAddr, MmuFlags));
 }
 
@@ -307,7 +354,12 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         pa: PhysAddr,
         flags: MmuFlags,
     ) -> Result<(), Status> {
-        debug_assert!(va < super::USER_ADDRESS_LIMIT && va & 0xfff == 0);
+        let (lo, hi) = self.owned_span();
+        if va < lo || va >= hi || va & 0xfff != 0 {
+            // Never reached through the crate (mappings lie inside the user range); refusing
+            // keeps a caller's mistake out of the kernel's tables.
+            return Err(Status::InvalidArgs);
+        }
         // Follow the tables that exist.
         let mut table_pa = self.root;
         let mut level = ROOT_LEVEL;
@@ -358,7 +410,8 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
     }
 
     fn unmap(&mut self, platform: &dyn Platform, start: u64, end: u64, out: &mut PendingFlush) {
-        let end = end.min(super::USER_ADDRESS_LIMIT);
+        let (lo, hi) = self.owned_span();
+        let (start, end) = (start.max(lo), end.min(hi));
         if start < end {
             self.unmap_level(platform, self.root, ROOT_LEVEL, start, end, out);
         }
@@ -375,7 +428,8 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         if !flags.contains(MmuFlags::READ) {
             return self.unmap(platform, start, end, out);
         }
-        let end = end.min(super::USER_ADDRESS_LIMIT);
+        let (lo, hi) = self.owned_span();
+        let (start, end) = (start.max(lo), end.min(hi));
         if start < end {
             Self::protect_level(platform, self.root, ROOT_LEVEL, start, end, flags, out);
         }
@@ -388,16 +442,31 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
 
     fn for_each_page(&self, platform: &dyn Platform, f: &mut dyn FnMut(u64, PhysAddr, MmuFlags)) {
         if self.tables > 0 {
-            Self::visit_level(platform, self.root, ROOT_LEVEL, 0, f);
+            self.visit_level(platform, self.root, ROOT_LEVEL, 0, f);
         }
     }
 
     fn release(&mut self, platform: &dyn Platform, out: &mut PendingFlush) {
         if self.tables > 0 {
-            Self::release_level(platform, self.root, ROOT_LEVEL, out);
+            // SAFETY: the root is this tree's, owned exclusively through &mut self.
+            let root = unsafe { entries(platform, self.root) };
+            // Only the slots of the user range: the others are the kernel's
+            // (`Platform::prepare_root`), and so is every table below them.
+            for slot in &root[self.slots.0..=self.slots.1] {
+                let entry = slot.load(Ordering::Relaxed);
+                slot.store(0, Ordering::Relaxed);
+                if F::is_table(entry, ROOT_LEVEL) {
+                    self.release_below(platform, F::address(entry), ROOT_LEVEL - 1, out);
+                }
+            }
+            out.free_table(self.root);
             out.add_all();
             self.tables = 0;
         }
+    }
+
+    fn user_slots(&self) -> (usize, usize) {
+        self.slots
     }
 }
 
@@ -435,15 +504,93 @@ pub unsafe fn translate<F: PteFormat>(
     None
 }
 
-/// A new, empty page table of `format`.
+/// A new, empty page table of `format` owning the whole lower half.
 pub fn new_page_table(
     platform: &dyn Platform,
     format: Format,
 ) -> Result<alloc::boxed::Box<dyn PageTableOps>, Status> {
+    new_page_table_for(platform, format, 0, super::USER_ADDRESS_LIMIT)
+}
+
+/// A new, empty page table of `format` for the user range `[start, end)` (see
+/// [`PageTable::with_user_range`]).
+pub fn new_page_table_for(
+    platform: &dyn Platform,
+    format: Format,
+    start: u64,
+    end: u64,
+) -> Result<alloc::boxed::Box<dyn PageTableOps>, Status> {
+    use alloc::boxed::Box;
     Ok(match format {
-        Format::X86_64 => alloc::boxed::Box::new(PageTable::<super::X86_64>::new(platform)?),
-        Format::Aarch64 => alloc::boxed::Box::new(PageTable::<super::Aarch64>::new(platform)?),
+        Format::X86_64 => Box::new(PageTable::<super::X86_64>::with_user_range(
+            platform, start, end,
+        )?),
+        Format::Aarch64 => Box::new(PageTable::<super::Aarch64>::with_user_range(
+            platform, start, end,
+        )?),
     })
+}
+
+/// What is wrong with a root table after [`Platform::prepare_root`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootProblem {
+    /// `prepare_root` wrote entries into root slots that the user range uses; the crate would
+    /// map user pages through (and free) the kernel's tables.
+    KernelInUserRange {
+        /// The first such slot.
+        slot: usize,
+        /// The user range's slots, `first..=last`.
+        user_slots: (usize, usize),
+    },
+    /// x86_64: no entry outside the user range, so loading the root would unmap the kernel.
+    KernelHalfEmpty,
+}
+
+impl core::fmt::Display for RootProblem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            RootProblem::KernelInUserRange { slot, user_slots } => write!(
+                f,
+                "Platform::prepare_root put an entry in root slot {slot}, inside the user range's \
+                 slots {}..={}: give the address space a user range clear of the kernel's slots",
+                user_slots.0, user_slots.1
+            ),
+            RootProblem::KernelHalfEmpty => f.write_str(
+                "the new root table has no kernel entries after Platform::prepare_root: loading \
+                 it would unmap the kernel (copy the kernel's PML4 entries in prepare_root)",
+            ),
+        }
+    }
+}
+
+/// Checks a root table of `format` after [`Platform::prepare_root`]: the slots of the user range
+/// (`first..=last`) are empty, and on x86_64 some other slot holds the kernel.
+pub fn check_prepared_root(
+    platform: &dyn Platform,
+    format: Format,
+    root: PhysAddr,
+    user_slots: (usize, usize),
+) -> Result<(), RootProblem> {
+    // SAFETY: `root` is a live root table the caller owns (just made, not yet shared).
+    let table = unsafe { entries(platform, root) };
+    let valid = |entry: u64| match format {
+        Format::X86_64 => super::X86_64::is_valid(entry),
+        Format::Aarch64 => super::Aarch64::is_valid(entry),
+    };
+    let mut kernel_entries = 0;
+    for (slot, entry) in table.iter().enumerate() {
+        if !valid(entry.load(Ordering::Relaxed)) {
+            continue;
+        }
+        if (user_slots.0..=user_slots.1).contains(&slot) {
+            return Err(RootProblem::KernelInUserRange { slot, user_slots });
+        }
+        kernel_entries += 1;
+    }
+    if format == Format::X86_64 && kernel_entries == 0 {
+        return Err(RootProblem::KernelHalfEmpty);
+    }
+    Ok(())
 }
 
 /// [`translate`] for a format chosen at run time.

@@ -102,7 +102,13 @@ pub mod tlb {
             unsafe { Cr3::write(frame, Cr3Flags::empty()) };
             return;
         }
-        let pcid = Pcid::new(asid).expect("PCIDs are below 4096");
+        let Ok(pcid) = Pcid::new(asid) else {
+            // `Tlb::new` refuses more than 4095 tags for this format, so this is unreachable;
+            // were it reached, loading untagged is still correct (and drops everything).
+            // SAFETY: as below.
+            unsafe { Cr3::write(frame, Cr3Flags::empty()) };
+            return;
+        };
         if flush {
             // SAFETY: as above; the caller guarantees CR4.PCIDE is set for a non-zero PCID.
             unsafe { Cr3::write_pcid(frame, pcid) };
@@ -138,7 +144,14 @@ pub mod tlb {
             }
             return;
         }
-        let pcid = Pcid::new(request.asid).expect("PCIDs are below 4096");
+        let Ok(pcid) = Pcid::new(request.asid) else {
+            // Unreachable (`Tlb::new` refuses more than 4095 tags); dropping every context's
+            // translations is still correct.
+            // SAFETY: a non-zero tag means the CPU has INVPCID (module docs); it only drops
+            // cached translations.
+            unsafe { flush_pcid(InvPcidCommand::All) };
+            return;
+        };
         let current_is_ours = is_current && current_pcid.value() == request.asid;
         match request.scope {
             TlbScope::Pages(pages) if current_is_ours => {

@@ -23,8 +23,9 @@ extern crate std;
 
 use crate::abi::PAGE_SIZE;
 use crate::arch::MmuFlags;
-use crate::platform::{CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
-use crate::tlb::Tlb;
+use crate::arch::{Format, PteFormat, X86_64};
+use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
+use crate::tlb::{Tlb, TlbConfigError};
 use crate::vmar::{Access, AddressSpace, FaultError};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -147,6 +148,8 @@ struct CpuTlb {
     entries: BTreeMap<(u16, u64), TlbEntry>,
     /// The tag of the loaded user root, if any.
     tag: Option<u16>,
+    /// The loaded user root table, if any: the CPU's CR3 / TTBR0_EL1.
+    root: Option<PhysAddr>,
 }
 
 impl CpuTlb {
@@ -157,7 +160,6 @@ impl CpuTlb {
 
 struct CpuState {
     tlb: Mutex<CpuTlb>,
-    current: Mutex<Option<Arc<AddressSpace>>>,
     /// An IPI waits to be taken.
     ipi_pending: AtomicBool,
     /// A thread drives this CPU and takes its IPIs.
@@ -200,13 +202,41 @@ pub struct SimMachine {
     allocator: Mutex<FrameAllocator>,
     cpus: Vec<CpuState>,
     counters: Counters,
+    /// The freed-frame check's list, kept so that the check allocates nothing once warm.
+    check_scratch: Mutex<Vec<(PhysAddr, usize, u64)>>,
+    /// Called at the start of every [`Platform::load_root`], as the CPU that loads: a test's way
+    /// to run something in the middle of a context switch.
+    load_root_hook: Mutex<Option<LoadRootHook>>,
 }
+
+/// A test's hook into [`Platform::load_root`]: called with the loading CPU's index.
+pub type LoadRootHook = Box<dyn Fn(usize) + Send + Sync>;
+
+/// The reserved frame that stands for the kernel's own page tables: [`Platform::prepare_root`]
+/// links it into root slot 511 of every new root, as an x86_64 kernel links its upper half.
+pub const KERNEL_TABLE: PhysAddr = PhysAddr(0x1000);
+
+/// The root slot the simulated kernel occupies.
+pub const KERNEL_SLOT: usize = 511;
 
 impl SimMachine {
     /// A machine as `config` says.
+    ///
+    /// # Panics
+    /// On a configuration [`SimMachine::try_new`] refuses.
     pub fn new(config: SimConfig) -> Arc<SimMachine> {
-        assert!(config.cpus >= 1 && config.cpus <= crate::platform::MAX_CPUS);
-        assert!(config.frames >= 2);
+        Self::try_new(config).expect("a valid simulated machine")
+    }
+
+    /// A machine as `config` says, or why not: the CPU and tag counts are those a kernel passes
+    /// to [`Tlb::new`] (tags are checked against aarch64's limit, the larger one; the simulated
+    /// TLB keeps any tag), and the machine needs 3 frames at least.
+    pub fn try_new(config: SimConfig) -> Result<Arc<SimMachine>, TlbConfigError> {
+        let tlb = Tlb::new(config.cpus, config.tags, Format::Aarch64)?;
+        assert!(
+            config.frames >= 3,
+            "a simulated machine needs 3 frames at least"
+        );
         // Zeroed memory from the host allocator is mapped lazily, so a large machine costs only
         // what it touches.
         let words: Box<[u64]> = vec![0u64; config.frames * WORDS_PER_FRAME].into_boxed_slice();
@@ -220,19 +250,22 @@ impl SimMachine {
             hint: 1,
             budget: None,
         };
-        // Frame 0 stays reserved, so that physical address 0 is never a valid frame.
+        // Frame 0 stays reserved, so that physical address 0 is never a valid frame; frame 1 is
+        // the simulated kernel's table (`KERNEL_TABLE`), zeroed.
         allocator.set(0, true);
-        Arc::new(SimMachine {
+        allocator.set(KERNEL_TABLE.frame_number() as usize, true);
+        Ok(Arc::new(SimMachine {
             memory,
             frames: config.frames,
             poison_freed: AtomicBool::new(config.poison_freed),
             broadcast: config.broadcast,
-            tlb: Tlb::new(config.cpus, config.tags),
+            tlb,
             allocator: Mutex::new(allocator),
+            check_scratch: Mutex::new(Vec::new()),
+            load_root_hook: Mutex::new(None),
             cpus: (0..config.cpus)
                 .map(|_| CpuState {
                     tlb: Mutex::new(CpuTlb::default()),
-                    current: Mutex::new(None),
                     ipi_pending: AtomicBool::new(false),
                     attached: AtomicBool::new(false),
                     interrupts: AtomicBool::new(true),
@@ -240,7 +273,24 @@ impl SimMachine {
                 })
                 .collect(),
             counters: Counters::default(),
-        })
+        }))
+    }
+
+    /// Sets (or with `None` clears) the hook [`Platform::load_root`] calls first.
+    pub fn set_load_root_hook(&self, hook: Option<LoadRootHook>) {
+        *lock(&self.load_root_hook) = hook;
+    }
+
+    /// The root table CPU `cpu` has loaded, if any.
+    pub fn loaded_root(&self, cpu: usize) -> Option<PhysAddr> {
+        lock(&self.cpus[cpu].tlb).root
+    }
+
+    /// Runs `f` as CPU `cpu` on this thread, then goes back to the thread's own CPU: for a test
+    /// that acts on another CPU's behalf (e.g. from a [`LoadRootHook`]).
+    pub fn run_as<R>(&self, cpu: usize, f: impl FnOnce() -> R) -> R {
+        assert!(cpu < self.cpus.len(), "no CPU {cpu}");
+        Self::as_cpu(cpu, f)
     }
 
     /// A one-CPU machine with `frames` frames.
@@ -315,8 +365,17 @@ impl SimMachine {
         if frames.is_empty() {
             return;
         }
+        for (index, cpu) in self.cpus.iter().enumerate() {
+            if let Some(root) = lock(&cpu.tlb).root {
+                assert!(
+                    !frames.contains(&root),
+                    "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
+                );
+            }
+        }
         // The usable translations are usually far fewer than the frames freed: index those.
-        let mut cached: Vec<(PhysAddr, usize, u64)> = Vec::new();
+        let mut cached = lock(&self.check_scratch);
+        cached.clear();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
             cached.extend(
@@ -330,6 +389,7 @@ impl SimMachine {
             return;
         }
         cached.sort_unstable();
+        let cached = &*cached;
         for frame in frames {
             let at = cached.partition_point(|&(cached_frame, _, _)| cached_frame < *frame);
             if let Some(&(cached_frame, cpu, vpn)) = cached.get(at) {
@@ -396,7 +456,12 @@ impl Drop for SimMachine {
     }
 }
 
-impl Platform for SimMachine {
+// SAFETY: frames come from the machine's own bitmap allocator (each handed out once until
+// freed); `phys_to_virt` points into the machine's memory, which lives as long as the machine;
+// `current_cpu` is the calling thread's simulated CPU, which only `SimCpu::enter` changes (a
+// thread does not migrate on its own); the TLB operations act on the simulated TLBs as their
+// documentation says; `prepare_root` fills only slot 511.
+unsafe impl Platform for SimMachine {
     fn alloc_frame(&self) -> Option<PhysAddr> {
         let mut allocator = lock(&self.allocator);
         if allocator.budget == Some(0) {
@@ -500,10 +565,6 @@ impl Platform for SimMachine {
         self.memory.as_ptr().wrapping_add(index * WORDS_PER_FRAME) as *mut u8
     }
 
-    fn cpu_count(&self) -> usize {
-        self.cpus.len()
-    }
-
     fn current_cpu(&self) -> usize {
         CURRENT_CPU.with(|cpu| cpu.get())
     }
@@ -522,7 +583,7 @@ impl Platform for SimMachine {
                 // No thread takes interrupts for this CPU: take the IPI now, on its behalf. (If
                 // its thread detached just now, both may take it; the second finds nothing.)
                 state.ipi_pending.store(false, Ordering::SeqCst);
-                Self::as_cpu(cpu, || self.tlb.handle_ipi(self));
+                Self::as_cpu(cpu, || self.tlb.handle_ipi(&CpuPin::new(self)));
             }
         }
     }
@@ -546,9 +607,25 @@ impl Platform for SimMachine {
         std::thread::yield_now();
     }
 
-    fn load_root(&self, _root: PhysAddr, asid: u16, flush: bool) {
+    unsafe fn load_kernel_root(&self) {
+        self.unload_root();
+    }
+
+    fn prepare_root(&self, root: PhysAddr) {
+        // The simulated kernel's entry in slot 511, as an x86_64 kernel copies its upper half.
+        // (In an aarch64-format root it is an unused TTBR0 slot: no user address reaches it.)
+        let entry = X86_64::table_entry(KERNEL_TABLE);
+        self.word(PhysAddr(root.0 + KERNEL_SLOT as u64 * 8))
+            .store(entry, Ordering::Relaxed);
+    }
+
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
         let cpu = self.current_cpu();
+        if let Some(hook) = lock(&self.load_root_hook).as_ref() {
+            hook(cpu);
+        }
         let mut tlb = lock(&self.cpus[cpu].tlb);
+        tlb.root = Some(root);
         if flush {
             tlb.drop_tag(asid);
             self.counters
@@ -567,6 +644,16 @@ impl Platform for SimMachine {
                 entry.frame
             );
         }
+    }
+}
+
+// (continued) the rest of the Platform methods.
+impl SimMachine {
+    fn unload_root(&self) {
+        let cpu = self.current_cpu();
+        let mut tlb = lock(&self.cpus[cpu].tlb);
+        tlb.root = None;
+        tlb.tag = None;
     }
 }
 
@@ -621,7 +708,9 @@ impl SimCpu {
         if self.state().interrupts.load(Ordering::SeqCst)
             && self.state().ipi_pending.swap(false, Ordering::SeqCst)
         {
-            SimMachine::as_cpu(self.index, || self.machine.tlb.handle_ipi(&*self.machine));
+            SimMachine::as_cpu(self.index, || {
+                self.machine.tlb.handle_ipi(&CpuPin::new(&*self.machine))
+            });
         }
     }
 
@@ -640,20 +729,20 @@ impl SimCpu {
     pub fn switch_to(&self, aspace: Option<&Arc<AddressSpace>>) {
         self.enter();
         self.poll();
-        let mut current = lock(&self.state().current);
-        let previous = current.take();
+        let pin = CpuPin::new(&*self.machine);
         match aspace {
-            Some(new) => {
-                new.activate(previous.as_deref());
-                *current = Some(new.clone());
-            }
-            None => {
-                if let Some(previous) = previous {
-                    previous.deactivate();
-                }
-                lock(&self.state().tlb).tag = None;
-            }
+            // SAFETY: the simulated CPU runs no code through its tables (the "kernel" is the
+            // host), and it loads roots only here.
+            Some(new) => unsafe { new.activate(&pin) },
+            // SAFETY: as above.
+            None => unsafe { AddressSpace::deactivate(&pin) },
         }
+    }
+
+    /// The address space the CPU runs, if any.
+    pub fn current(&self) -> Option<Arc<AddressSpace>> {
+        self.enter();
+        AddressSpace::current(&CpuPin::new(&*self.machine))
     }
 
     /// Translates `va` for `access` and runs `op` on the word, faulting into the crate as needed.
@@ -676,9 +765,7 @@ impl SimCpu {
         // mean the access is refused.
         for _ in 0..3 {
             self.poll();
-            let aspace = lock(&self.state().current)
-                .clone()
-                .ok_or(FaultError::NotMapped)?;
+            let aspace = self.current().ok_or(FaultError::NotMapped)?;
             {
                 // The TLB stays locked from lookup to access: an invalidation of this CPU waits
                 // for the access under way, as TLB maintenance completion does on hardware.

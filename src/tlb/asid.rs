@@ -20,8 +20,8 @@ pub struct AsidAllocator {
 
 struct AsidState {
     limit: u16,
-    /// The next never-used tag.
-    next: u16,
+    /// The next never-used tag (a `u32`, so that it can pass 65535).
+    next: u32,
     /// Returned tags, each with the CPUs that may still cache translations under it.
     free: Vec<(u16, CpuSet)>,
 }
@@ -44,9 +44,9 @@ impl AsidAllocator {
         if let Some(reused) = state.free.pop() {
             return reused;
         }
-        if state.next <= state.limit && state.next != 0 {
-            let tag = state.next;
-            state.next = state.next.wrapping_add(1);
+        if state.next <= u32::from(state.limit) {
+            let tag = state.next as u16;
+            state.next += 1;
             return (tag, CpuSet::EMPTY);
         }
         (0, CpuSet::EMPTY)
@@ -62,7 +62,7 @@ impl AsidAllocator {
     /// How many tags are in use.
     pub fn in_use(&self) -> usize {
         let state = self.inner.lock();
-        usize::from(state.next.saturating_sub(1)) - state.free.len()
+        (state.next - 1) as usize - state.free.len()
     }
 }
 
@@ -81,6 +81,21 @@ mod tests {
         asids.free(0, CpuSet(0b1));
         assert_eq!(asids.in_use(), 1);
         assert_eq!(asids.alloc(), (1, CpuSet(0b101)));
+    }
+
+    /// Every 16-bit ASID is handed out once, then untagged; the count never underflows.
+    #[test]
+    fn all_65535_asids() {
+        let asids = AsidAllocator::new(u16::MAX);
+        for expected in 1..=u16::MAX {
+            assert_eq!(asids.alloc(), (expected, CpuSet::EMPTY));
+        }
+        assert_eq!(asids.in_use(), 65535);
+        assert_eq!(asids.alloc(), (0, CpuSet::EMPTY));
+        asids.free(u16::MAX, CpuSet(1));
+        assert_eq!(asids.in_use(), 65534);
+        assert_eq!(asids.alloc(), (u16::MAX, CpuSet(1)));
+        assert_eq!(asids.in_use(), 65535);
     }
 
     #[test]

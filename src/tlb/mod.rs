@@ -11,26 +11,23 @@ mod asid;
 mod shootdown;
 
 pub use self::asid::AsidAllocator;
-pub(crate) use self::shootdown::Item;
-pub use self::shootdown::Tlb;
+pub(crate) use self::shootdown::{Item, ITEM_PAGES};
+pub use self::shootdown::{Tlb, TlbConfigError};
 
-use crate::platform::{PhysAddr, Platform, TlbScope};
+use crate::platform::{CpuPin, PhysAddr, Platform, TlbScope};
 use crate::vmar::{AddressSpace, Region};
 use crate::vmo::{RemovedPages, Vmo};
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-/// The atomics and `Arc` of the shootdown protocol: `loom`'s under `cfg(loom)`, so that the
+/// The atomics of the shootdown protocol: `loom`'s under `cfg(loom)`, so that the
 /// handshake can be model-checked, and `core`'s otherwise.
 mod sync {
-    #[cfg(not(loom))]
-    pub(crate) use alloc::sync::Arc;
     #[cfg(not(loom))]
     pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
     #[cfg(loom)]
     pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-    #[cfg(loom)]
-    pub(crate) use loom::sync::Arc;
 }
 
 /// Past this many pages in one address space, an operation invalidates the whole address space
@@ -41,20 +38,29 @@ mod sync {
 pub const FULL_FLUSH_THRESHOLD: usize = 32;
 
 /// What one address space needs invalidated after its entries changed, and the table pages that
-/// become free once that is done.
-#[derive(Default, Debug)]
+/// become free once that is done. The single pages sit in a fixed array; only the list of freed
+/// table pages is on the heap, and a [`TlbBatch`] keeps its capacity from one operation to the next.
+#[derive(Debug)]
 pub struct PendingFlush {
-    pages: Vec<u64>,
+    pages: [u64; FULL_FLUSH_THRESHOLD],
+    page_count: usize,
     full: bool,
     changed: usize,
     freed_tables: Vec<PhysAddr>,
+}
+
+impl Default for PendingFlush {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PendingFlush {
     /// An empty record.
     pub const fn new() -> Self {
         PendingFlush {
-            pages: Vec::new(),
+            pages: [0; FULL_FLUSH_THRESHOLD],
+            page_count: 0,
             full: false,
             changed: 0,
             freed_tables: Vec::new(),
@@ -68,8 +74,9 @@ impl PendingFlush {
         if self.full {
             return;
         }
-        if self.pages.len() < FULL_FLUSH_THRESHOLD {
-            self.pages.push(va);
+        if self.page_count < FULL_FLUSH_THRESHOLD {
+            self.pages[self.page_count] = va;
+            self.page_count += 1;
         } else {
             self.add_all();
         }
@@ -78,7 +85,7 @@ impl PendingFlush {
     /// Records that the whole address space must be invalidated.
     pub fn add_all(&mut self) {
         self.full = true;
-        self.pages = Vec::new();
+        self.page_count = 0;
     }
 
     /// Records a page-table page that was unlinked and may be freed after the invalidation.
@@ -88,7 +95,7 @@ impl PendingFlush {
 
     /// Whether nothing needs invalidating.
     pub fn is_empty(&self) -> bool {
-        !self.full && self.pages.is_empty()
+        !self.full && self.page_count == 0
     }
 
     /// How many page translations changed.
@@ -101,7 +108,7 @@ impl PendingFlush {
         if self.full {
             TlbScope::All
         } else {
-            TlbScope::Pages(&self.pages)
+            TlbScope::Pages(self.pages())
         }
     }
 
@@ -117,7 +124,7 @@ impl PendingFlush {
 
     /// The single pages to invalidate (empty when [`PendingFlush::is_full`]).
     pub fn pages(&self) -> &[u64] {
-        &self.pages
+        &self.pages[..self.page_count]
     }
 
     /// The table pages to free after the invalidation (for kernels that drive a
@@ -125,66 +132,122 @@ impl PendingFlush {
     pub fn freed_tables(&self) -> &[PhysAddr] {
         &self.freed_tables
     }
+
+    /// Empties the record, keeping the capacity of its table list.
+    fn clear(&mut self) {
+        self.page_count = 0;
+        self.full = false;
+        self.changed = 0;
+        self.freed_tables.clear();
+    }
+}
+
+/// The heap space one operation works in: its records, and the lists the VMAR layer walks and
+/// collects into. Kept warm between operations (one spare per CPU in the [`Tlb`]), so that a
+/// decommit, an unmap or a protect allocates nothing once its lists have grown to its size.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// Per address space touched: its record. Only the first `used` are in use; the rest keep
+    /// their capacity for later operations.
+    spaces: Vec<(Option<Arc<AddressSpace>>, PendingFlush)>,
+    used: usize,
+    removed: RemovedPages,
+    /// Unmapped mappings, taken off their VMOs' lists after the shootdown.
+    retired: Vec<Arc<Region>>,
+    items: Vec<Item>,
+    /// Lists for the VMAR layer's range walks (taken out and put back by it).
+    pub(crate) vmar: crate::vmar::RangeScratch,
 }
 
 /// Everything one operation must invalidate and then free.
 #[must_use = "frames taken out of use are freed only by TlbBatch::finish, after the invalidation"]
-#[derive(Default)]
 pub struct TlbBatch {
-    spaces: Vec<(Arc<AddressSpace>, PendingFlush)>,
-    removed: RemovedPages,
-    /// Unmapped mappings, taken off their VMOs' lists after the shootdown.
-    retired: Vec<Arc<Region>>,
+    /// `None` only after `finish` took it.
+    scratch: Option<Box<Scratch>>,
 }
 
 impl TlbBatch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty batch, in the calling CPU's spare scratch space when it has one.
+    pub fn new(platform: &dyn Platform) -> Self {
+        TlbBatch {
+            scratch: Some(platform.tlb().take_scratch(platform)),
+        }
+    }
+
+    fn scratch(&mut self) -> &mut Scratch {
+        self.scratch
+            .as_deref_mut()
+            .expect("a batch holds its scratch until finish")
+    }
+
+    /// The VMAR layer's lists.
+    pub(crate) fn vmar_scratch(&mut self) -> &mut crate::vmar::RangeScratch {
+        &mut self.scratch().vmar
     }
 
     /// The record for `aspace`, made on first use.
     pub(crate) fn space(&mut self, aspace: &Arc<AddressSpace>) -> &mut PendingFlush {
-        let index = match self.spaces.iter().position(|(a, _)| Arc::ptr_eq(a, aspace)) {
+        let scratch = self.scratch();
+        let used = scratch.used;
+        let found = scratch.spaces[..used]
+            .iter()
+            .position(|(a, _)| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, aspace)));
+        let index = match found {
             Some(index) => index,
             None => {
-                self.spaces.push((aspace.clone(), PendingFlush::new()));
-                self.spaces.len() - 1
+                if used == scratch.spaces.len() {
+                    scratch.spaces.push((None, PendingFlush::new()));
+                }
+                scratch.spaces[used].0 = Some(aspace.clone());
+                scratch.used += 1;
+                used
             }
         };
-        &mut self.spaces[index].1
+        &mut scratch.spaces[index].1
     }
 
     /// Where the pages that leave VMOs go, to be freed after the invalidation.
     pub(crate) fn removed(&mut self) -> &mut RemovedPages {
-        &mut self.removed
+        &mut self.scratch().removed
     }
 
     /// Takes over an unmapped mapping: it leaves its VMO's list only after the shootdown, so that
     /// a decommit meanwhile still flushes its address space, and its VMO (which it holds alive)
     /// cannot free frames while a TLB may still map them.
     pub(crate) fn retire(&mut self, region: Arc<Region>) {
-        self.retired.push(region);
+        self.scratch().retired.push(region);
     }
 
     /// How many page translations changed, over all address spaces.
-    pub fn changed_pages(&self) -> usize {
-        self.spaces.iter().map(|(_, p)| p.changed_pages()).sum()
+    pub fn changed_pages(&mut self) -> usize {
+        let scratch = self.scratch();
+        scratch.spaces[..scratch.used]
+            .iter()
+            .map(|(_, p)| p.changed_pages())
+            .sum()
     }
 
     /// Invalidates every recorded translation on the CPUs that may hold it, in one shootdown
     /// round for the whole operation, waits for that to complete, and only then frees the frames
     /// and table pages. Called with no crate lock held.
     pub fn finish(mut self, platform: &dyn Platform) {
-        let spaces = core::mem::take(&mut self.spaces);
-        let removed = core::mem::take(&mut self.removed);
-        let items: Vec<Item> = spaces
-            .iter()
-            .filter(|(_, pending)| !pending.is_empty())
-            .map(|(aspace, pending)| aspace.shootdown_item(pending))
-            .collect();
-        platform.tlb().shoot(platform, items);
-        for (_, pending) in &spaces {
+        let mut scratch = self
+            .scratch
+            .take()
+            .expect("a batch holds its scratch until finish");
+        let used = scratch.used;
+        {
+            let pin = CpuPin::new(platform);
+            let Scratch { spaces, items, .. } = &mut *scratch;
+            items.clear();
+            for (aspace, pending) in &spaces[..used] {
+                if let (Some(aspace), false) = (aspace, pending.is_empty()) {
+                    items.push(aspace.shootdown_item(pending));
+                }
+            }
+            platform.tlb().shoot(&pin, items);
+        }
+        for (_, pending) in &scratch.spaces[..used] {
             if !pending.freed_tables().is_empty() {
                 // SAFETY: every table here was unlinked under its address space's page-table
                 // lock, and `shoot` returned only after every CPU that may have cached a walk
@@ -195,9 +258,10 @@ impl TlbBatch {
         }
         // SAFETY: as for the tables: these frames left their page lists under the VMOs' locks,
         // every entry mapping them was cleared and is covered by the shootdown that completed.
-        unsafe { removed.free(platform) };
+        unsafe { scratch.removed.free(platform) };
+        scratch.removed.clear();
         // No CPU holds a translation through the retired mappings any more.
-        for region in core::mem::take(&mut self.retired) {
+        for region in scratch.retired.drain(..) {
             let vmo = region
                 .mapping()
                 .expect("only mappings retire")
@@ -206,14 +270,28 @@ impl TlbBatch {
             Vmo::remove_mapping_locked(&mut vmo.lock(), &region);
             // Dropping the region may drop the VMO, which frees its frames: safe now.
         }
+        for (aspace, pending) in &mut scratch.spaces[..used] {
+            pending.clear();
+            // May drop the last reference to the address space, which tears it down (with a
+            // round of its own, in another scratch space).
+            *aspace = None;
+        }
+        scratch.used = 0;
+        scratch.items.clear();
+        platform.tlb().put_scratch(platform, scratch);
     }
 }
 
 impl Drop for TlbBatch {
     fn drop(&mut self) {
-        debug_assert!(
-            self.removed.is_empty() && self.spaces.iter().all(|(_, p)| p.freed_tables.is_empty()),
-            "a TlbBatch holding frames was dropped without finish(): its frames leak"
-        );
+        if let Some(scratch) = &self.scratch {
+            debug_assert!(
+                scratch.removed.is_empty()
+                    && scratch.spaces[..scratch.used]
+                        .iter()
+                        .all(|(_, p)| p.freed_tables.is_empty()),
+                "a TlbBatch holding frames was dropped without finish(): its frames leak"
+            );
+        }
     }
 }

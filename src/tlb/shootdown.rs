@@ -36,22 +36,29 @@
 //! read, in which case it is marked stale and flushes the tag before its next use
 //! ([`crate::vmar::AddressSpace::activate`]), or it never ran it.
 
-use super::sync::{Arc, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use super::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use super::AsidAllocator;
-use crate::platform::{CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
+use crate::arch::Format;
+use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope, MAX_CPUS};
 use alloc::boxed::Box;
-use alloc::vec::Vec;
+use core::fmt;
 use core::ptr;
+use core::sync::atomic::AtomicPtr as CoreAtomicPtr;
 
-/// One address space's part of a shootdown.
-#[derive(Debug)]
+/// The most single pages one [`Item`] names; past that it names the whole address space.
+pub(crate) const ITEM_PAGES: usize = super::FULL_FLUSH_THRESHOLD;
+
+/// One address space's part of a shootdown: plain data, copied out of the operation's records so
+/// that a round needs no allocation.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
     /// The CPUs that must carry it out.
     pub targets: CpuSet,
     pub asid: u16,
     pub root: PhysAddr,
-    /// The pages, or empty with `full`.
-    pub pages: Vec<u64>,
+    /// The first `page_count` entries are the pages to invalidate, unless `full`.
+    pub pages: [u64; ITEM_PAGES],
+    pub page_count: u8,
     pub full: bool,
     pub tables_freed: bool,
 }
@@ -64,24 +71,27 @@ impl Item {
             scope: if self.full {
                 TlbScope::All
             } else {
-                TlbScope::Pages(&self.pages)
+                TlbScope::Pages(&self.pages[..usize::from(self.page_count)])
             },
             tables_freed: self.tables_freed,
         }
     }
 }
 
-/// One operation's shootdown, shared by the initiator and its targets.
-struct Request {
-    items: Vec<Item>,
+/// One operation's shootdown, on the initiator's stack: the initiator does not return before
+/// every target acknowledged, and a target touches the request only before its acknowledgement.
+struct Request<'a> {
+    items: &'a [Item],
     /// Remote CPUs that have not acknowledged yet.
     pending: AtomicUsize,
+    /// One mailbox node per CPU, so that queueing the request allocates nothing.
+    nodes: [Node; MAX_CPUS],
 }
 
-impl Request {
+impl Request<'_> {
     /// Carries out, on `cpu`, every item that targets it.
     fn flush_on(&self, platform: &dyn Platform, cpu: usize) {
-        for item in &self.items {
+        for item in self.items {
             if item.targets.contains(cpu) {
                 platform.invalidate_local(&item.invalidate());
             }
@@ -89,12 +99,24 @@ impl Request {
     }
 }
 
+/// A link in a CPU's mailbox, inside the [`Request`] it belongs to. Its fields are written before
+/// the node is published (release) and read after it is taken (acquire), by one thread each time,
+/// so relaxed atomics (core's, even under loom: the mailbox head orders them) are enough.
 struct Node {
-    request: Arc<Request>,
-    next: *mut Node,
+    /// The request (type-erased lifetime: valid until the node's CPU acknowledges).
+    request: CoreAtomicPtr<Request<'static>>,
+    next: CoreAtomicPtr<Node>,
 }
 
-/// A CPU's incoming shootdown requests: a lock-free stack.
+impl Node {
+    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise fresh arrays
+    const EMPTY: Node = Node {
+        request: CoreAtomicPtr::new(ptr::null_mut()),
+        next: CoreAtomicPtr::new(ptr::null_mut()),
+    };
+}
+
+/// A CPU's incoming shootdown requests: a lock-free stack of nodes that live in their requests.
 struct Mailbox {
     head: AtomicPtr<Node>,
 }
@@ -106,16 +128,15 @@ impl Mailbox {
         }
     }
 
-    fn push(&self, request: Arc<Request>) {
-        let node = Box::into_raw(Box::new(Node {
-            request,
-            next: ptr::null_mut(),
-        }));
+    /// Queues `node`, which no other thread can reach yet.
+    fn push(&self, node: &Node) {
+        let node = node as *const Node as *mut Node;
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
-            // SAFETY: `node` came from Box::into_raw above and is not shared until the CAS below
-            // publishes it, so writing its `next` is exclusive.
-            unsafe { (*node).next = head };
+            // SAFETY: `node` points into a live request (the caller's borrow); it is not shared
+            // until the CAS below publishes it (each node is pushed once, onto its own CPU's
+            // mailbox).
+            unsafe { (*node).next.store(head, Ordering::Relaxed) };
             match self
                 .head
                 .compare_exchange(head, node, Ordering::Release, Ordering::Relaxed)
@@ -138,31 +159,83 @@ impl Mailbox {
     }
 }
 
-/// The machine's TLB-maintenance state: one shootdown mailbox per CPU and the ASID/PCID
-/// allocator. A kernel makes one at boot and returns it from [`Platform::tlb`].
+/// Why [`Tlb::new`] refused a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlbConfigError {
+    /// The CPU count is 0 or above [`MAX_CPUS`].
+    CpuCount {
+        /// The count given.
+        cpus: usize,
+    },
+    /// More tags than the format's TLBs can hold: x86_64 PCIDs are 1..=4095, aarch64 ASIDs
+    /// 1..=255 (8-bit) or 1..=65535 (16-bit, TCR_EL1.AS = 1).
+    TooManyTags {
+        /// The count given.
+        tags: u16,
+        /// The most the format allows.
+        max: u16,
+    },
+}
+
+impl fmt::Display for TlbConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            TlbConfigError::CpuCount { cpus } => {
+                write!(f, "{cpus} CPUs: the crate handles 1 to {MAX_CPUS}")
+            }
+            TlbConfigError::TooManyTags { tags, max } => {
+                write!(f, "{tags} tags: this page-table format has at most {max}")
+            }
+        }
+    }
+}
+
+/// The machine's TLB-maintenance state: one shootdown mailbox per CPU, the address space each
+/// CPU runs, the ASID/PCID allocator, and spare scratch space for operations. A kernel makes one
+/// at boot and returns it from [`Platform::tlb`].
 pub struct Tlb {
     mailboxes: Box<[Mailbox]>,
+    /// Per CPU: the address space it runs (an `Arc` turned into a raw pointer by
+    /// [`crate::vmar::AddressSpace::activate`]), or null.
+    current: Box<[AtomicPtr<()>]>,
+    /// Per CPU: a spare operation scratch space, kept warm so operations need no allocation.
+    spare: Box<[AtomicPtr<super::Scratch>]>,
     asids: AsidAllocator,
     rounds: AtomicU64,
 }
 
-// SAFETY: the raw node pointers in the mailboxes are owned by the mailbox they are linked into;
-// they are only created by `push` and only dereferenced after `take_all` removed them, by the one
-// thread that took them. `Request` is Send + Sync (atomics and plain data).
+// SAFETY: the node pointers in the mailboxes point into requests whose initiators wait until
+// every node was taken and acknowledged; a node is only read by the one thread that took it.
+// The `current` and `spare` pointers are owned `Arc`/`Box` values handed over atomically.
 unsafe impl Send for Tlb {}
-// SAFETY: as above: all shared access goes through the atomic head pointers.
+// SAFETY: as above: all shared access goes through atomics.
 unsafe impl Sync for Tlb {}
 
 impl Tlb {
     /// State for `cpus` CPUs and `tags` usable ASIDs or PCIDs (1..=tags; 0 means untagged, the
-    /// fallback when they run out). x86_64 without PCIDs and aarch64 without ASIDs pass 0.
-    pub fn new(cpus: usize, tags: u16) -> Self {
-        assert!((1..=crate::platform::MAX_CPUS).contains(&cpus));
-        Tlb {
+    /// fallback when they run out) for page tables in `format`. x86_64 without PCIDs and aarch64
+    /// without ASIDs pass 0. Errors, rather than panics, for a CPU count outside 1..=[`MAX_CPUS`]
+    /// and for more tags than `format` has.
+    pub fn new(cpus: usize, tags: u16, format: Format) -> Result<Self, TlbConfigError> {
+        if !(1..=MAX_CPUS).contains(&cpus) {
+            return Err(TlbConfigError::CpuCount { cpus });
+        }
+        let max = format.max_tags();
+        if tags > max {
+            return Err(TlbConfigError::TooManyTags { tags, max });
+        }
+        Ok(Tlb {
             mailboxes: (0..cpus).map(|_| Mailbox::new()).collect(),
+            current: (0..cpus).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+            spare: (0..cpus).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
             asids: AsidAllocator::new(tags),
             rounds: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// How many CPUs the machine has: the one source of that number.
+    pub fn cpu_count(&self) -> usize {
+        self.mailboxes.len()
     }
 
     /// The ASID/PCID allocator.
@@ -175,32 +248,73 @@ impl Tlb {
         self.rounds.load(Ordering::Relaxed)
     }
 
+    /// The slot that records which address space `cpu` runs.
+    pub(crate) fn current_slot(&self, cpu: usize) -> &AtomicPtr<()> {
+        &self.current[cpu]
+    }
+
+    /// A scratch space: the calling CPU's spare one if it has one, else a new one.
+    pub(crate) fn take_scratch(&self, platform: &dyn Platform) -> Box<super::Scratch> {
+        let spare = match self.spare.get(platform.current_cpu()) {
+            Some(slot) => slot.swap(ptr::null_mut(), Ordering::Acquire),
+            None => ptr::null_mut(),
+        };
+        if spare.is_null() {
+            Box::default()
+        } else {
+            // SAFETY: the pointer came from `Box::into_raw` in `put_scratch` and the swap made
+            // this thread its only owner.
+            unsafe { Box::from_raw(spare) }
+        }
+    }
+
+    /// Keeps `scratch` (emptied, with its capacity) as the calling CPU's spare.
+    pub(crate) fn put_scratch(&self, platform: &dyn Platform, scratch: Box<super::Scratch>) {
+        let Some(slot) = self.spare.get(platform.current_cpu()) else {
+            return;
+        };
+        let raw = Box::into_raw(scratch);
+        if slot
+            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            // SAFETY: the exchange failed, so `raw` was not published: we still own it.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+
     /// Runs one shootdown round for `items` and returns when every targeted CPU has completed it.
-    /// Called with no crate lock held.
-    pub(crate) fn shoot(&self, platform: &dyn Platform, items: Vec<Item>) {
+    /// Called with no crate lock held. Allocates nothing: the request lives on this stack frame,
+    /// which outlives every target's use of it.
+    pub(crate) fn shoot(&self, pin: &CpuPin<'_>, items: &[Item]) {
         if items.is_empty() {
             return;
         }
+        let platform = pin.platform();
         self.rounds.fetch_add(1, Ordering::Relaxed);
         if platform.invalidation_is_broadcast() {
             // One broadcast per item reaches every CPU and completes before it returns.
-            for item in &items {
+            for item in items {
                 platform.invalidate_local(&item.invalidate());
             }
             return;
         }
-        let me = platform.current_cpu();
+        let me = pin.cpu();
         let remote = items
             .iter()
             .fold(CpuSet::EMPTY, |set, item| set.union(item.targets))
             .without(me);
-        let request = Arc::new(Request {
+        let remote = CpuSet(remote.0 & cpu_mask(self.cpu_count()));
+        let request = Request {
             items,
             pending: AtomicUsize::new(remote.len()),
-        });
+            nodes: [Node::EMPTY; MAX_CPUS],
+        };
         if !remote.is_empty() {
+            let erased = &request as *const Request<'_> as *mut Request<'static>;
             for cpu in remote.iter() {
-                self.mailboxes[cpu].push(request.clone());
+                request.nodes[cpu].request.store(erased, Ordering::Relaxed);
+                self.mailboxes[cpu].push(&request.nodes[cpu]);
             }
             platform.send_ipi(remote);
         }
@@ -209,41 +323,61 @@ impl Tlb {
         while request.pending.load(Ordering::Acquire) != 0 {
             // Serve requests aimed at us: with interrupts disabled here, that is how two CPUs
             // shooting at each other both finish.
-            self.handle_ipi(platform);
+            self.serve(platform, me);
             platform.wait_hint();
         }
     }
 
     /// The body of the shootdown IPI handler: carries out every request queued for the calling
     /// CPU, then acknowledges each. Safe to call spuriously, and from the interrupted CPU's own
-    /// wait loop.
-    pub fn handle_ipi(&self, platform: &dyn Platform) {
-        let me = platform.current_cpu();
+    /// wait loop. Allocates and frees nothing.
+    pub fn handle_ipi(&self, pin: &CpuPin<'_>) {
+        self.serve(pin.platform(), pin.cpu());
+    }
+
+    fn serve(&self, platform: &dyn Platform, me: usize) {
         let mut node = self.mailboxes[me].take_all();
         while !node.is_null() {
-            // SAFETY: `node` was made by Box::into_raw in `push` and unlinked by our `take_all`;
-            // no other thread can reach it any more, so we own it.
-            let node_box = unsafe { Box::from_raw(node) };
+            // SAFETY: `node` was queued by `shoot` and unlinked by our `take_all`; its request's
+            // initiator waits for our acknowledgement below, so the node and the request are
+            // alive until then, and no other thread reads this node.
+            let (request, next) = unsafe {
+                (
+                    &*(*node).request.load(Ordering::Relaxed),
+                    (*node).next.load(Ordering::Relaxed),
+                )
+            };
             if !cfg!(feature = "break-remote-flush") {
-                node_box.request.flush_on(platform, me);
+                request.flush_on(platform, me);
             }
             // Release: the flush above happens before the initiator sees the acknowledgement.
-            node_box.request.pending.fetch_sub(1, Ordering::Release);
-            node = node_box.next;
+            // After it, the initiator may return: neither `node` nor `request` is touched again.
+            request.pending.fetch_sub(1, Ordering::Release);
+            node = next;
         }
+    }
+}
+
+/// The CPUs below `count`.
+fn cpu_mask(count: usize) -> u64 {
+    if count >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << count) - 1
     }
 }
 
 impl Drop for Tlb {
     fn drop(&mut self) {
-        for mailbox in self.mailboxes.iter() {
-            let mut node = mailbox.take_all();
-            while !node.is_null() {
-                // SAFETY: as in `handle_ipi`: unlinked by `take_all`, owned here.
-                let node_box = unsafe { Box::from_raw(node) };
-                node = node_box.next;
+        for slot in self.spare.iter() {
+            let spare = slot.swap(ptr::null_mut(), Ordering::Acquire);
+            if !spare.is_null() {
+                // SAFETY: made by `Box::into_raw` in `put_scratch`, owned by the slot.
+                drop(unsafe { Box::from_raw(spare) });
             }
         }
+        // A `current` slot still set holds its address space alive, which holds the platform
+        // (and this Tlb) alive: a Tlb is dropped only when no CPU runs an address space.
     }
 }
 
@@ -270,16 +404,14 @@ mod loom_model {
         shared: Arc<Shared>,
     }
 
-    impl Platform for Cpu {
+    // SAFETY: a model of two CPUs: no frames, no page tables; `current_cpu` is fixed per thread.
+    unsafe impl Platform for Cpu {
         fn alloc_frame(&self) -> Option<PhysAddr> {
             None
         }
         unsafe fn free_frames(&self, _frames: &[PhysAddr]) {}
         fn phys_to_virt(&self, _pa: PhysAddr) -> *mut u8 {
             ptr::null_mut()
-        }
-        fn cpu_count(&self) -> usize {
-            2
         }
         fn current_cpu(&self) -> usize {
             self.id
@@ -301,15 +433,19 @@ mod loom_model {
         fn wait_hint(&self) {
             thread::yield_now();
         }
-        fn load_root(&self, _root: PhysAddr, _asid: u16, _flush: bool) {}
+        unsafe fn load_root(&self, _root: PhysAddr, _asid: u16, _flush: bool) {}
+        unsafe fn load_kernel_root(&self) {}
     }
 
     fn item(targets: CpuSet) -> Item {
+        let mut pages = [0; ITEM_PAGES];
+        pages[0] = 0x1000;
         Item {
             targets,
             asid: 1,
             root: PhysAddr(0x1000),
-            pages: alloc::vec![0x1000],
+            pages,
+            page_count: 1,
             full: false,
             tables_freed: false,
         }
@@ -317,7 +453,7 @@ mod loom_model {
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
-            tlb: Tlb::new(2, 0),
+            tlb: Tlb::new(2, 0, Format::X86_64).unwrap(),
             ipi: [AtomicBool::new(false), AtomicBool::new(false)],
             flushed: [AtomicBool::new(false), AtomicBool::new(false)],
         })
@@ -345,14 +481,16 @@ mod loom_model {
                         if cpu.shared.ipi[1].load(Ordering::Relaxed)
                             && cpu.shared.ipi[1].swap(false, Ordering::Acquire)
                         {
-                            cpu.shared.tlb.handle_ipi(&cpu);
+                            cpu.shared.tlb.handle_ipi(&CpuPin::new(&cpu));
                         }
                         thread::yield_now();
                     }
                 })
             };
             let cpu = Cpu { id: 0, shared };
-            cpu.shared.tlb.shoot(&cpu, alloc::vec![item(CpuSet(0b11))]);
+            cpu.shared
+                .tlb
+                .shoot(&CpuPin::new(&cpu), &[item(CpuSet(0b11))]);
             assert!(
                 cpu.shared.flushed[0].load(Ordering::Relaxed),
                 "the initiator flushed"
@@ -371,7 +509,7 @@ mod loom_model {
         if cpu.shared.ipi[cpu.id].load(Ordering::Relaxed)
             && cpu.shared.ipi[cpu.id].swap(false, Ordering::Acquire)
         {
-            cpu.shared.tlb.handle_ipi(cpu);
+            cpu.shared.tlb.handle_ipi(&CpuPin::new(cpu));
         }
     }
 
@@ -387,7 +525,7 @@ mod loom_model {
                 let other = 1 - cpu.id;
                 cpu.shared
                     .tlb
-                    .shoot(&cpu, alloc::vec![item(CpuSet::single(other))]);
+                    .shoot(&CpuPin::new(&cpu), &[item(CpuSet::single(other))]);
                 assert!(cpu.shared.flushed[other].load(Ordering::Relaxed));
                 finished.fetch_add(1, Ordering::Release);
                 while finished.load(Ordering::Acquire) < 2 {

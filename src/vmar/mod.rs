@@ -31,16 +31,18 @@ use crate::abi::{
     is_page_aligned, page_round_up, zx_koid_t, Status, VmOptions, ZxResult, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::arch::{
-    new_page_table, translate_format, Format, MmuFlags, PageTableOps, USER_ADDRESS_LIMIT,
+    check_prepared_root, new_page_table_for, translate_format, Format, MmuFlags, PageTableOps,
+    USER_ADDRESS_LIMIT,
 };
 use crate::object::next_koid;
-use crate::platform::{AtomicCpuSet, CpuSet, PhysAddr, Platform};
-use crate::tlb::{Item, PendingFlush, TlbBatch};
+use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform};
+use crate::tlb::{Item, PendingFlush, TlbBatch, ITEM_PAGES};
 use crate::vmo::{Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 use intrusive_collections::{Bound, RBTree};
 use spin::{Mutex, MutexGuard};
 
@@ -118,7 +120,11 @@ impl VmarNode {
     fn child_at(&self, va: u64) -> Option<Arc<Region>> {
         let cursor = self.children.upper_bound(Bound::Included(&va));
         let region = cursor.get()?;
-        (va < region.end()).then(|| cursor.clone_pointer().expect("cursor is valid"))
+        if va < region.end() {
+            cursor.clone_pointer()
+        } else {
+            None
+        }
     }
 
     /// Whether any child overlaps `[start, end)`.
@@ -130,21 +136,37 @@ impl VmarNode {
             .is_some_and(|region| region.end() > start)
     }
 
-    /// The children overlapping `[start, end)`, in address order.
-    fn children_in(&self, start: u64, end: u64) -> Vec<Arc<Region>> {
+    /// The children overlapping `[start, end)`, in address order, appended to `out`.
+    fn children_in(&self, start: u64, end: u64, out: &mut Vec<Arc<Region>>) {
         let mut cursor = self.children.upper_bound(Bound::Included(&start));
         if cursor.get().is_none_or(|region| region.end() <= start) {
             cursor.move_next();
         }
-        let mut out = Vec::new();
         while let Some(region) = cursor.get() {
             if region.base() >= end {
                 break;
             }
-            out.push(cursor.clone_pointer().expect("cursor is valid"));
+            out.extend(cursor.clone_pointer());
             cursor.move_next();
         }
-        out
+    }
+
+    /// Whether a child overlapping `[start, end)` satisfies `test`.
+    fn any_child_in(&self, start: u64, end: u64, test: impl Fn(&Region) -> bool) -> bool {
+        let mut cursor = self.children.upper_bound(Bound::Included(&start));
+        if cursor.get().is_none_or(|region| region.end() <= start) {
+            cursor.move_next();
+        }
+        while let Some(region) = cursor.get() {
+            if region.base() >= end {
+                return false;
+            }
+            if test(region) {
+                return true;
+            }
+            cursor.move_next();
+        }
+        false
     }
 
     /// The lowest free, page-aligned gap of `size` bytes.
@@ -186,44 +208,131 @@ impl AspaceTree {
     }
 
     /// The mappings that cover `[start, end)` below VMAR `id`, each with the part of the range it
-    /// covers and the VMAR it sits in, looking through nested VMARs. `gap` is returned if a page
-    /// of the range is not covered by a mapping.
+    /// covers and the VMAR it sits in, looking through nested VMARs, into `out` (in address
+    /// order). `gap` is returned if a page of the range is not covered by a mapping.
+    ///
+    /// Iterative, with an explicit stack in `walk`: VMARs nest as deep as a caller makes them, and
+    /// a kernel stack must not pay for that.
     fn covering_mappings(
         &self,
         id: VmarId,
         start: u64,
         end: u64,
         gap: Status,
+        walk: &mut Vec<WalkFrame>,
         out: &mut Vec<Covered>,
     ) -> ZxResult {
-        let node = self.node(id)?;
-        let mut next = start;
-        for region in node.children_in(start, end) {
-            if region.base() > next {
-                return Err(gap);
+        walk.clear();
+        walk.push(WalkFrame {
+            vmar: id,
+            next: start,
+            end,
+        });
+        let result = loop {
+            let Some(top) = walk.last_mut() else {
+                break Ok(());
+            };
+            if top.next >= top.end {
+                walk.pop();
+                continue;
             }
-            let lo = start.max(region.base());
-            let hi = end.min(region.end());
+            let node = match self.node(top.vmar) {
+                Ok(node) => node,
+                Err(status) => break Err(status),
+            };
+            // The child holding `next`: the range is covered only if one starts at or before it.
+            let Some(region) = node.child_at(top.next) else {
+                break Err(gap);
+            };
+            let (lo, hi) = (top.next, top.end.min(region.end()));
+            top.next = hi;
+            let vmar = top.vmar;
             match region.kind() {
-                RegionKind::Vmar(child) => self.covering_mappings(*child, lo, hi, gap, out)?,
+                RegionKind::Vmar(child) => walk.push(WalkFrame {
+                    vmar: *child,
+                    next: lo,
+                    end: hi,
+                }),
                 RegionKind::Mapping(_) => out.push(Covered {
-                    vmar: id,
-                    region: region.clone(),
+                    vmar,
+                    region,
                     start: lo,
                     end: hi,
                 }),
             }
-            next = hi;
+        };
+        walk.clear();
+        result
+    }
+
+    /// Destroys VMAR `id` and everything below it, unmapping every mapping into `batch`. Its
+    /// region in the parent is left to the caller. Iterative (VMARs nest as deep as a caller
+    /// makes them): `stack` holds the VMARs still to take apart.
+    fn destroy_subtree(
+        &mut self,
+        aspace: &AddressSpace,
+        id: VmarId,
+        stack: &mut Vec<VmarId>,
+        batch: &mut TlbBatch,
+    ) {
+        stack.clear();
+        stack.push(id);
+        while let Some(id) = stack.pop() {
+            let Some(mut node) = self.vmars.remove(&id) else {
+                continue;
+            };
+            let mut children = node.children.take();
+            let mut cursor = children.front_mut();
+            while let Some(region) = cursor.remove() {
+                match region.kind() {
+                    RegionKind::Vmar(child) => stack.push(*child),
+                    RegionKind::Mapping(_) => aspace.unlink_mapping(&region, batch),
+                }
+            }
         }
-        if next < end {
-            return Err(gap);
-        }
-        Ok(())
+    }
+}
+
+/// One level of [`AspaceTree::covering_mappings`]'s walk: the part `[next, end)` of VMAR
+/// `vmar` still to cover.
+pub(crate) struct WalkFrame {
+    vmar: VmarId,
+    next: u64,
+    end: u64,
+}
+
+/// The lists a range operation walks and collects into: kept in the operation's
+/// [`TlbBatch`] scratch space, so that they keep their capacity from one operation to the next
+/// and a warm decommit, unmap or protect allocates nothing.
+#[derive(Default)]
+pub(crate) struct RangeScratch {
+    walk: Vec<WalkFrame>,
+    covered: Vec<Covered>,
+    /// The VMOs an operation locks, by koid.
+    vmos: Vec<Arc<Vmo>>,
+    regions: Vec<Arc<Region>>,
+    vmar_ids: Vec<VmarId>,
+}
+
+impl RangeScratch {
+    /// Takes the lists out of `batch` (so that `batch` can be used beside them).
+    fn take(batch: &mut TlbBatch) -> RangeScratch {
+        core::mem::take(batch.vmar_scratch())
+    }
+
+    /// Empties the lists and puts them back into `batch`, keeping their capacity.
+    fn put(mut self, batch: &mut TlbBatch) {
+        self.walk.clear();
+        self.covered.clear();
+        self.vmos.clear();
+        self.regions.clear();
+        self.vmar_ids.clear();
+        *batch.vmar_scratch() = self;
     }
 }
 
 /// A mapping and the part of an operation's range that it covers.
-struct Covered {
+pub(crate) struct Covered {
     vmar: VmarId,
     region: Arc<Region>,
     start: u64,
@@ -253,6 +362,9 @@ pub struct AddressSpace {
     /// The ASID or PCID tag; 0 when untagged.
     asid: u16,
     root_vmar: VmarId,
+    /// The user range: the root VMAR's base and size.
+    user_base: u64,
+    user_size: u64,
     /// The CPUs on which the address space is active: those a shootdown interrupts.
     active: AtomicCpuSet,
     /// The CPUs that have run the address space under its tag (never shrinks): those that may
@@ -267,20 +379,49 @@ pub struct AddressSpace {
 }
 
 impl AddressSpace {
-    /// A new address space with an empty root VMAR covering the user range, and page tables in
-    /// `format`.
+    /// A new address space with an empty root VMAR covering the default user range
+    /// ([`USER_ASPACE_BASE`], [`USER_ASPACE_SIZE`]: the lower half but its first 16 MiB and last
+    /// page), and page tables in `format`.
     pub fn new(platform: Arc<dyn Platform>, format: Format) -> ZxResult<Arc<AddressSpace>> {
-        let mmu = new_page_table(&*platform, format)?;
+        Self::with_user_range(platform, format, USER_ASPACE_BASE, USER_ASPACE_SIZE)
+    }
+
+    /// A new address space whose root VMAR is `[base, base + size)`: page aligned, inside the
+    /// lower half (below 2^47), else `ZX_ERR_INVALID_ARGS`. The crate owns the root-table slots
+    /// (512 GiB each) that cover the range, and never reads, writes or frees any other slot, so a
+    /// kernel that lives in the lower half keeps its slots by choosing a range clear of them.
+    ///
+    /// After [`Platform::prepare_root`] the root is checked: the user range's slots must be
+    /// empty and, for x86_64 tables, some other slot must hold the kernel. A problem is
+    /// `ZX_ERR_BAD_STATE`; debug builds panic instead, with the problem in words (an integration
+    /// mistake to fix at bring-up, see [`crate::arch::RootProblem`]).
+    pub fn with_user_range(
+        platform: Arc<dyn Platform>,
+        format: Format,
+        base: u64,
+        size: u64,
+    ) -> ZxResult<Arc<AddressSpace>> {
+        let end = base.checked_add(size).ok_or(Status::InvalidArgs)?;
+        let mut mmu = new_page_table_for(&*platform, format, base, end)?;
         let root_table = mmu.root();
         platform.prepare_root(root_table);
+        if let Err(problem) = check_prepared_root(&*platform, format, root_table, mmu.user_slots())
+        {
+            let mut pending = PendingFlush::new();
+            mmu.release(&*platform, &mut pending);
+            // SAFETY: the root was never loaded or shared: no CPU can reach it.
+            unsafe { platform.free_frames(pending.freed_tables()) };
+            debug_assert!(false, "zx-vm: {problem}");
+            return Err(Status::BadState);
+        }
         let (asid, dirty) = platform.tlb().asids().alloc();
         let root_vmar = 1;
         let mut vmars = BTreeMap::new();
         vmars.insert(
             root_vmar,
             VmarNode {
-                base: USER_ASPACE_BASE,
-                size: USER_ASPACE_SIZE,
+                base,
+                size,
                 flags: VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC,
                 parent: None,
                 children: RBTree::new(TreeAdapter::new()),
@@ -293,6 +434,8 @@ impl AddressSpace {
             root_table,
             asid,
             root_vmar,
+            user_base: base,
+            user_size: size,
             active: AtomicCpuSet::new(),
             ran: AtomicCpuSet::from(dirty),
             stale: AtomicCpuSet::from(dirty),
@@ -311,10 +454,15 @@ impl AddressSpace {
             koid: next_koid(),
             aspace: self.clone(),
             id: self.root_vmar,
-            base: USER_ASPACE_BASE,
-            size: USER_ASPACE_SIZE,
+            base: self.user_base,
+            size: self.user_size,
             flags: VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC,
         })
+    }
+
+    /// The user range `(base, size)`: the root VMAR's.
+    pub fn user_range(&self) -> (u64, u64) {
+        (self.user_base, self.user_size)
     }
 
     /// The kernel object id.
@@ -342,33 +490,95 @@ impl AddressSpace {
         &self.platform
     }
 
-    /// Switches the calling CPU to this address space from `previous` (the one it ran, if any):
-    /// leaves `previous`'s active set, joins this one's, flushes the tag if this CPU may hold stale
-    /// translations under it (always, when untagged), and loads the root table
-    /// ([`Platform::load_root`]). The kernel calls it at every context switch between user
-    /// address spaces, with preemption disabled.
+    /// Makes this address space the one the calling CPU runs: the context switch into user
+    /// space. The crate keeps, per CPU, the address space it runs (holding it alive while it is
+    /// loaded), so the kernel names only the next one.
     ///
-    /// The order matters: joining the active set comes before reading the stale mark, and a
-    /// shootdown marks CPUs stale before it reads the active set again, so a CPU that joins during
-    /// a shootdown is either interrupted by it or flushes here.
-    pub fn activate(&self, previous: Option<&AddressSpace>) {
-        let cpu = self.platform.current_cpu();
-        if let Some(previous) = previous {
-            if !core::ptr::eq(previous, self) {
-                previous.active.remove(cpu);
-            }
-        }
+    /// The order is join, load, leave: the CPU joins this address space's active set, flushes
+    /// the tag if it may hold stale translations under it (always, when untagged), loads the root
+    /// table ([`Platform::load_root`]), and only then leaves the previous address space's active
+    /// set. Until the load, the previous tables are still in use here, and every shootdown of the
+    /// previous address space still reaches this CPU; a shootdown of this one that starts before
+    /// the join either is seen by the stale mark or finds the CPU in the active set.
+    ///
+    /// If the previous address space's last other reference is gone, it is torn down here, after
+    /// the switch (a shootdown round; no crate lock is held).
+    ///
+    /// # Safety
+    /// - The kernel's code, stack and data stay mapped after the load: on x86_64 the root holds
+    ///   the kernel's entries (`Platform::prepare_root`), on aarch64 the kernel runs from
+    ///   TTBR1_EL1.
+    /// - The calling CPU loads user roots only through [`AddressSpace::activate`] and
+    ///   [`AddressSpace::deactivate`], so the crate's record of what it runs is true.
+    /// - `pin` was made on this address space's platform.
+    pub unsafe fn activate(self: &Arc<Self>, pin: &CpuPin<'_>) {
+        let cpu = pin.cpu();
+        let slot = self.platform.tlb().current_slot(cpu);
+        let previous = slot.load(Ordering::Acquire) as *const AddressSpace;
+        let same = core::ptr::eq(previous, Arc::as_ptr(self));
+        // Join.
         self.active.insert(cpu);
         self.ran.insert(cpu);
         let flush = self.asid == 0 || self.stale.take(cpu);
-        self.platform.load_root(self.root_table, self.asid, flush);
+        if same && !flush {
+            return;
+        }
+        // Load.
+        // SAFETY: `self` is alive (we hold an `Arc`) and stays alive while loaded (the slot holds
+        // one); its root was prepared when it was made; the caller guarantees the rest.
+        unsafe { self.platform.load_root(self.root_table, self.asid, flush) };
+        if same {
+            return;
+        }
+        slot.store(Arc::into_raw(self.clone()) as *mut (), Ordering::Release);
+        // Leave.
+        if !previous.is_null() {
+            // SAFETY: the slot held the pointer from `Arc::into_raw` of a live address space;
+            // we replaced it, so this is the one owner of that reference.
+            let previous = unsafe { Arc::from_raw(previous) };
+            previous.active.remove(cpu);
+            drop(previous);
+        }
     }
 
-    /// Records that the calling CPU left this address space: it has loaded another root table (or
-    /// one without user mappings) and will call [`AddressSpace::activate`] before it runs this
-    /// address space again.
-    pub fn deactivate(&self) {
-        self.active.remove(self.platform.current_cpu());
+    /// Takes the calling CPU out of user space: loads a root without user mappings
+    /// ([`Platform::load_kernel_root`]), then leaves the address space it ran, if any (which is
+    /// torn down here if nothing else holds it).
+    ///
+    /// # Safety
+    /// As for [`AddressSpace::activate`]; and the CPU touches no user address until it activates
+    /// an address space again.
+    pub unsafe fn deactivate(pin: &CpuPin<'_>) {
+        let platform = pin.platform();
+        let cpu = pin.cpu();
+        // SAFETY: forwarded from the caller.
+        unsafe { platform.load_kernel_root() };
+        let previous = platform
+            .tlb()
+            .current_slot(cpu)
+            .swap(core::ptr::null_mut(), Ordering::AcqRel)
+            as *const AddressSpace;
+        if !previous.is_null() {
+            // SAFETY: as in `activate`: the slot's reference, now ours alone.
+            let previous = unsafe { Arc::from_raw(previous) };
+            previous.active.remove(cpu);
+        }
+    }
+
+    /// The address space the pinned CPU runs, if any.
+    pub fn current(pin: &CpuPin<'_>) -> Option<Arc<AddressSpace>> {
+        let slot = pin.platform().tlb().current_slot(pin.cpu());
+        let current = slot.load(Ordering::Acquire) as *const AddressSpace;
+        if current.is_null() {
+            return None;
+        }
+        // SAFETY: only this CPU changes its slot (in `activate`/`deactivate`, which need the pin
+        // we hold, so they are not running now on this CPU), and the slot's reference keeps the
+        // address space alive: taking one more reference to it is sound.
+        unsafe {
+            Arc::increment_strong_count(current);
+            Some(Arc::from_raw(current))
+        }
     }
 
     /// The CPUs on which the address space is active.
@@ -473,11 +683,15 @@ impl AddressSpace {
             // A CPU that joined after the first read either saw the stale mark or is read here.
             targets = targets.union(self.active.load());
         }
+        let mut pages = [0; ITEM_PAGES];
+        let listed = pending.pages();
+        pages[..listed.len()].copy_from_slice(listed);
         Item {
             targets,
             asid: self.asid,
             root: self.root_table,
-            pages: pending.pages().to_vec(),
+            pages,
+            page_count: listed.len() as u8,
             full: pending.is_full(),
             tables_freed: pending.tables_freed(),
         }
@@ -534,21 +748,6 @@ impl AddressSpace {
             mapping.set_unmapped();
         }
         batch.retire(region.clone());
-    }
-
-    /// Destroys VMAR `id` and everything below it. Its region in the parent is left to the caller.
-    fn destroy_subtree(&self, tree: &mut AspaceTree, id: VmarId, batch: &mut TlbBatch) {
-        let Some(mut node) = tree.vmars.remove(&id) else {
-            return;
-        };
-        let mut children = node.children.take();
-        let mut cursor = children.front_mut();
-        while let Some(region) = cursor.remove() {
-            match region.kind() {
-                RegionKind::Vmar(child) => self.destroy_subtree(tree, *child, batch),
-                RegionKind::Mapping(_) => self.unlink_mapping(&region, batch),
-            }
-        }
     }
 
     /// Splits the mapping `region` of VMAR `id` at `va` (page aligned, strictly inside it). The
@@ -610,9 +809,12 @@ impl Drop for AddressSpace {
         let mmu = self.mmu.get_mut();
         mmu.release(&*self.platform, &mut pending);
         let item = self.shootdown_item(&pending);
-        self.platform
-            .tlb()
-            .shoot(&*self.platform, alloc::vec![item]);
+        {
+            let pin = CpuPin::new(&*self.platform);
+            self.platform
+                .tlb()
+                .shoot(&pin, core::slice::from_ref(&item));
+        }
         // SAFETY: the tables were unlinked by `release`, and `shoot` returned after every CPU
         // that may cache walks through them completed its invalidation; CPUs that ran the address
         // space elsewhere are in `ran`, and flush the tag before its next owner runs there.
@@ -804,7 +1006,7 @@ impl Vmar {
         }
         let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
         let specific = options.intersects(VmOptions::SPECIFIC | VmOptions::SPECIFIC_OVERWRITE);
-        let mut batch = TlbBatch::new();
+        let mut batch = TlbBatch::new(&**self.aspace.platform());
         let start = if specific {
             if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
                 return Err(Status::AccessDenied);
@@ -817,14 +1019,17 @@ impl Vmar {
                     return Err(Status::AlreadyExists);
                 }
                 // An overwrite replaces mappings, never sub-VMARs (Zircon: ZX_ERR_INVALID_ARGS).
-                let over_vmar = node
-                    .children_in(start, end)
-                    .iter()
-                    .any(|region| matches!(region.kind(), RegionKind::Vmar(_)));
+                let over_vmar =
+                    node.any_child_in(start, end, |r| matches!(r.kind(), RegionKind::Vmar(_)));
                 if over_vmar {
+                    batch.finish(&**self.aspace.platform());
                     return Err(Status::InvalidArgs);
                 }
-                self.unmap_locked(&mut tree, start, end, &mut batch)?;
+                if let Err(status) = self.unmap_locked(&mut tree, start, end, &mut batch) {
+                    drop(tree);
+                    batch.finish(&**self.aspace.platform());
+                    return Err(status);
+                }
             }
             start
         } else {
@@ -897,7 +1102,7 @@ impl Vmar {
         batch: &mut TlbBatch,
     ) -> ZxResult {
         let node = tree.node(self.id)?;
-        let partial_vmar = node.children_in(start, end).iter().any(|region| {
+        let partial_vmar = node.any_child_in(start, end, |region| {
             matches!(region.kind(), RegionKind::Vmar(_))
                 && (region.base() < start || region.end() > end)
         });
@@ -905,14 +1110,19 @@ impl Vmar {
             return Err(Status::InvalidArgs);
         }
         self.aspace.split_at_bounds(tree, self.id, start, end)?;
-        let doomed = tree.node(self.id)?.children_in(start, end);
-        for region in doomed {
+        let mut scratch = RangeScratch::take(batch);
+        tree.node(self.id)?
+            .children_in(start, end, &mut scratch.regions);
+        for region in scratch.regions.drain(..) {
             tree.node_mut(self.id)?.unlink(&region);
             match region.kind() {
-                RegionKind::Vmar(child) => self.aspace.destroy_subtree(tree, *child, batch),
+                RegionKind::Vmar(child) => {
+                    tree.destroy_subtree(&self.aspace, *child, &mut scratch.vmar_ids, batch)
+                }
                 RegionKind::Mapping(_) => self.aspace.unlink_mapping(&region, batch),
             }
         }
+        scratch.put(batch);
         Ok(())
     }
 
@@ -922,16 +1132,20 @@ impl Vmar {
         if len == 0 || !is_page_aligned(addr) {
             return Err(Status::InvalidArgs);
         }
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
         let mut tree = self.aspace.lock_tree();
-        let node = tree.node(self.id)?;
-        let end = addr.checked_add(len).ok_or(Status::InvalidArgs)?;
-        if !node.contains_range(addr, end) {
-            return Err(Status::InvalidArgs);
-        }
-        let mut batch = TlbBatch::new();
-        let result = self.unmap_locked(&mut tree, addr, end, &mut batch);
+        let result = match tree.node(self.id) {
+            Err(status) => Err(status),
+            Ok(node) => match addr.checked_add(len) {
+                Some(end) if node.contains_range(addr, end) => {
+                    self.unmap_locked(&mut tree, addr, end, &mut batch)
+                }
+                _ => Err(Status::InvalidArgs),
+            },
+        };
         drop(tree);
-        batch.finish(&**self.aspace.platform());
+        batch.finish(platform);
         result
     }
 
@@ -946,14 +1160,38 @@ impl Vmar {
         if len == 0 || !is_page_aligned(addr) {
             return Err(Status::InvalidArgs);
         }
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let mut scratch = RangeScratch::take(&mut batch);
         let mut tree = self.aspace.lock_tree();
+        let result = self.protect_locked(&mut tree, options, addr, len, &mut scratch, &mut batch);
+        drop(tree);
+        scratch.put(&mut batch);
+        batch.finish(platform);
+        result
+    }
+
+    fn protect_locked(
+        &self,
+        tree: &mut AspaceTree,
+        options: VmOptions,
+        addr: u64,
+        len: u64,
+        scratch: &mut RangeScratch,
+        batch: &mut TlbBatch,
+    ) -> ZxResult {
         let node = tree.node(self.id)?;
         let end = addr.checked_add(len).ok_or(Status::InvalidArgs)?;
         if !node.contains_range(addr, end) {
             return Err(Status::InvalidArgs);
         }
-        let mut covered = Vec::new();
-        tree.covering_mappings(self.id, addr, end, Status::NotFound, &mut covered)?;
+        let RangeScratch {
+            walk,
+            covered,
+            regions,
+            ..
+        } = scratch;
+        tree.covering_mappings(self.id, addr, end, Status::NotFound, walk, covered)?;
         let needed = perms_needing_can_map(options);
         if covered
             .iter()
@@ -962,32 +1200,28 @@ impl Vmar {
             return Err(Status::AccessDenied);
         }
         let flags = perms_to_mmu(options);
-        let mut batch = TlbBatch::new();
-        let aspace = self.aspace.clone();
-        for c in &covered {
-            aspace.split_at_bounds(&mut tree, c.vmar, c.start, c.end)?;
+        let aspace = &self.aspace;
+        for c in covered.iter() {
+            aspace.split_at_bounds(tree, c.vmar, c.start, c.end)?;
         }
-        {
-            let pending = batch.space(&aspace);
-            let mut mmu = aspace.mmu.lock();
-            for c in &covered {
-                let node = tree.node(c.vmar)?;
-                for region in node.children_in(c.start, c.end) {
-                    if let Some(mapping) = region.mapping() {
-                        mapping.set_flags(flags);
-                    }
+        let pending = batch.space(aspace);
+        let mut mmu = aspace.mmu.lock();
+        for c in covered.iter() {
+            regions.clear();
+            tree.node(c.vmar)?.children_in(c.start, c.end, regions);
+            for region in regions.iter() {
+                if let Some(mapping) = region.mapping() {
+                    mapping.set_flags(flags);
                 }
-                mmu.protect(
-                    &**aspace.platform(),
-                    c.start,
-                    c.end,
-                    flags | MmuFlags::USER,
-                    pending,
-                );
             }
+            mmu.protect(
+                &**aspace.platform(),
+                c.start,
+                c.end,
+                flags | MmuFlags::USER,
+                pending,
+            );
         }
-        drop(tree);
-        batch.finish(&**aspace.platform());
         Ok(())
     }
 
@@ -1000,19 +1234,30 @@ impl Vmar {
     /// operations on it fail with `ZX_ERR_BAD_STATE`. (The syscall refuses a root VMAR; the kernel
     /// destroys one when its process dies.)
     pub fn destroy(&self) -> ZxResult {
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
         let mut tree = self.aspace.lock_tree();
-        let parent = tree.node(self.id)?.parent;
-        let mut batch = TlbBatch::new();
+        let parent = match tree.node(self.id) {
+            Ok(node) => node.parent,
+            Err(status) => {
+                drop(tree);
+                batch.finish(platform);
+                return Err(status);
+            }
+        };
         if let Some(parent) = parent {
-            let node = tree.node_mut(parent)?;
-            if let Some(region) = node.child_at(self.base) {
-                debug_assert!(matches!(region.kind(), RegionKind::Vmar(id) if *id == self.id));
-                node.unlink(&region);
+            if let Ok(node) = tree.node_mut(parent) {
+                if let Some(region) = node.child_at(self.base) {
+                    debug_assert!(matches!(region.kind(), RegionKind::Vmar(id) if *id == self.id));
+                    node.unlink(&region);
+                }
             }
         }
-        self.aspace.destroy_subtree(&mut tree, self.id, &mut batch);
+        let mut scratch = RangeScratch::take(&mut batch);
+        tree.destroy_subtree(&self.aspace, self.id, &mut scratch.vmar_ids, &mut batch);
+        scratch.put(&mut batch);
         drop(tree);
-        batch.finish(&**self.aspace.platform());
+        batch.finish(platform);
         Ok(())
     }
 
@@ -1026,7 +1271,26 @@ impl Vmar {
         if size == 0 || !is_page_aligned(addr) {
             return Err(Status::InvalidArgs);
         }
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let mut scratch = RangeScratch::take(&mut batch);
         let tree = self.aspace.lock_tree();
+        let result = self.decommit_locked(&tree, addr, size, &mut scratch, &mut batch);
+        drop(tree);
+        scratch.put(&mut batch);
+        batch.finish(platform);
+        result
+    }
+
+    /// The checks 6 to 10 and the decommit itself, under the tree lock.
+    fn decommit_locked(
+        &self,
+        tree: &AspaceTree,
+        addr: u64,
+        size: u64,
+        scratch: &mut RangeScratch,
+        batch: &mut TlbBatch,
+    ) -> ZxResult {
         // 6. A live VMAR.
         let node = tree.node(self.id)?;
         // 7. Inside the VMAR.
@@ -1035,8 +1299,13 @@ impl Vmar {
             return Err(Status::OutOfRange);
         }
         // 8. Every page mapped.
-        let mut covered = Vec::new();
-        tree.covering_mappings(self.id, addr, end, Status::BadState, &mut covered)?;
+        let RangeScratch {
+            walk,
+            covered,
+            vmos,
+            ..
+        } = scratch;
+        tree.covering_mappings(self.id, addr, end, Status::BadState, walk, covered)?;
         // 9. Every mapping could be writable.
         if covered
             .iter()
@@ -1051,34 +1320,61 @@ impl Vmar {
         {
             return Err(Status::NotSupported);
         }
-        let mut vmos: Vec<&Arc<Vmo>> = covered.iter().map(|c| c.mapping().vmo()).collect();
-        vmos.sort_by_key(|vmo| vmo.koid());
+        vmos.extend(covered.iter().map(|c| c.mapping().vmo().clone()));
+        vmos.sort_unstable_by_key(|vmo| vmo.koid());
         vmos.dedup_by_key(|vmo| vmo.koid());
-        let mut guards: Vec<_> = vmos.iter().map(|vmo| (vmo.koid(), vmo.lock())).collect();
-        let guard_index = |guards: &[(zx_koid_t, MutexGuard<'_, VmoInner>)], c: &Covered| {
-            guards
-                .binary_search_by_key(&c.mapping().vmo().koid(), |(koid, _)| *koid)
-                .expect("every VMO was locked")
-        };
-        for c in &covered {
+        let locked = HeldVmos::lock(vmos);
+        for c in covered.iter() {
             let (first, last) = c.vmo_pages();
-            let inner = &guards[guard_index(&guards, c)].1;
-            if Vmo::any_pinned_locked(inner, first, last) {
+            if Vmo::any_pinned_locked(locked.inner(c.mapping().vmo()), first, last) {
                 return Err(Status::BadState);
             }
         }
         // Every check passed: now change things.
-        let mut batch = TlbBatch::new();
-        for c in &covered {
+        for c in covered.iter() {
             let (first, last) = c.vmo_pages();
-            let index = guard_index(&guards, c);
-            c.mapping()
-                .vmo()
-                .decommit_locked(&mut guards[index].1, first, last, &mut batch);
+            let vmo = c.mapping().vmo();
+            vmo.decommit_locked(locked.inner(vmo), first, last, batch);
         }
-        drop(guards);
-        drop(tree);
-        batch.finish(&**self.aspace.platform());
         Ok(())
+    }
+}
+
+/// Several VMO locks held at once, taken in koid order (the lock order), without a list of
+/// guards: each lock stays held from [`HeldVmos::lock`] until the value drops.
+struct HeldVmos<'a> {
+    /// Sorted by koid, no duplicates.
+    vmos: &'a [Arc<Vmo>],
+}
+
+impl<'a> HeldVmos<'a> {
+    fn lock(vmos: &'a [Arc<Vmo>]) -> Self {
+        for vmo in vmos {
+            vmo.lock_held();
+        }
+        HeldVmos { vmos }
+    }
+
+    /// The state of `vmo`, one of the locked VMOs.
+    #[allow(clippy::mut_from_ref)] // one VMO's state at a time: see the SAFETY argument
+    fn inner<'v>(&self, vmo: &'v Vmo) -> &'v mut VmoInner {
+        debug_assert!(self
+            .vmos
+            .binary_search_by_key(&vmo.koid(), |v| v.koid())
+            .is_ok());
+        // SAFETY: `vmo` is one of `self.vmos`, whose locks this value holds until it drops; the
+        // callers use each returned reference only until they ask for the next one, so no two
+        // references to one VMO's state are alive at once.
+        unsafe { vmo.held_inner() }
+    }
+}
+
+impl Drop for HeldVmos<'_> {
+    fn drop(&mut self) {
+        for vmo in self.vmos.iter().rev() {
+            // SAFETY: `lock` took this lock and forgot its guard; no reference from `inner`
+            // outlives this value.
+            unsafe { vmo.unlock_held() };
+        }
     }
 }

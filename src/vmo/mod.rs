@@ -9,7 +9,7 @@
 
 mod page_list;
 
-pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES};
+pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT};
 
 use crate::abi::{
     is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, Status, ZxResult, PAGE_SHIFT,
@@ -23,7 +23,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use intrusive_collections::LinkedList;
-use spin::{Mutex, MutexGuard};
+use spin::mutex::{SpinMutex as Mutex, SpinMutexGuard as MutexGuard};
 
 /// The largest VMO: the user address space, so that any VMO can be mapped whole.
 pub const MAX_VMO_SIZE: u64 = 1 << 47;
@@ -154,6 +154,35 @@ impl Vmo {
         self.inner.lock()
     }
 
+    /// Takes the VMO's lock and keeps it past this call, with no guard: for an operation that
+    /// holds several VMO locks at once without a list of guards. Undone by
+    /// [`Vmo::unlock_held`]; the state is reached meanwhile through [`Vmo::held_inner`].
+    pub(crate) fn lock_held(&self) {
+        MutexGuard::leak(self.inner.lock());
+    }
+
+    /// The VMO's state, while its lock is held through [`Vmo::lock_held`].
+    ///
+    /// # Safety
+    /// The caller took the lock with [`Vmo::lock_held`] and has not released it, and no other
+    /// reference to the state is alive while the returned one is.
+    #[allow(clippy::mut_from_ref)] // exclusive by the lock and the caller's promise
+    pub(crate) unsafe fn held_inner(&self) -> &mut VmoInner {
+        // SAFETY: the lock is held by the caller's operation (so no other thread reaches the
+        // state), and the caller keeps this the only reference to it.
+        unsafe { &mut *self.inner.as_mut_ptr() }
+    }
+
+    /// Releases a lock taken with [`Vmo::lock_held`].
+    ///
+    /// # Safety
+    /// The caller took the lock with [`Vmo::lock_held`], and no reference from
+    /// [`Vmo::held_inner`] is alive.
+    pub(crate) unsafe fn unlock_held(&self) {
+        // SAFETY: forwarded from the caller: the lock is held, by this operation, with no guard.
+        unsafe { self.inner.force_unlock() };
+    }
+
     /// Bytes of memory committed to the VMO.
     pub fn committed_bytes(&self) -> u64 {
         match self.kind {
@@ -224,9 +253,22 @@ impl Vmo {
         if let Some(pa) = self.lookup_page_locked(inner, index) {
             return Ok(pa);
         }
-        let pa = self.platform.alloc_frame().ok_or(Status::NoMemory)?;
+        let pa = self.alloc_page_frame()?;
         zero_frame(&*self.platform, pa);
         inner.pages.insert(index, pa);
+        Ok(pa)
+    }
+
+    /// A frame for a paged VMO's page: `ZX_ERR_NO_MEMORY` when the platform has none, or hands
+    /// out one at or above [`page_list::PAGE_LIST_PHYS_LIMIT`] (16 TiB), which the page list
+    /// cannot hold; that frame goes straight back.
+    fn alloc_page_frame(&self) -> ZxResult<PhysAddr> {
+        let pa = self.platform.alloc_frame().ok_or(Status::NoMemory)?;
+        if !PageList::can_hold(pa) {
+            // SAFETY: allocated just now and never mapped or recorded anywhere.
+            unsafe { self.platform.free_frames(&[pa]) };
+            return Err(Status::NoMemory);
+        }
         Ok(pa)
     }
 
@@ -325,7 +367,7 @@ impl Vmo {
             if inner.pages.get(index).is_some() {
                 continue;
             }
-            match self.platform.alloc_frame() {
+            match self.alloc_page_frame().ok() {
                 Some(pa) => {
                     zero_frame(&*self.platform, pa);
                     inner.pages.insert(index, pa);
@@ -354,6 +396,15 @@ impl Vmo {
         }
         let (first, last) = self.page_range(offset, len)?;
         let mut inner = self.lock();
+        // A page pinned u32::MAX times takes no more pins (Zircon: ZX_ERR_UNAVAILABLE), checked
+        // before anything changes.
+        if inner
+            .pins
+            .range(first..last)
+            .any(|(_, &count)| count == u32::MAX)
+        {
+            return Err(Status::Unavailable);
+        }
         self.commit_all_locked(&mut inner, first, last)?;
         for index in first..last {
             *inner.pins.entry(index).or_insert(0) += 1;
@@ -395,7 +446,7 @@ impl Vmo {
         if !self.supports_decommit() {
             return Err(Status::NotSupported);
         }
-        let mut batch = TlbBatch::new();
+        let mut batch = TlbBatch::new(&*self.platform);
         {
             let mut inner = self.lock();
             if Self::any_pinned_locked(&inner, first, last) {

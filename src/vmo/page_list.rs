@@ -72,6 +72,12 @@ impl RemovedPages {
             .chain(self.chunks.iter().flat_map(|chunk| chunk.frames()))
     }
 
+    /// Forgets what was taken out (after it was freed), keeping the lists' capacity.
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.frames.clear();
+    }
+
     /// Whether nothing was taken out.
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.frames.is_empty()
@@ -85,13 +91,14 @@ pub struct PageList {
     committed: u64,
 }
 
+/// The first physical address the list cannot hold: frame numbers are stored in 32 bits, so
+/// paged VMOs take frames below 16 TiB. A frame above it is refused where it is allocated
+/// ([`PageList::can_hold`]), and the allocation fails with `ZX_ERR_NO_MEMORY`.
+pub const PAGE_LIST_PHYS_LIMIT: u64 = (u32::MAX as u64) << crate::abi::PAGE_SHIFT;
+
 fn encode(pa: PhysAddr) -> u32 {
-    let pfn = pa.frame_number();
-    assert!(
-        pfn < u64::from(u32::MAX),
-        "frame {pa:?} is beyond the 16 TiB the page list holds"
-    );
-    pfn as u32 + 1
+    debug_assert!(PageList::can_hold(pa), "checked by the caller");
+    (pa.frame_number() as u32).wrapping_add(1)
 }
 
 fn decode(slot: u32) -> PhysAddr {
@@ -107,6 +114,11 @@ impl PageList {
         }
     }
 
+    /// Whether the list can hold the frame at `pa` (below [`PAGE_LIST_PHYS_LIMIT`]).
+    pub const fn can_hold(pa: PhysAddr) -> bool {
+        pa.0 < PAGE_LIST_PHYS_LIMIT
+    }
+
     /// How many pages are committed.
     pub fn committed_pages(&self) -> u64 {
         self.committed
@@ -119,7 +131,8 @@ impl PageList {
         (slot != 0).then(|| decode(slot))
     }
 
-    /// Commits page `index` to `frame`. The page must not be committed.
+    /// Commits page `index` to `frame`. The page must not be committed, and the list must be
+    /// able to hold the frame ([`PageList::can_hold`]).
     pub fn insert(&mut self, index: u64, frame: PhysAddr) {
         let chunk = self.chunks.entry(index / CHUNK_PAGES).or_insert_with(|| {
             Box::new(Chunk {
@@ -148,17 +161,22 @@ impl PageList {
         let end_full = end / CHUNK_PAGES;
         let mut removed = 0;
         if first_full < end_full {
-            let mut middle = self.chunks.split_off(&first_full);
-            let mut tail = middle.split_off(&end_full);
-            self.chunks.append(&mut tail);
-            for chunk in middle.into_values() {
+            // One removal per chunk: unlike `split_off`, removing from a B-tree never allocates.
+            loop {
+                let next = self.chunks.range(first_full..end_full).next();
+                let Some(key) = next.map(|(&key, _)| key) else {
+                    break;
+                };
+                let Some(chunk) = self.chunks.remove(&key) else {
+                    break;
+                };
                 removed += u64::from(chunk.used);
                 out.chunks.push(chunk);
             }
         }
         // The chunks at either end that the range covers only in part.
         let full = first_full..end_full;
-        let mut emptied = Vec::new();
+        let mut emptied = [None; 2];
         let ends = [first_chunk, last_chunk];
         let partial = ends[..if first_chunk == last_chunk { 1 } else { 2 }]
             .iter()
@@ -181,10 +199,10 @@ impl PageList {
             chunk.used -= taken;
             removed += u64::from(taken);
             if chunk.used == 0 {
-                emptied.push(key);
+                emptied[usize::from(key != first_chunk)] = Some(key);
             }
         }
-        for key in emptied {
+        for key in emptied.into_iter().flatten() {
             self.chunks.remove(&key);
         }
         self.committed -= removed;
