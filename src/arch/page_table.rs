@@ -325,6 +325,11 @@ pub trait PageTableOps: Send {
     /// The root slots the tree owns, `first..=last` (those covering its user range).
     fn user_slots(&self) -> (usize, usize);
 
+    /// Gives up the tree without looking below its root: only the root page goes into `out`.
+    /// For a root that failed [`check_prepared_root`], whose slots may hold the kernel's tables.
+    /// Only right while the tree never mapped anything.
+    fn abandon(&mut self, out: &mut PendingFlush);
+
     /// Calls `f` with every valid level-0 entry of the user range's root slots: its address,
     /// frame and permissions, in address order. For audits; O(tables).
     fn for_each_page(&self, platform: &dyn Platform, f: &mut dyn FnMut(u64, PhysAddr, MmuFlags));
@@ -467,6 +472,14 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
 
     fn user_slots(&self) -> (usize, usize) {
         self.slots
+    }
+
+    fn abandon(&mut self, out: &mut PendingFlush) {
+        debug_assert!(self.tables <= 1, "abandon() after mapping");
+        if self.tables > 0 {
+            out.free_table(self.root);
+            self.tables = 0;
+        }
     }
 }
 

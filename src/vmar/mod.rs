@@ -408,7 +408,8 @@ impl AddressSpace {
         if let Err(problem) = check_prepared_root(&*platform, format, root_table, mmu.user_slots())
         {
             let mut pending = PendingFlush::new();
-            mmu.release(&*platform, &mut pending);
+            // Not `release`: the user range's slots may hold the kernel's tables.
+            mmu.abandon(&mut pending);
             // SAFETY: the root was never loaded or shared: no CPU can reach it.
             unsafe { platform.free_frames(pending.freed_tables()) };
             debug_assert!(false, "zx-vm: {problem}");
