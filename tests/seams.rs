@@ -8,7 +8,7 @@ use common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use zx_vm::abi::*;
-use zx_vm::arch::{check_prepared_root, Format, PageTableOps, PteFormat, RootProblem, X86_64};
+use zx_vm::arch::{check_prepared_root, Format, PteFormat, RootProblem, X86_64};
 use zx_vm::object::ROOT_VMAR_RIGHTS;
 use zx_vm::platform::{CpuPin, CpuSet, TlbInvalidate};
 use zx_vm::sim::{SimConfig, SimMachine, KERNEL_SLOT};
