@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use zx_vm::abi::*;
 use zx_vm::arch::Format;
-use zx_vm::sim::{SimConfig, SimMachine};
+use zx_vm::sim::{CounterSnapshot, SimConfig, SimMachine};
 use zx_vm::syscall::*;
 use zx_vm::{Platform, Process};
 
@@ -26,12 +26,21 @@ fn committed(process: &Process, vmo: zx_handle_t) -> u64 {
 
 fn run(format: Format) {
     println!("== page tables: {} ==", format.name());
+    // Each format runs the way its hardware invalidates: aarch64 by broadcast TLBI ...IS (no IPIs),
+    // x86_64 by a local flush plus an IPI to each other CPU where the address space is active.
+    let broadcast = format == Format::Aarch64;
     let machine = SimMachine::new(SimConfig {
         frames: 4096,
         cpus: 2,
         poison_freed: true,
+        broadcast,
         ..SimConfig::default()
     });
+    if broadcast {
+        println!("invalidation: broadcast to every CPU (TLBI ...IS), as on aarch64");
+    } else {
+        println!("invalidation: local flush plus IPIs to other CPUs, as on x86_64");
+    }
     let platform: Arc<dyn Platform> = machine.clone();
     let a = Process::new(platform.clone(), format).expect("process A");
     let b = Process::new(platform, format).expect("process B");
@@ -39,7 +48,7 @@ fn run(format: Format) {
     println!("create a {PAGES}-page VMO and map it in two processes");
     let mut vmo = 0;
     check(
-        "zx_vmo_create(256 KiB)",
+        &format!("zx_vmo_create({} KiB)", PAGES * PAGE_SIZE / 1024),
         zx_vmo_create(&a, PAGES * PAGE_SIZE, 0, &mut vmo),
     );
     let shared = a.handle(vmo).expect("vmo handle");
@@ -102,6 +111,7 @@ fn run(format: Format) {
 
     let (first, count) = (8, 16);
     cpu0.enter(); // the syscall runs on CPU 0
+    let ipis_before: Vec<u64> = (0..2).map(|cpu| machine.ipis_received(cpu)).collect();
     println!(
         "decommit pages {first}..{} through A's root VMAR",
         first + count
@@ -119,40 +129,54 @@ fn run(format: Format) {
         ),
     );
     let delta = machine.counters().since(&touched);
+    let ipi_targets: Vec<String> = (0..2)
+        .filter(|&cpu| machine.ipis_received(cpu) > ipis_before[cpu])
+        .map(|cpu| format!("CPU {cpu}"))
+        .collect();
     println!(
-        "  committed now {} KiB; frames freed {}; shootdown rounds {} (one per call); IPIs {} \
-         (to CPU 1, where B runs); single-page invalidations {}, full flushes {}",
+        "  committed now {} KiB; frames freed {}; shootdown rounds {} for 1 call",
         committed(&a, vmo) / 1024,
         delta.frames_freed,
         delta.shootdowns,
+    );
+    println!(
+        "  IPIs {}{}; single-page invalidations {} (summed over CPUs), full flushes {}",
         delta.ipis,
+        if ipi_targets.is_empty() {
+            String::new()
+        } else {
+            format!(" (to {})", ipi_targets.join(", "))
+        },
         delta.page_invalidations,
         delta.full_invalidations
     );
 
-    println!("both CPUs read the range again");
+    println!("both CPUs read every page again");
+    let (mut zero, mut kept) = ([0u64; 2], [0u64; 2]);
     for page in 0..PAGES {
         let expected = if (first..first + count).contains(&page) {
             0
         } else {
             0x1000 + page
         };
-        assert_eq!(
-            cpu0.load(addr_a + page * PAGE_SIZE).expect("load"),
-            expected
-        );
-        assert_eq!(
-            cpu1.load(addr_b + page * PAGE_SIZE).expect("load"),
-            expected
-        );
+        for (i, (cpu, addr)) in [(&cpu0, addr_a), (&cpu1, addr_b)].into_iter().enumerate() {
+            let value = cpu.load(addr + page * PAGE_SIZE).expect("load");
+            assert_eq!(value, expected);
+            if value == 0 {
+                zero[i] += 1;
+            } else if value == 0x1000 + page {
+                kept[i] += 1;
+            }
+        }
     }
     println!(
-        "  decommitted pages read 0 in A and in B; the other {} pages kept their data",
-        PAGES - count
+        "  pages reading 0: {} in A, {} in B; pages keeping their data: {} in A, {} in B",
+        zero[0], zero[1], kept[0], kept[1]
     );
 
-    println!("a failed call changes nothing");
+    println!("a failed call");
     let before = machine.counters();
+    let committed_before = committed(&a, vmo);
     let status = zx_vmar_op_range(
         &a,
         a.root_vmar_handle(),
@@ -167,7 +191,24 @@ fn run(format: Format) {
         status_name(status)
     );
     assert_eq!(status, ZX_ERR_BAD_STATE);
-    assert_eq!(machine.counters().since(&before).frames_freed, 0);
+    let after = machine.counters().since(&before);
+    let committed_after = committed(&a, vmo);
+    println!(
+        "  committed {} KiB before, {} KiB after; frames freed {}, shootdown rounds {}, IPIs {}, \
+         invalidations {}",
+        committed_before / 1024,
+        committed_after / 1024,
+        after.frames_freed,
+        after.shootdowns,
+        after.ipis,
+        after.page_invalidations + after.full_invalidations
+    );
+    assert_eq!(committed_after, committed_before);
+    assert_eq!(
+        after,
+        CounterSnapshot::default(),
+        "a failed call changed counters"
+    );
 
     cpu0.switch_to(None);
     cpu1.switch_to(None);

@@ -9,7 +9,7 @@
 //! - no load ever returns the poison of a freed frame;
 //! - when everything is dropped, every frame is back (the machine checks on drop).
 //!
-//! Run: `cargo +nightly fuzz run syscalls` (see README.md).
+//! Run: see README.md (a one-minute run into a scratch corpus, seeded from corpus/syscalls).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
