@@ -45,7 +45,7 @@ pub mod abi;
 pub mod arch;
 pub mod object;
 pub mod platform;
-#[cfg(feature = "sim")]
+#[cfg(all(feature = "sim", not(target_os = "none")))]
 pub mod sim;
 pub mod syscall;
 pub mod tlb;

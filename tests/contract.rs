@@ -1,5 +1,5 @@
 //! Contract tests for `zx_vmar_op_range`: one test per status code and per step of "Order of
-//! checks" in `CONTRACT.md`, each run on both page-table formats.
+//! checks" in `docs/contract.md`, each run on both page-table formats.
 //!
 //! Every test is a plain `fn step_NN_...(format)`; `per_format!` at the bottom of the file turns each
 //! into two tests, `step_NN_...::x86_64` and `step_NN_...::aarch64` (and `formats_covered` checks

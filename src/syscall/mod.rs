@@ -46,7 +46,7 @@ fn rights_for_perms(options: VmOptions) -> Rights {
 
 /// `zx_vmar_op_range`: performs `op` on the VMOs mapped in `[address, address + size)`.
 ///
-/// Checks run in the contract's order (see `CONTRACT.md`), all before anything changes.
+/// Checks run in the contract's order (see `docs/contract.md`), all before anything changes.
 pub fn zx_vmar_op_range(
     process: &Process,
     handle: zx_handle_t,

@@ -10,7 +10,7 @@
 //! [`Model`] is plain code with data structures of its own: a handle map with rights per process,
 //! a `BTreeMap` of page contents per VMO, and a sorted list of children (sub-VMARs and mapping
 //! pieces) per VMAR. It knows nothing of page tables, TLBs or frames. Its statuses follow
-//! `CONTRACT.md` (for `zx_vmar_op_range`, check by check) and, for the neighbouring calls,
+//! `docs/contract.md` (for `zx_vmar_op_range`, check by check) and, for the neighbouring calls,
 //! Zircon's semantics as the crate documents them (rights rules; first-fit placement, so that
 //! addresses agree; where Zircon leaves a choice, the crate's documented one). Where the model and
 //! the crate disagreed and Zircon sided with the model, the crate was fixed; the minimal cases are
@@ -1102,7 +1102,7 @@ impl Model {
         Ok(())
     }
 
-    /// `zx_vmar_op_range`, checks in the order of CONTRACT.md ("Order of checks"), each before
+    /// `zx_vmar_op_range`, checks in the order of docs/contract.md ("Order of checks"), each before
     /// anything changes; then DECOMMIT of the VMO pages behind every mapping piece in the range.
     #[allow(clippy::too_many_arguments)]
     pub fn vmar_op_range(
