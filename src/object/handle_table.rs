@@ -69,7 +69,8 @@ impl HandleTable {
         }
     }
 
-    /// Adds `handle`; `ZX_ERR_NO_RESOURCES` when the table is full.
+    /// Adds `handle`; `ZX_ERR_NO_RESOURCES` when the table is full, `ZX_ERR_NO_MEMORY` when the
+    /// heap cannot grow it.
     pub fn add(&mut self, handle: Handle) -> ZxResult<zx_handle_t> {
         if self.len >= self.limit {
             return Err(Status::NoResources);
@@ -77,6 +78,13 @@ impl HandleTable {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
+                // Fallible growth: heap exhaustion is ZX_ERR_NO_MEMORY, not an abort. The free
+                // list gets room for every slot now, so that `remove` never allocates.
+                let slots = self.slots.len() + 1;
+                self.slots.try_reserve(1).map_err(|_| Status::NoMemory)?;
+                self.free
+                    .try_reserve(slots.saturating_sub(self.free.len()))
+                    .map_err(|_| Status::NoMemory)?;
                 self.slots.push(Slot {
                     generation: 0,
                     handle: None,

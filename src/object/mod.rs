@@ -82,6 +82,26 @@ impl Process {
         max_handles: usize,
     ) -> ZxResult<Arc<Process>> {
         let aspace = AddressSpace::new(platform.clone(), format)?;
+        Self::with_aspace(platform, aspace, max_handles)
+    }
+
+    /// A process whose root VMAR is `[base, base + size)`: for a kernel that keeps lower-half
+    /// root slots of its own (see [`AddressSpace::with_user_range`]).
+    pub fn with_user_range(
+        platform: Arc<dyn Platform>,
+        format: Format,
+        base: u64,
+        size: u64,
+    ) -> ZxResult<Arc<Process>> {
+        let aspace = AddressSpace::with_user_range(platform.clone(), format, base, size)?;
+        Self::with_aspace(platform, aspace, DEFAULT_MAX_HANDLES)
+    }
+
+    fn with_aspace(
+        platform: Arc<dyn Platform>,
+        aspace: Arc<AddressSpace>,
+        max_handles: usize,
+    ) -> ZxResult<Arc<Process>> {
         let mut handles = HandleTable::new(max_handles);
         let root_vmar = handles.add(Handle {
             object: KernelObject::Vmar(aspace.root_vmar()),

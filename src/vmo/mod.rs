@@ -367,6 +367,10 @@ impl Vmo {
             if inner.pages.get(index).is_some() {
                 continue;
             }
+            if added.try_reserve(1).is_err() {
+                self.give_back_locked(inner, &added);
+                return Err(Status::NoMemory);
+            }
             match self.alloc_page_frame().ok() {
                 Some(pa) => {
                     zero_frame(&*self.platform, pa);
@@ -374,18 +378,23 @@ impl Vmo {
                     added.push(index);
                 }
                 None => {
-                    let mut removed = RemovedPages::default();
-                    for index in added {
-                        inner.pages.remove_range(index, index + 1, &mut removed);
-                    }
-                    // SAFETY: these frames were committed by this call under the lock we still
-                    // hold, so no mapping can have translated them: no TLB holds them.
-                    unsafe { removed.free(&*self.platform) };
+                    self.give_back_locked(inner, &added);
                     return Err(Status::NoMemory);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Takes back the pages `added` that a failing commit made.
+    fn give_back_locked(&self, inner: &mut VmoInner, added: &[u64]) {
+        let mut removed = RemovedPages::default();
+        for &index in added {
+            inner.pages.remove_range(index, index + 1, &mut removed);
+        }
+        // SAFETY: these frames were committed by this call under the lock the caller still
+        // holds, so no mapping can have translated them: no TLB holds them.
+        unsafe { removed.free(&*self.platform) };
     }
 
     /// Pins `[offset, offset + len)` (page aligned): commits the pages and keeps them from being
