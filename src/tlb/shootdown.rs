@@ -2,16 +2,20 @@
 //!
 //! # Protocol
 //!
-//! The initiator has already cleared the page-table entries. It then
-//! 1. builds one [`Request`] for the whole operation, with a count of the remote CPUs that must
-//!    acknowledge it;
-//! 2. pushes the request onto each target CPU's mailbox (a lock-free stack) and sends the IPIs;
+//! The initiator has already cleared the page-table entries. Pinned to its CPU (a [`CpuPin`]: the
+//! CPU index it flushes and serves is read once, and stays true), it then
+//! 1. builds one [`Request`] for the whole operation on its own stack, with a count of the remote
+//!    CPUs that must acknowledge it and one mailbox node per CPU (nothing is allocated);
+//! 2. pushes the request's node for each target CPU onto that CPU's mailbox (a lock-free stack)
+//!    and sends the IPIs;
 //! 3. invalidates its own TLB while the IPIs are in flight;
 //! 4. waits until the count reaches zero, serving its own mailbox meanwhile.
 //!
 //! A target, in its IPI handler ([`Tlb::handle_ipi`]), takes everything from its mailbox, carries
 //! each invalidation out, and only then decrements the request's count (release ordering, so the
-//! initiator's acquire load that sees zero comes after every remote flush).
+//! initiator's acquire load that sees zero comes after every remote flush). It reads the next node
+//! before that decrement and touches nothing of the request after it: the initiator may return,
+//! and its stack frame go, as soon as the count is zero.
 //!
 //! # Why it cannot deadlock
 //!
@@ -23,10 +27,18 @@
 //!   IPI handler that interrupts its own CPU's wait loop finds either the requests or nothing, never
 //!   a held lock. A handler that finds nothing (the wait loop was faster) does nothing.
 //!
-//! What the kernel guarantees: the IPI is delivered to every target CPU once its interrupts are
-//! enabled, and the handler runs `handle_ipi` with the IPI's own interrupts masked; and a CPU that
-//! waits with interrupts disabled does not wait for a kernel lock held by a CPU that is inside a
-//! crate operation (the crate's operations themselves never wait on a kernel lock).
+//! # What the kernel guarantees (the IPI handler's obligations, stated once)
+//!
+//! - The IPI is delivered to every target CPU once its interrupts are enabled, and the handler
+//!   runs `platform.tlb().handle_ipi(&CpuPin::new(platform))` on the interrupted CPU with the
+//!   IPI's own interrupts masked, then acknowledges the interrupt (EOI).
+//! - The handler needs no heap and takes no lock: `handle_ipi` allocates and frees nothing, so the
+//!   kernel's heap need not be usable in interrupt context for its sake.
+//! - A CPU that waits with interrupts disabled does not wait for a kernel lock held by a CPU that
+//!   is inside a crate operation (the crate's operations themselves never wait on a kernel lock).
+//! - The thread that runs an operation does not migrate while a [`CpuPin`] lives
+//!   ([`Platform::preempt_disable`]); [`Platform::current_cpu`] answers an index below the CPU
+//!   count given to [`Tlb::new`].
 //!
 //! # Why no translation survives the round
 //!
