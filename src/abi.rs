@@ -276,29 +276,95 @@ pub const fn is_defined_vmo_op(op: u32) -> bool {
     matches!(op, 1..=4 | 6..=14)
 }
 
-// zx_object_get_info topics used here.
-pub const ZX_INFO_VMO: u32 = 18;
+// zx_object_get_info topics (zircon/syscalls/object.h).
+/// `ZX_INFO_HANDLE_BASIC`: a [`zx_info_handle_basic_t`] about the handle itself.
+pub const ZX_INFO_HANDLE_BASIC: u32 = 2;
+/// `ZX_INFO_VMAR`: a [`zx_info_vmar_t`].
+pub const ZX_INFO_VMAR: u32 = 7;
+/// `ZX_INFO_VMO` as older Zircon numbers it, `ZX_INFO_VMO_V1` in newer headers (23): a
+/// [`zx_info_vmo_t`] in the V1 layout. (Newer headers give `ZX_INFO_VMO` version bits in
+/// 31:28 for longer layouts, which this crate does not serve: `ZX_ERR_NOT_SUPPORTED`.)
+pub const ZX_INFO_VMO: u32 = 23;
 
-/// What `zx_object_get_info(ZX_INFO_VMO)` reports, reduced to the fields this crate keeps.
+/// `zx_obj_type_t` (zircon/types.h).
+pub type zx_obj_type_t = u32;
+/// `ZX_OBJ_TYPE_VMO`.
+pub const ZX_OBJ_TYPE_VMO: zx_obj_type_t = 3;
+/// `ZX_OBJ_TYPE_VMAR`.
+pub const ZX_OBJ_TYPE_VMAR: zx_obj_type_t = 18;
+
+/// `zx_object_get_info(ZX_INFO_HANDLE_BASIC)`, in Zircon's layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct zx_info_handle_basic_t {
+    /// The object's kernel object id.
+    pub koid: zx_koid_t,
+    /// The handle's rights.
+    pub rights: zx_rights_t,
+    /// The object's type (`ZX_OBJ_TYPE_*`).
+    pub type_: zx_obj_type_t,
+    /// The koid of a related object; 0 for VMOs and VMARs.
+    pub related_koid: zx_koid_t,
+    /// Reserved (0).
+    pub reserved: u32,
+    /// Padding (0).
+    pub padding1: [u8; 4],
+}
+
+/// `zx_object_get_info(ZX_INFO_VMAR)`, in Zircon's layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct zx_info_vmar_t {
+    /// The VMAR's first address.
+    pub base: zx_vaddr_t,
+    /// Its size in bytes.
+    pub len: u64,
+}
+
+/// `zx_object_get_info(ZX_INFO_VMO)`, in Zircon's V1 layout (`zx_info_vmo_v1_t`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct zx_info_vmo_t {
     /// The VMO's kernel object id.
     pub koid: zx_koid_t,
+    /// The VMO's name (VMOs here have none: all zero).
+    pub name: [u8; 32],
     /// The VMO's size in bytes.
     pub size_bytes: u64,
-    /// Bytes of memory committed to the VMO.
-    pub committed_bytes: u64,
+    /// The koid of the VMO's parent (0: no children here).
+    pub parent_koid: zx_koid_t,
+    /// How many children the VMO has (0).
+    pub num_children: u64,
     /// How many mappings of the VMO exist, in all address spaces.
     pub num_mappings: u64,
-    /// `ZX_INFO_VMO_TYPE_PAGED` (1) or 0 for physical and contiguous VMOs.
+    /// How many distinct address spaces map the VMO.
+    pub share_count: u64,
+    /// `ZX_INFO_VMO_*` bits.
     pub flags: u32,
+    /// Padding (0).
+    pub padding1: [u8; 4],
+    /// Bytes of memory committed to the VMO (paged VMOs; contiguous ones count their size).
+    pub committed_bytes: u64,
+    /// The rights of the handle the information came through (with `ZX_INFO_VMO_VIA_HANDLE`).
+    pub handle_rights: zx_rights_t,
+    /// `ZX_CACHE_POLICY_*` (always `ZX_CACHE_POLICY_CACHED`, 0).
+    pub cache_policy: u32,
 }
 
-/// `zx_info_vmo_t::flags` bit for a paged VMO.
+static_assertions::const_assert_eq!(core::mem::size_of::<zx_info_handle_basic_t>(), 32);
+static_assertions::const_assert_eq!(core::mem::size_of::<zx_info_vmar_t>(), 16);
+static_assertions::const_assert_eq!(core::mem::size_of::<zx_info_vmo_t>(), 104);
+
+/// `zx_info_vmo_t::flags` bit for a paged VMO (`ZX_INFO_VMO_TYPE_PAGED`); physical VMOs have 0.
 pub const ZX_INFO_VMO_TYPE_PAGED: u32 = 1 << 0;
+/// `zx_info_vmo_t::flags` bit for a resizable VMO.
+pub const ZX_INFO_VMO_RESIZABLE: u32 = 1 << 1;
+/// `zx_info_vmo_t::flags` bit: the information came through a handle to the VMO.
+pub const ZX_INFO_VMO_VIA_HANDLE: u32 = 1 << 3;
 /// `zx_info_vmo_t::flags` bit for a contiguous VMO.
-pub const ZX_INFO_VMO_CONTIGUOUS: u32 = 1 << 7;
+pub const ZX_INFO_VMO_CONTIGUOUS: u32 = 1 << 6;
+/// `ZX_CACHE_POLICY_CACHED`.
+pub const ZX_CACHE_POLICY_CACHED: u32 = 0;
 
 /// Rounds `value` up to a whole page; `None` on overflow.
 pub const fn page_round_up(value: u64) -> Option<u64> {

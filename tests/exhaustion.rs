@@ -560,18 +560,19 @@ fn address_space_runs_out() {
         expect(&mut world, map(3, RW), ZX_OK);
         let frames = world.machine.frames_in_use();
         let tables = world.procs[0].aspace().page_table_pages();
-        // Full: nothing fits anywhere, whatever the size or options.
-        for pages in [1, 2, 9] {
-            expect(
-                &mut world,
-                map(pages, RW | ZX_VM_MAP_RANGE),
-                ZX_ERR_NO_RESOURCES,
-            );
-            expect(&mut world, map(pages, ZX_VM_PERM_READ), ZX_ERR_NO_RESOURCES);
-            expect(&mut world, allocate(outer, pages), ZX_ERR_NO_RESOURCES);
+        // Full: nothing fits anywhere, whatever the size or options; larger than the VMAR
+        // itself is INVALID_ARGS, as in Zircon (AllocateUnsatisfiableTest).
+        for (pages, status) in [
+            (1, ZX_ERR_NO_RESOURCES),
+            (2, ZX_ERR_NO_RESOURCES),
+            (9, ZX_ERR_INVALID_ARGS),
+        ] {
+            expect(&mut world, map(pages, RW | ZX_VM_MAP_RANGE), status);
+            expect(&mut world, map(pages, ZX_VM_PERM_READ), status);
+            expect(&mut world, allocate(outer, pages), status);
         }
-        // The inner sub-VMAR is empty, but 3 pages do not fit in it.
-        expect(&mut world, allocate(inner, 3), ZX_ERR_NO_RESOURCES);
+        // The inner sub-VMAR is empty, but 3 pages are more than it holds.
+        expect(&mut world, allocate(inner, 3), ZX_ERR_INVALID_ARGS);
         assert_eq!(world.machine.frames_in_use(), frames, "{format:?}");
         assert_eq!(world.procs[0].aspace().page_table_pages(), tables);
         // The mappings made before are intact.

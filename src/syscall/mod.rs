@@ -165,8 +165,8 @@ pub fn zx_vmo_get_size(process: &Process, handle: zx_handle_t, size: &mut u64) -
     with_out(size, || Ok(process.vmo(handle)?.0.size()))
 }
 
-/// `zx_object_get_info(handle, ZX_INFO_VMO, ...)`: the VMO's size, committed bytes and mapping
-/// count. Needs `ZX_RIGHT_INSPECT`.
+/// `zx_object_get_info(handle, ZX_INFO_VMO, ...)` with a typed record: [`zx_object_get_info`]
+/// for one topic.
 pub fn zx_object_get_info_vmo(
     process: &Process,
     handle: zx_handle_t,
@@ -175,8 +175,103 @@ pub fn zx_object_get_info_vmo(
     with_out(info, || {
         let (vmo, rights) = process.vmo(handle)?;
         require(rights, Rights::INSPECT)?;
-        Ok(vmo.info())
+        Ok(vmo.info(rights.bits()))
     })
+}
+
+/// `zx_object_get_info`: one record about the object `handle` names, written into `buffer` as
+/// Zircon lays it out.
+///
+/// - `ZX_INFO_HANDLE_BASIC` ([`zx_info_handle_basic_t`]): any handle, no right needed.
+/// - `ZX_INFO_VMAR` ([`zx_info_vmar_t`]): a VMAR handle with `ZX_RIGHT_INSPECT`.
+/// - `ZX_INFO_VMO` ([`zx_info_vmo_t`], the V1 layout): a VMO handle with `ZX_RIGHT_INSPECT`.
+///
+/// As Zircon: the handle is looked up first (`ZX_ERR_BAD_HANDLE`); another topic is
+/// `ZX_ERR_NOT_SUPPORTED`; a handle to the wrong kind of object `ZX_ERR_WRONG_TYPE`; a missing
+/// right `ZX_ERR_ACCESS_DENIED`. These topics hold one record: `avail` is 1, and `actual` 1 when
+/// `buffer` holds a whole record, else 0 with `ZX_ERR_BUFFER_TOO_SMALL` (both are written then
+/// too, so a caller learns the size it needs).
+pub fn zx_object_get_info(
+    process: &Process,
+    handle: zx_handle_t,
+    topic: u32,
+    buffer: &mut [u8],
+    actual: &mut usize,
+    avail: &mut usize,
+) -> zx_status_t {
+    let record = (|| {
+        let handle = process.handle(handle)?;
+        let rights = handle.rights;
+        Ok(match (topic, handle.object) {
+            (ZX_INFO_HANDLE_BASIC, object) => {
+                let type_ = match object {
+                    KernelObject::Vmo(_) => ZX_OBJ_TYPE_VMO,
+                    KernelObject::Vmar(_) => ZX_OBJ_TYPE_VMAR,
+                };
+                InfoRecord::HandleBasic(zx_info_handle_basic_t {
+                    koid: object.koid(),
+                    rights: rights.bits(),
+                    type_,
+                    ..Default::default()
+                })
+            }
+            (ZX_INFO_VMAR, KernelObject::Vmar(vmar)) => {
+                require(rights, Rights::INSPECT)?;
+                InfoRecord::Vmar(zx_info_vmar_t {
+                    base: vmar.base(),
+                    len: vmar.size(),
+                })
+            }
+            (ZX_INFO_VMO, KernelObject::Vmo(vmo)) => {
+                require(rights, Rights::INSPECT)?;
+                InfoRecord::Vmo(vmo.info(rights.bits()))
+            }
+            (ZX_INFO_VMAR | ZX_INFO_VMO, _) => return Err(Status::WrongType),
+            _ => return Err(Status::NotSupported),
+        })
+    })();
+    let record = match record {
+        Ok(record) => record,
+        Err(status) => return status.into_raw(),
+    };
+    let bytes = record.bytes();
+    *avail = 1;
+    if buffer.len() < bytes.len() {
+        *actual = 0;
+        return ZX_ERR_BUFFER_TOO_SMALL;
+    }
+    buffer[..bytes.len()].copy_from_slice(bytes);
+    *actual = 1;
+    ZX_OK
+}
+
+/// One `zx_object_get_info` record.
+enum InfoRecord {
+    HandleBasic(zx_info_handle_basic_t),
+    Vmar(zx_info_vmar_t),
+    Vmo(zx_info_vmo_t),
+}
+
+impl InfoRecord {
+    /// The record's bytes, as the C struct lays them out.
+    fn bytes(&self) -> &[u8] {
+        fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+            // SAFETY: only called with the `#[repr(C)]` info structs, whose every byte is
+            // initialised: their explicit padding fields fill every gap (their sizes are
+            // checked against Zircon's in abi.rs), and `u8` has no invalid values.
+            unsafe {
+                core::slice::from_raw_parts(
+                    value as *const T as *const u8,
+                    core::mem::size_of::<T>(),
+                )
+            }
+        }
+        match self {
+            InfoRecord::HandleBasic(info) => as_bytes(info),
+            InfoRecord::Vmar(info) => as_bytes(info),
+            InfoRecord::Vmo(info) => as_bytes(info),
+        }
+    }
 }
 
 /// `zx_vmar_allocate`: a sub-VMAR of `parent`. Each `ZX_VM_CAN_MAP_*` asked for needs the
@@ -236,6 +331,11 @@ pub fn zx_vmar_map(
         let (vmo, vmo_rights) = process.vmo(vmo)?;
         require(vmo_rights, Rights::MAP)?;
         let options = VmOptions::from_bits(options).ok_or(Status::InvalidArgs)?;
+        // Write without read is refused before the permission rights are looked at (Zircon's
+        // sys_vmar_map order: VmoTestCase.Rights).
+        if options.contains(VmOptions::PERM_WRITE) && !options.contains(VmOptions::PERM_READ) {
+            return Err(Status::InvalidArgs);
+        }
         if options.intersects(VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC) {
             return Err(Status::InvalidArgs);
         }

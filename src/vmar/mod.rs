@@ -919,8 +919,8 @@ impl Vmar {
         if !allowed.contains(options) {
             return Err(Status::InvalidArgs);
         }
-        let size = page_round_up(size).ok_or(Status::InvalidArgs)?;
-        if size == 0 || !is_page_aligned(offset) {
+        // Zircon: the size is not rounded (AllocateUnsatisfiableTest, InvalidArgsTest).
+        if size == 0 || !is_page_aligned(size) || !is_page_aligned(offset) {
             return Err(Status::InvalidArgs);
         }
         let mut tree = self.aspace.lock_tree();
@@ -940,6 +940,11 @@ impl Vmar {
             start
         } else {
             if offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            // A child larger than its parent can never fit: INVALID_ARGS before any search
+            // (Zircon's AllocateUnsatisfiableTest).
+            if size > node.size {
                 return Err(Status::InvalidArgs);
             }
             node.find_gap(size).ok_or(Status::NoResources)?
@@ -994,8 +999,12 @@ impl Vmar {
         if options.contains(VmOptions::SPECIFIC_OVERWRITE | VmOptions::MAP_RANGE) {
             return Err(Status::InvalidArgs);
         }
-        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
-        if len == 0 || !is_page_aligned(vmar_offset) || !is_page_aligned(vmo_offset) {
+        if len == 0 {
+            return Err(Status::InvalidArgs);
+        }
+        // A length that rounds up past the end of the address space (Zircon: OUT_OF_RANGE).
+        let len = page_round_up(len).ok_or(Status::OutOfRange)?;
+        if !is_page_aligned(vmar_offset) || !is_page_aligned(vmo_offset) {
             return Err(Status::InvalidArgs);
         }
         vmo_offset.checked_add(len).ok_or(Status::OutOfRange)?;
@@ -1035,6 +1044,10 @@ impl Vmar {
             start
         } else {
             if vmar_offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            // Longer than the VMAR: it can never fit (Zircon: INVALID_ARGS, before any search).
+            if len > node.size {
                 return Err(Status::InvalidArgs);
             }
             node.find_gap(len).ok_or(Status::NoResources)?

@@ -12,8 +12,9 @@ mod page_list;
 pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT};
 
 use crate::abi::{
-    is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, Status, ZxResult, PAGE_SHIFT,
-    PAGE_SIZE, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_TYPE_PAGED,
+    is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, zx_rights_t, Status, ZxResult,
+    PAGE_SHIFT, PAGE_SIZE, ZX_CACHE_POLICY_CACHED, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_TYPE_PAGED,
+    ZX_INFO_VMO_VIA_HANDLE,
 };
 use crate::object::next_koid;
 use crate::platform::{PhysAddr, Platform};
@@ -202,20 +203,47 @@ impl Vmo {
         self.lock().pages.heap_bytes()
     }
 
-    /// `zx_object_get_info(ZX_INFO_VMO)`.
-    pub fn info(&self) -> zx_info_vmo_t {
-        let flags = match self.kind {
+    /// `zx_object_get_info(ZX_INFO_VMO)` through a handle with `rights`.
+    pub fn info(&self, rights: zx_rights_t) -> zx_info_vmo_t {
+        let kind = match self.kind {
             VmoKind::Paged => ZX_INFO_VMO_TYPE_PAGED,
-            VmoKind::Contiguous { .. } => ZX_INFO_VMO_CONTIGUOUS,
+            VmoKind::Contiguous { .. } => ZX_INFO_VMO_TYPE_PAGED | ZX_INFO_VMO_CONTIGUOUS,
             VmoKind::Physical { .. } => 0,
+        };
+        let (num_mappings, share_count) = {
+            let inner = self.lock();
+            (inner.mapping_count, Self::address_spaces_locked(&inner))
         };
         zx_info_vmo_t {
             koid: self.koid,
             size_bytes: self.size,
+            num_mappings,
+            share_count,
+            flags: kind | ZX_INFO_VMO_VIA_HANDLE,
             committed_bytes: self.committed_bytes(),
-            num_mappings: self.num_mappings(),
-            flags,
+            handle_rights: rights,
+            cache_policy: ZX_CACHE_POLICY_CACHED,
+            ..zx_info_vmo_t::default()
         }
+    }
+
+    /// How many distinct address spaces map the VMO (O(mappings^2), no allocation).
+    fn address_spaces_locked(inner: &VmoInner) -> u64 {
+        let live = || {
+            inner
+                .mappings
+                .iter()
+                .filter_map(|region| region.mapping())
+                .filter(|mapping| !mapping.is_unmapped())
+        };
+        live()
+            .enumerate()
+            .filter(|(index, mapping)| {
+                !live()
+                    .take(*index)
+                    .any(|earlier| earlier.aspace_weak().ptr_eq(mapping.aspace_weak()))
+            })
+            .count() as u64
     }
 
     /// `[offset, offset + len)` as page indices, if it lies within the VMO.

@@ -877,8 +877,8 @@ impl Model {
         if options & !allowed != 0 {
             return Err(ZX_ERR_INVALID_ARGS);
         }
-        let size = round_up(size).ok_or(ZX_ERR_INVALID_ARGS)?;
-        if size == 0 || !aligned(offset) {
+        // Zircon: the size is not rounded up (InvalidArgsTest).
+        if size == 0 || !aligned(size) || !aligned(offset) {
             return Err(ZX_ERR_INVALID_ARGS);
         }
         if !self.vmars[parent].alive {
@@ -902,6 +902,10 @@ impl Model {
             start
         } else {
             if offset != 0 {
+                return Err(ZX_ERR_INVALID_ARGS);
+            }
+            // Zircon: larger than the parent is INVALID_ARGS (AllocateUnsatisfiableTest).
+            if size > self.vmars[parent].size {
                 return Err(ZX_ERR_INVALID_ARGS);
             }
             self.find_gap(parent, size).ok_or(ZX_ERR_NO_RESOURCES)?
@@ -940,7 +944,11 @@ impl Model {
         let (vmar, vmar_rights) = self.vmar_handle(p, h)?;
         let (vmo, vmo_rights) = self.vmo_handle(p, vmo_h)?;
         need(vmo_rights, ZX_RIGHT_MAP)?;
-        if options & !ALL_VM_OPTIONS != 0 || options & (CAN_MAP_RWX | ZX_VM_CAN_MAP_SPECIFIC) != 0 {
+        // Zircon: write without read is refused right after the MAP right.
+        if options & !ALL_VM_OPTIONS != 0 || !valid_perms(options & PERMS) {
+            return Err(ZX_ERR_INVALID_ARGS);
+        }
+        if options & (CAN_MAP_RWX | ZX_VM_CAN_MAP_SPECIFIC) != 0 {
             return Err(ZX_ERR_INVALID_ARGS);
         }
         let both = vmar_rights & vmo_rights;
@@ -960,8 +968,12 @@ impl Model {
         if overwrite && options & ZX_VM_MAP_RANGE != 0 {
             return Err(ZX_ERR_INVALID_ARGS);
         }
-        let len = round_up(len).ok_or(ZX_ERR_INVALID_ARGS)?;
-        if len == 0 || !aligned(vmar_offset) || !aligned(vmo_offset) {
+        if len == 0 {
+            return Err(ZX_ERR_INVALID_ARGS);
+        }
+        // Zircon: a length that rounds up past 2^64 is OUT_OF_RANGE (InvalidArgsTest).
+        let len = round_up(len).ok_or(ZX_ERR_OUT_OF_RANGE)?;
+        if !aligned(vmar_offset) || !aligned(vmo_offset) {
             return Err(ZX_ERR_INVALID_ARGS);
         }
         vmo_offset.checked_add(len).ok_or(ZX_ERR_OUT_OF_RANGE)?;
@@ -992,6 +1004,10 @@ impl Model {
             start
         } else {
             if vmar_offset != 0 {
+                return Err(ZX_ERR_INVALID_ARGS);
+            }
+            // Zircon: longer than the VMAR is INVALID_ARGS, before any search.
+            if len > self.vmars[vmar].size {
                 return Err(ZX_ERR_INVALID_ARGS);
             }
             self.find_gap(vmar, len).ok_or(ZX_ERR_NO_RESOURCES)?
