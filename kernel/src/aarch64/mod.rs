@@ -342,7 +342,8 @@ extern "C" fn aarch64_boot_main(dtb: u64, secondary_entry: u64) -> ! {
     assert!(ram_size != 0, "no memory in the device tree");
     let kernel_end = kernel_virt_to_phys(&raw const __kernel_end as u64);
     FRAMES.init(ram_base);
-    FRAMES.add_region(kernel_end, ram_base + ram_size);
+    // Only RAM the kernel's direct map covers (physical 1..4 GiB, see `boot.rs`).
+    FRAMES.add_region(kernel_end, (ram_base + ram_size).min(4 << 30));
 
     gic::init_distributor();
     gic::init_this_cpu(0);

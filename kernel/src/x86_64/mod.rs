@@ -289,7 +289,8 @@ extern "C" fn x86_64_boot_main(
             info_at(entry + 16) as u32,
         );
         if kind == 1 {
-            FRAMES.add_region(start.max(kernel_end), start + size);
+            // Only RAM the direct map maps write-back: below 3 GiB (see `paging`).
+            FRAMES.add_region(start.max(kernel_end), (start + size).min(paging::RAM_LIMIT));
         }
     }
 

@@ -33,6 +33,9 @@ const WRITE_THROUGH: u64 = 1 << 3;
 const CACHE_DISABLE: u64 = 1 << 4;
 const HUGE: u64 = 1 << 7;
 const GIB: u64 = 1 << 30;
+/// The end of the RAM the frame allocator may take: the direct map's write-back part (the
+/// fourth GiB is mapped uncached, for the local APIC).
+pub const RAM_LIMIT: u64 = 3 * GIB;
 
 static KERNEL_PML4: Table<[u64; 512]> = Table(UnsafeCell::new([0; 512]));
 static KERNEL_PDPT: Table<[u64; 512]> = Table(UnsafeCell::new([0; 512]));
