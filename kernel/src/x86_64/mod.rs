@@ -4,7 +4,7 @@
 //! CR4.SMAP stays off, so supervisor accesses to user pages are allowed; CR0.WP is on, so a
 //! supervisor store to a read-only user page faults like a user store would.
 //!
-//! TAGS. The kernel runs without PCIDs (`Tlb::new(cpus, 0)`): every activation reloads CR3 and
+//! TAGS. The kernel runs without PCIDs (`Tlb::new(cpus, 0, Format::X86_64)`): every activation reloads CR3 and
 //! drops the address space's translations, and a shootdown interrupts only the CPUs where the
 //! address space is active.
 
@@ -32,6 +32,11 @@ pub use paging::PHYS_OFFSET;
 pub const NAME: &str = "x86_64";
 /// PCIDs given to the crate (none, see the module docs).
 pub const TAGS: u16 = 0;
+
+/// A line about the TLB tags, for the kernel's banner.
+pub fn tags_summary() -> alloc::string::String {
+    alloc::string::String::from("PCIDs off (untagged: every switch reloads CR3)")
+}
 
 /// The kernel's address for physical address `pa` (the direct map).
 pub fn phys_to_virt(pa: PhysAddr) -> *mut u8 {
@@ -304,8 +309,12 @@ extern "C" fn x86_64_boot_main(
     for (index, &id) in ids.iter().enumerate() {
         PERCPU[index].hw_id.store(id as usize, Ordering::Relaxed);
     }
-    smp::set_cpu_count(ids.len());
-    KernelPlatform::init(ids.len(), TAGS);
+    if let Err(error) = KernelPlatform::init(ids.len(), TAGS) {
+        panic!(
+            "zx-vm refused the TLB configuration ({} CPUs, {TAGS} PCIDs): {error}",
+            ids.len()
+        );
+    }
     interrupts_restore(true);
     PERCPU[0].online.store(true, Ordering::Release);
     start_secondaries(boot_pml4, trampoline, trampoline_len);
