@@ -244,4 +244,7 @@ unsafe impl Platform for KernelPlatform {
 
     // `load_root` is the crate's bare-metal default (`native_tlb::load_root`): the root maps the
     // kernel (`prepare_root`), and the crate keeps the address space alive while it is loaded.
+    // With PCIDs on (x86_64 with `pcid` on the kernel command line, which sets CR4.PCIDE on every
+    // CPU at boot), it writes CR3 with the address space's PCID, and with the no-flush bit (63)
+    // unless the crate asks for a flush.
 }
