@@ -138,7 +138,11 @@ pub mod sim {
         }
     }
 
-    impl Platform for SimMachine {
+    // SAFETY: every method forwards to `KernelPlatform` (whose implementation carries the
+    // argument); `alloc_frame`, `alloc_contiguous` and `free_frames` only also count. The `Tlb`
+    // is `KernelPlatform`'s, so the crate's per-CPU records and mailboxes are the machine's one
+    // set whichever of the two platforms an address space was made on.
+    unsafe impl Platform for SimMachine {
         fn alloc_frame(&self) -> Option<PhysAddr> {
             let frame = KernelPlatform.alloc_frame();
             if frame.is_some() {
@@ -165,10 +169,6 @@ pub mod sim {
             KernelPlatform.phys_to_virt(pa)
         }
 
-        fn cpu_count(&self) -> usize {
-            KernelPlatform.cpu_count()
-        }
-
         fn current_cpu(&self) -> usize {
             KernelPlatform.current_cpu()
         }
@@ -189,8 +189,14 @@ pub mod sim {
             KernelPlatform.invalidation_is_broadcast()
         }
 
-        fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
-            KernelPlatform.load_root(root, asid, flush)
+        unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+            // SAFETY: forwarded under the same contract.
+            unsafe { KernelPlatform.load_root(root, asid, flush) }
+        }
+
+        unsafe fn load_kernel_root(&self) {
+            // SAFETY: forwarded under the same contract.
+            unsafe { KernelPlatform.load_kernel_root() }
         }
 
         fn prepare_root(&self, root: PhysAddr) {

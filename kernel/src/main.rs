@@ -61,7 +61,14 @@ fn kmain() -> ! {
             ""
         }
     );
+    println!("TLB tags: {}", arch::tags_summary());
     let passed = scenarios::run_all();
+    let c = &platform::COUNTERS;
+    println!(
+        "activations: {} tagged, {} untagged",
+        c.tagged_activations.load(Ordering::Relaxed),
+        c.untagged_activations.load(Ordering::Relaxed)
+    );
     if passed {
         println!("RESULT: PASS");
     } else {

@@ -1,12 +1,14 @@
 //! The kernel's side of address spaces: context switch and page faults.
 //!
 //! INTEGRATION POINT 2, activation: [`switch_to`] is what a scheduler's context switch does for
-//! memory: `AddressSpace::activate`, which joins the address space's active CPU set (the CPUs its
-//! shootdowns interrupt), flushes a stale tag, and loads the root through `Platform::load_root`.
+//! memory. It pins the CPU (`CpuPin`) and calls `AddressSpace::activate`, which joins the address
+//! space's active CPU set (the CPUs its shootdowns interrupt), flushes a stale tag, loads the root
+//! through `Platform::load_root`, and only then leaves the previous address space's active set.
+//! Switching to no address space is `AddressSpace::deactivate`: `Platform::load_kernel_root`
+//! first, then leave. The crate keeps which address space each CPU runs, and holds it alive while
+//! it is loaded, so the kernel keeps no per-CPU record of its own: [`current`] asks the crate.
 //! (The root already maps the kernel: `Platform::prepare_root` put the kernel's upper half into it
 //! when the crate made it, on x86_64; on aarch64 the kernel runs from TTBR1_EL1.)
-//! Switching to no address space loads the kernel's own root first and then calls
-//! `AddressSpace::deactivate`.
 //!
 //! INTEGRATION POINT 3, page faults: the architecture's fault handler (x86_64 #PF, aarch64 data
 //! abort) calls [`page_fault`] with the faulting address and access; it forwards to the current
@@ -18,44 +20,56 @@
 //! fault cannot be resolved.
 
 use crate::arch;
-use crate::platform::COUNTERS;
-use crate::smp::this_cpu;
+use crate::platform::{KernelPlatform, COUNTERS};
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
+use zx_vm::platform::CpuPin;
 use zx_vm::vmar::{Access, FaultError};
 use zx_vm::AddressSpace;
 
 /// Switches the calling CPU to `next` (or to no user address space).
 pub fn switch_to(next: Option<&Arc<AddressSpace>>) {
-    let cpu = this_cpu();
-    let mut current = cpu.current.lock();
-    let previous = current.take();
     match next {
         Some(next) => {
-            next.activate(previous.as_deref());
-            *current = Some(next.clone());
+            if next.asid() == 0 {
+                COUNTERS
+                    .untagged_activations
+                    .fetch_add(1, Ordering::Relaxed);
+            } else {
+                COUNTERS.tagged_activations.fetch_add(1, Ordering::Relaxed);
+            }
+            // Pinned on the address space's own platform (a contract test's stand-in forwards to
+            // `KernelPlatform` and shares its `Tlb`).
+            let pin = CpuPin::new(&**next.platform());
+            // SAFETY: the kernel stays mapped under every root the crate loads: on x86_64
+            // `prepare_root` copied the kernel's PML4 slot into it, on aarch64 the kernel runs
+            // from TTBR1_EL1, which the switch leaves alone. This CPU loads user roots only here
+            // and in the `None` arm (the negative control's raw root is not a crate address
+            // space, and goes back to the kernel root before anything else runs). The pin was
+            // made on `next`'s platform.
+            unsafe { next.activate(&pin) };
         }
         None => {
-            if let Some(previous) = previous {
-                // First stop using the tables, then leave the active set: a shootdown that no
-                // longer interrupts this CPU must find it off the address space already.
-                arch::load_kernel_root();
-                previous.deactivate();
-            }
+            let pin = CpuPin::new(&KernelPlatform);
+            // SAFETY: as above for the kernel's mappings (the kernel root maps the kernel); the
+            // caller touches no user address until it switches to an address space again (a
+            // stray access would fault with no current address space, and fail cleanly).
+            unsafe { AddressSpace::deactivate(&pin) };
         }
     }
 }
 
-/// The calling CPU's user address space.
+/// The calling CPU's user address space (the crate's record).
 pub fn current() -> Option<Arc<AddressSpace>> {
-    this_cpu().current.lock().clone()
+    AddressSpace::current(&CpuPin::new(&KernelPlatform))
 }
 
 /// Resolves a fault at `va` through the current address space. Called by the architecture's
 /// fault handler with interrupts disabled.
 pub fn page_fault(va: u64, access: Access) -> Result<(), FaultError> {
-    // The per-CPU lock is interrupt-safe and never held across a crate call by this CPU outside
-    // `switch_to`, which touches no user memory, so taking it in the fault handler cannot deadlock.
+    // Lock-free: the crate's per-CPU record is an atomic pointer that only this CPU changes, so
+    // the fault handler may read it whatever it interrupted. The reference it takes cannot be
+    // the last (the record holds one), so dropping it here tears nothing down.
     let aspace = current().ok_or(FaultError::NotMapped)?;
     let result = aspace.page_fault(va, access);
     if result.is_ok() {

@@ -7,21 +7,33 @@
 //! - frames: [`crate::frames::FRAMES`];
 //! - `phys_to_virt`: the kernel's direct map of physical memory (`arch::PHYS_OFFSET + pa`);
 //! - `current_cpu`: a per-CPU register set at boot (x86_64 GS base, aarch64 TPIDR_EL1);
+//! - `tlb`: the one [`Tlb`], made at boot by [`KernelPlatform::init`] with `Tlb::new(cpus, tags,
+//!   Format::NATIVE)`; it is also the kernel's one record of how many CPUs there are
+//!   ([`crate::smp::cpu_count`] reads it);
+//! - `preempt_disable`/`preempt_enable`: the crate's defaults (nothing): the kernel never moves
+//!   a thread to another CPU (there are no threads, only jobs that run to completion on the CPU
+//!   they were posted to), so a [`zx_vm::platform::CpuPin`] needs no help to stay put;
 //! - `send_ipi`: the interrupt controller (x86_64 local APIC, aarch64 GICv2 SGI); the handler
 //!   calls [`zx_vm::tlb::Tlb::handle_ipi`] (see `arch::*::interrupts`);
-//! - `invalidate_local`: `zx_vm::arch::native_tlb` (x86_64 INVLPG/CR3 on the calling CPU; aarch64
-//!   `TLBI ...IS` broadcast, or local-only TLBI when the kernel runs in IPI mode);
-//! - `load_root`: the crate's bare-metal default, `native_tlb::load_root` (CR3 / TTBR0_EL1);
+//! - `invalidate_local`: `zx_vm::arch::native_tlb` (x86_64 INVLPG/CR3, or INVPCID with PCIDs, on
+//!   the calling CPU; aarch64 `TLBI ...IS` broadcast, or local-only TLBI in IPI mode);
+//! - `load_root`: the crate's bare-metal default, `native_tlb::load_root` (CR3, with the PCID and
+//!   the no-flush bit when PCIDs are on; TTBR0_EL1 with the ASID);
+//! - `load_kernel_root`: x86_64 loads the kernel's own PML4 (`x86_64/paging.rs`: no user
+//!   mappings, PCID 0); aarch64 loads the empty table into TTBR0_EL1;
 //! - `prepare_root`: x86_64 copies the kernel's upper-half PML4 entries into every new root table
 //!   (see `x86_64/paging.rs`); aarch64 needs nothing (the kernel runs from TTBR1_EL1).
+//!
+//! The crate, not the kernel, keeps which address space each CPU runs (`mm::switch_to` goes
+//! through `AddressSpace::activate`/`deactivate`).
 
 use crate::arch;
 use crate::frames::FRAMES;
-use crate::smp;
 use crate::sync::Once;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use zx_vm::platform::{CpuSet, TlbInvalidate, TlbScope};
-use zx_vm::tlb::Tlb;
+use zx_vm::arch::Format;
+use zx_vm::platform::{CpuPin, CpuSet, TlbInvalidate, TlbScope};
+use zx_vm::tlb::{Tlb, TlbConfigError};
 use zx_vm::{PhysAddr, Platform};
 
 /// The platform handle given to the crate.
@@ -45,6 +57,10 @@ pub struct Counters {
     pub full_flushes: AtomicU64,
     /// Page faults the crate resolved.
     pub page_faults: AtomicU64,
+    /// Activations of address spaces with a tag of their own (PCID or ASID).
+    pub tagged_activations: AtomicU64,
+    /// Activations of untagged address spaces (tag 0: none configured, or all in use).
+    pub untagged_activations: AtomicU64,
 }
 
 /// The counters.
@@ -54,6 +70,8 @@ pub static COUNTERS: Counters = Counters {
     page_flushes: AtomicU64::new(0),
     full_flushes: AtomicU64::new(0),
     page_faults: AtomicU64::new(0),
+    tagged_activations: AtomicU64::new(0),
+    untagged_activations: AtomicU64::new(0),
 };
 
 /// A copy of [`COUNTERS`] at one moment.
@@ -101,10 +119,18 @@ impl Snapshot {
 }
 
 impl KernelPlatform {
-    /// Makes the TLB-maintenance state for `cpus` CPUs with `tags` ASIDs/PCIDs. Called once, by the
-    /// boot CPU, after counting the CPUs and before any address space exists.
-    pub fn init(cpus: usize, tags: u16) {
-        TLB.set(Tlb::new(cpus, tags));
+    /// Makes the TLB-maintenance state for `cpus` CPUs with `tags` ASIDs/PCIDs, in the native
+    /// page-table format. Called once, by the boot CPU, after counting the CPUs and before any
+    /// address space exists (or any other CPU runs kernel code). The crate refuses a CPU count
+    /// outside 1..=`MAX_CPUS` or more tags than the format has; the caller reports that.
+    pub fn init(cpus: usize, tags: u16) -> Result<(), TlbConfigError> {
+        TLB.set(Tlb::new(cpus, tags, Format::NATIVE)?);
+        Ok(())
+    }
+
+    /// The TLB-maintenance state, if [`KernelPlatform::init`] has made it.
+    pub fn try_tlb() -> Option<&'static Tlb> {
+        TLB.try_get()
     }
 
     /// aarch64: selects IPI mode (local `TLBI` on each target CPU, by IPI) or broadcast mode
@@ -119,14 +145,46 @@ impl KernelPlatform {
     }
 
     /// The shootdown IPI handler's body: INTEGRATION POINT 4. The interrupt entry code calls it
-    /// with the IPI's interrupt masked, then signals end-of-interrupt.
+    /// with interrupts disabled, then signals end-of-interrupt.
+    ///
+    /// `Tlb::handle_ipi` carries out the requests queued for this CPU (through
+    /// `Platform::invalidate_local`) and acknowledges each. It takes no lock and allocates and
+    /// frees nothing: the requests live on their initiators' stacks, and each initiator waits for
+    /// every acknowledgement before its frame goes away. So the handler may interrupt any kernel
+    /// code, even code holding the heap or frame-allocator lock.
     pub fn handle_shootdown_ipi() {
         COUNTERS.ipis_received.fetch_add(1, Ordering::Relaxed);
-        KernelPlatform.tlb().handle_ipi(&KernelPlatform);
+        KernelPlatform
+            .tlb()
+            .handle_ipi(&CpuPin::new(&KernelPlatform));
     }
 }
 
-impl Platform for KernelPlatform {
+// SAFETY: what the trait asks, point by point:
+// - frames: `FRAMES` hands out frames of RAM above the kernel image (never the image, the boot
+//   tables, the AP trampoline page or MMIO), each at most once until it is freed (a bitmap under
+//   an interrupt-safe lock), and only this platform (and the stand-ins that forward to it) frees
+//   into it;
+// - `phys_to_virt`: the direct map covers all RAM the allocator manages as normal write-back
+//   memory, the type the table walks use, and is never unmapped (x86_64: physical 0-3 GiB in
+//   1 GiB pages, and the allocator takes no RAM above 3 GiB, whose GiB is mapped uncached for the
+//   local APIC; aarch64: physical 1-4 GiB, MAIR attribute 0 = write-back, and the allocator takes
+//   no RAM above 4 GiB);
+// - `current_cpu`: the index in the per-CPU block that the CPU's own register points at (x86_64
+//   GS base, aarch64 TPIDR_EL1), set once per CPU at boot and below the count given to
+//   `Tlb::new`; code never migrates between CPUs here, so it stays the same while pinned;
+// - `tlb`: the one `Tlb` in a write-once cell;
+// - `send_ipi`: the shootdown vector/SGI is delivered to each target once its interrupts are
+//   enabled, and its handler (`handle_shootdown_ipi`) runs `Tlb::handle_ipi`; the heap's lock is
+//   interrupt-safe, so the heap is usable from there;
+// - `invalidate_local`: the architecture's own instructions (see `arch::invalidate`), complete
+//   when they return (x86_64 INVLPG/INVPCID/CR3 are serialising; aarch64 ends with DSB and ISB),
+//   broadcast only when `invalidation_is_broadcast` says so (aarch64 `TLBI ...IS` outside IPI
+//   mode);
+// - `load_root` is the crate's own; `load_kernel_root` loads a root without user mappings that
+//   maps the kernel (see `arch::load_kernel_root`), and `prepare_root` copies only upper-half
+//   (x86_64) entries, leaving the user range empty.
+unsafe impl Platform for KernelPlatform {
     fn alloc_frame(&self) -> Option<PhysAddr> {
         FRAMES.alloc(1)
     }
@@ -143,10 +201,6 @@ impl Platform for KernelPlatform {
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
         arch::phys_to_virt(pa)
-    }
-
-    fn cpu_count(&self) -> usize {
-        smp::cpu_count()
     }
 
     fn current_cpu(&self) -> usize {
@@ -182,7 +236,15 @@ impl Platform for KernelPlatform {
         arch::prepare_root(root);
     }
 
+    unsafe fn load_kernel_root(&self) {
+        // x86_64: the kernel's own PML4 (PCID 0, which flushes what PCID 0 cached: untagged user
+        // translations); aarch64: the empty table into TTBR0_EL1 (ASID 0).
+        arch::load_kernel_root();
+    }
+
     // `load_root` is the crate's bare-metal default (`native_tlb::load_root`): the root maps the
-    // kernel (`prepare_root`), and `mm::switch_to` keeps the address space alive in the per-CPU
-    // state while it is loaded.
+    // kernel (`prepare_root`), and the crate keeps the address space alive while it is loaded.
+    // With PCIDs on (x86_64 with `pcid` on the kernel command line, which sets CR4.PCIDE on every
+    // CPU at boot), it writes CR3 with the address space's PCID, and with the no-flush bit (63)
+    // unless the crate asks for a flush.
 }

@@ -294,7 +294,9 @@ struct Recording {
     frames: IrqSpinLock<Vec<PhysAddr>>,
 }
 
-impl Platform for Recording {
+// SAFETY: every method forwards to `KernelPlatform` (whose implementation carries the argument),
+// and `alloc_frame` only also records the frame it hands out; the `Tlb` is `KernelPlatform`'s.
+unsafe impl Platform for Recording {
     fn alloc_frame(&self) -> Option<PhysAddr> {
         let frame = KernelPlatform.alloc_frame()?;
         self.frames.lock().push(frame);
@@ -308,10 +310,6 @@ impl Platform for Recording {
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
         KernelPlatform.phys_to_virt(pa)
-    }
-
-    fn cpu_count(&self) -> usize {
-        KernelPlatform.cpu_count()
     }
 
     fn current_cpu(&self) -> usize {
@@ -330,8 +328,14 @@ impl Platform for Recording {
         KernelPlatform.invalidate_local(request)
     }
 
-    fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
-        KernelPlatform.load_root(root, asid, flush)
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+        // SAFETY: forwarded under the same contract.
+        unsafe { KernelPlatform.load_root(root, asid, flush) }
+    }
+
+    unsafe fn load_kernel_root(&self) {
+        // SAFETY: forwarded under the same contract.
+        unsafe { KernelPlatform.load_kernel_root() }
     }
 
     fn prepare_root(&self, root: PhysAddr) {

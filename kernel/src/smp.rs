@@ -6,11 +6,10 @@
 //! [`run_on`] (one CPU, waiting) or [`run_on_all`] (several CPUs at once, waiting for all).
 
 use crate::arch;
+use crate::platform::KernelPlatform;
 use crate::sync::IrqSpinLock;
-use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use zx_vm::platform::MAX_CPUS;
-use zx_vm::AddressSpace;
 
 /// A job for another CPU: a borrowed closure. The poster waits until the job is done, so the
 /// borrow outlives every use (see `run_on_all`).
@@ -36,8 +35,6 @@ pub struct PerCpu {
     pub online: AtomicBool,
     job: IrqSpinLock<Option<Job>>,
     job_done: AtomicBool,
-    /// The user address space the CPU runs, if any (see `mm::switch_to`).
-    pub current: IrqSpinLock<Option<Arc<AddressSpace>>>,
 }
 
 impl PerCpu {
@@ -49,7 +46,6 @@ impl PerCpu {
             online: AtomicBool::new(false),
             job: IrqSpinLock::new(None),
             job_done: AtomicBool::new(false),
-            current: IrqSpinLock::new(None),
         }
     }
 }
@@ -65,17 +61,10 @@ pub static PERCPU: [PerCpu; MAX_CPUS] = {
     cpus
 };
 
-static CPU_COUNT: AtomicUsize = AtomicUsize::new(1);
-
-/// How many CPUs the machine has (found at boot).
+/// How many CPUs the machine has: the count the boot CPU gave the crate's `Tlb` (the one record
+/// of it, `Tlb::cpu_count`); 1 before the `Tlb` is made.
 pub fn cpu_count() -> usize {
-    CPU_COUNT.load(Ordering::Relaxed)
-}
-
-/// Records the number of CPUs (boot CPU, before starting the others).
-pub fn set_cpu_count(count: usize) {
-    assert!((1..=MAX_CPUS).contains(&count));
-    CPU_COUNT.store(count, Ordering::Relaxed);
+    KernelPlatform::try_tlb().map_or(1, |tlb| tlb.cpu_count())
 }
 
 /// The calling CPU's state.

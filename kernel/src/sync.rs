@@ -1,10 +1,25 @@
 //! The kernel's own synchronisation: an interrupt-safe spinlock and a write-once cell.
 //!
-//! Every kernel lock disables interrupts while it is held. The reason is the shootdown IPI: its
-//! handler ([`zx_vm::tlb::Tlb::handle_ipi`]) frees the request it served, which takes the heap
-//! lock; if the IPI interrupted the same CPU while it held the heap lock, an ordinary spinlock would
-//! deadlock on itself. (The crate's own locks are never taken in the IPI handler, so they need not
-//! be interrupt-safe.)
+//! Every kernel lock disables interrupts while it is held. The shootdown IPI handler no longer
+//! needs that for itself: `Tlb::handle_ipi` takes no lock and allocates and frees nothing (the
+//! requests live on their initiators' stacks), and the kernel's part of the handler only bumps
+//! atomic counters. The locks stay interrupt-safe anyway, because:
+//! - the `Platform` contract promises the crate that the heap is usable from the IPI handler's
+//!   context, for whatever a kernel's handler does besides `handle_ipi`; with the heap lock
+//!   interrupt-safe that holds whatever the handler interrupted;
+//! - the page-fault handler takes the frame-allocator and heap locks (through the crate's
+//!   `page_fault`) in exception context, and the panic path prints from wherever it was raised,
+//!   exception handlers included; a lock that an interrupt could find held by the code it
+//!   interrupted must keep interrupts off;
+//! - a CPU holding a kernel lock is never interrupted, so no other CPU spins on that lock while
+//!   its holder serves interrupts.
+//!
+//! What makes this safe next to the crate's shootdowns: no kernel lock is held across a crate
+//! call that may start one (the frame-allocator and heap locks are leaves, held only inside
+//! `alloc_frame`/`free_frames` or an allocation), so a CPU spinning on a kernel lock with its
+//! interrupts off never waits for a CPU that is itself waiting for that CPU's acknowledgement.
+//! (The crate's own locks are never taken in the IPI handler, so they need not be
+//! interrupt-safe.)
 
 use crate::arch;
 use core::cell::UnsafeCell;

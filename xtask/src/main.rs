@@ -1,16 +1,30 @@
-//! `cargo xtask qemu <x86_64|aarch64> [--break-remote-flush] [--runs N] [--timeout SECONDS]`
+//! `cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush] [--runs N]
+//! [--timeout SECONDS]`
 //!
 //! Builds the test kernel (`kernel/`) for `<arch>-unknown-none` and runs it under QEMU (TCG, never
 //! KVM: stale TLB entries only show under TCG), with 4 CPUs and 256 MiB. The kernel reports its
 //! result through QEMU's exit status (x86_64: `isa-debug-exit`, where 33 means success; aarch64:
 //! semihosting `SYS_EXIT`, where 0 does); a run that outlives the time limit is killed and fails.
 //!
+//! `--pcid` (x86_64 only) runs the same kernel with PCIDs: the kernel command line (`-append
+//! pcid`, or `pcid=TAGS` for `--pcid=TAGS`) makes the kernel check CPUID for PCID and INVPCID, set
+//! CR4.PCIDE on every CPU and give the crate that many tags (2 by default: few, so that they are
+//! reused). No rebuild: the kernel reads it at boot. QEMU's TCG offers neither PCID nor INVPCID in
+//! any CPU model (`-cpu max` included; `+pcid` is dropped with a warning), so under TCG the kernel
+//! says so and the run ends SKIPPED (exit status 3 here); on a QEMU whose `-cpu max` offers them,
+//! the same command runs every scenario with PCIDs.
+//!
+//! The kernel is built into `$CARGO_TARGET_DIR` when that is set, else `target/` at the workspace
+//! root (the broken build into its `break-remote-flush/` subdirectory).
+//!
 //! `--break-remote-flush` builds zx-vm with its deliberately broken shootdown (remote CPUs
 //! acknowledge without flushing; on aarch64 the kernel then invalidates by IPI, so that there is a
 //! remote flush to skip). The kernel test must then fail; `--runs N` repeats the run and counts.
 //!
-//! The exit status is 0 when every run passed, 1 otherwise (so with `--break-remote-flush`, 1 is
-//! the expected outcome), 2 for a usage or build error.
+//! The exit status is 0 when every run passed, 1 when one failed (so with `--break-remote-flush`,
+//! 1 is the expected outcome), 2 for a usage or build error, and 3 when the kernel had nothing to
+//! test and said so (x86_64 exit status 37: `--pcid` on a CPU model without PCID or INVPCID,
+//! which under TCG is every model).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -19,7 +33,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: cargo xtask qemu <x86_64|aarch64> [--break-remote-flush] [--runs N] [--timeout SECONDS]";
+    "usage: cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush] \
+     [--runs N] [--timeout SECONDS]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arch {
@@ -46,8 +61,8 @@ impl Arch {
         }
     }
 
-    /// QEMU's arguments for `kernel`.
-    fn qemu_args(self, kernel: &Path) -> Vec<String> {
+    /// QEMU's arguments for `kernel`, with `command_line` for the kernel (x86_64 only).
+    fn qemu_args(self, kernel: &Path, command_line: Option<&str>) -> Vec<String> {
         let mut args: Vec<String> = match self {
             // `-cpu max` for 1 GiB pages (the kernel's direct map); PVH boot from the ELF note.
             Arch::X86_64 => vec![
@@ -90,19 +105,44 @@ impl Arch {
             .map(String::from),
         );
         args.push(kernel.display().to_string());
+        if let Some(line) = command_line {
+            args.extend(["-append".to_string(), line.to_string()]);
+        }
         args
     }
 
-    fn passed(self, status: ExitStatus) -> bool {
+    fn outcome(self, status: ExitStatus) -> Outcome {
+        match (self, status.code()) {
+            (Arch::X86_64, Some(33)) | (Arch::Aarch64, Some(0)) => Outcome::Pass,
+            (Arch::X86_64, Some(37)) => Outcome::Skip,
+            _ => Outcome::Fail,
+        }
+    }
+}
+
+/// How one run ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Pass,
+    Fail,
+    /// The kernel had nothing to test (and said why).
+    Skip,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
         match self {
-            Arch::X86_64 => status.code() == Some(33),
-            Arch::Aarch64 => status.code() == Some(0),
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "SKIP",
         }
     }
 }
 
 struct Options {
     arch: Arch,
+    /// `--pcid`: the kernel argument (`pcid` or `pcid=TAGS`).
+    pcid: Option<String>,
     break_remote_flush: bool,
     runs: u32,
     timeout: Duration,
@@ -129,6 +169,7 @@ fn parse() -> Options {
     };
     let mut options = Options {
         arch,
+        pcid: None,
         break_remote_flush: false,
         runs: 1,
         timeout: Duration::from_secs(120),
@@ -141,11 +182,22 @@ fn parse() -> Options {
                 .unwrap_or_else(|| usage_error(&format!("{name} needs a positive number")))
         };
         match arg {
+            "--pcid" => options.pcid = Some("pcid".into()),
+            tags if tags.starts_with("--pcid=") => {
+                let tags = &tags["--pcid=".len()..];
+                if tags.parse::<u16>().map_or(true, |tags| tags == 0) {
+                    usage_error("--pcid=TAGS needs a positive number of tags (x86_64 has 4095)");
+                }
+                options.pcid = Some(format!("pcid={tags}"));
+            }
             "--break-remote-flush" => options.break_remote_flush = true,
             "--runs" => options.runs = number("--runs") as u32,
             "--timeout" => options.timeout = Duration::from_secs(number("--timeout")),
             other => usage_error(&format!("unknown option `{other}`")),
         }
+    }
+    if options.pcid.is_some() && arch != Arch::X86_64 {
+        usage_error("--pcid is for x86_64 (aarch64 always runs with ASIDs)");
     }
     options
 }
@@ -156,10 +208,13 @@ fn build(options: &Options, root: &Path) -> PathBuf {
     let target = options.arch.target();
     // The broken build gets its own target directory, so that switching between the two does not
     // rebuild zx-vm each time.
+    let base = env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
     let target_dir = if options.break_remote_flush {
-        root.join("target/break-remote-flush")
+        base.join("break-remote-flush")
     } else {
-        root.join("target")
+        base
     };
     let mut command = Command::new(cargo);
     command
@@ -187,12 +242,12 @@ fn build(options: &Options, root: &Path) -> PathBuf {
     target_dir.join(target).join("release/zx-vm-test-kernel")
 }
 
-/// Runs QEMU once; true if the kernel reported success in time.
-fn run(options: &Options, kernel: &Path) -> bool {
+/// Runs QEMU once: whether the kernel reported success (or a skip) in time.
+fn run(options: &Options, kernel: &Path) -> Outcome {
     let arch = options.arch;
     let started = Instant::now();
     let mut child = Command::new(arch.qemu())
-        .args(arch.qemu_args(kernel))
+        .args(arch.qemu_args(kernel, options.pcid.as_deref()))
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {
@@ -204,13 +259,13 @@ fn run(options: &Options, kernel: &Path) -> bool {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
-                let passed = arch.passed(status);
+                let outcome = arch.outcome(status);
                 println!(
                     "xtask: QEMU exited with {status} after {:.1} s: {}",
                     started.elapsed().as_secs_f64(),
-                    if passed { "PASS" } else { "FAIL" }
+                    outcome.name()
                 );
-                return passed;
+                return outcome;
             }
             Ok(None) if started.elapsed() > options.timeout => {
                 let _ = child.kill();
@@ -219,12 +274,12 @@ fn run(options: &Options, kernel: &Path) -> bool {
                     "xtask: QEMU killed after the time limit of {} s: FAIL (the kernel hung)",
                     options.timeout.as_secs()
                 );
-                return false;
+                return Outcome::Fail;
             }
             Ok(None) => sleep(Duration::from_millis(20)),
             Err(e) => {
                 println!("xtask: waiting for QEMU failed: {e}: FAIL");
-                return false;
+                return Outcome::Fail;
             }
         }
     }
@@ -237,30 +292,47 @@ fn main() {
         .expect("xtask sits in the workspace")
         .to_path_buf();
     let kernel = build(&options, &root);
-    let mut passed = 0;
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for i in 1..=options.runs {
         if options.runs > 1 {
             println!("xtask: run {i} of {}", options.runs);
         }
-        if run(&options, &kernel) {
-            passed += 1;
+        match run(&options, &kernel) {
+            Outcome::Pass => passed += 1,
+            Outcome::Fail => failed += 1,
+            Outcome::Skip => skipped += 1,
         }
     }
-    let failed = options.runs - passed;
-    println!(
-        "xtask: {} {}: {passed} passed, {failed} failed",
+    let what = format!(
+        "{}{} {}",
         options.arch.name(),
+        if options.pcid.is_some() {
+            " (PCIDs)"
+        } else {
+            ""
+        },
         if options.break_remote_flush {
             "with break-remote-flush"
         } else {
             "kernel test"
         }
     );
-    if options.break_remote_flush {
+    if skipped > 0 {
+        println!("xtask: {what}: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("xtask: {what}: {passed} passed, {failed} failed");
+    }
+    if options.break_remote_flush && skipped < options.runs {
         println!(
             "xtask: the broken shootdown was caught in {failed} of {} runs",
-            options.runs
+            options.runs - skipped
         );
     }
-    exit(if failed == 0 { 0 } else { 1 });
+    exit(if failed > 0 {
+        1
+    } else if skipped > 0 {
+        3
+    } else {
+        0
+    });
 }

@@ -16,7 +16,7 @@
 //! scenarios run both, and the `break-remote-flush` build uses IPI mode, where there is a remote
 //! flush for the broken crate to skip.
 //!
-//! TAGS. 8-bit ASIDs (TCR_EL1.AS = 0): `Tlb::new(cpus, 255)`.
+//! TAGS. 8-bit ASIDs (TCR_EL1.AS = 0): `Tlb::new(cpus, 255, Format::Aarch64)`.
 
 mod boot;
 mod exceptions;
@@ -39,6 +39,11 @@ use zx_vm::PhysAddr;
 pub const NAME: &str = "aarch64";
 /// ASIDs given to the crate: 8-bit ASIDs, 0 kept for "untagged".
 pub const TAGS: u16 = 255;
+/// A line about the TLB tags, for the kernel's banner.
+pub fn tags_summary() -> alloc::string::String {
+    alloc::format!("8-bit ASIDs: {TAGS} tags")
+}
+
 /// Where the direct map (and the kernel image, at its physical address) starts in TTBR1_EL1.
 pub const PHYS_OFFSET: u64 = 0xFFFF_0000_0000_0000;
 
@@ -342,7 +347,8 @@ extern "C" fn aarch64_boot_main(dtb: u64, secondary_entry: u64) -> ! {
     assert!(ram_size != 0, "no memory in the device tree");
     let kernel_end = kernel_virt_to_phys(&raw const __kernel_end as u64);
     FRAMES.init(ram_base);
-    FRAMES.add_region(kernel_end, ram_base + ram_size);
+    // Only RAM the kernel's direct map covers (physical 1..4 GiB, see `boot.rs`).
+    FRAMES.add_region(kernel_end, (ram_base + ram_size).min(4 << 30));
 
     gic::init_distributor();
     gic::init_this_cpu(0);
@@ -350,8 +356,9 @@ extern "C" fn aarch64_boot_main(dtb: u64, secondary_entry: u64) -> ! {
     for (index, &mpidr) in machine.cpus.iter().take(cpus).enumerate() {
         PERCPU[index].hw_id.store(mpidr as usize, Ordering::Relaxed);
     }
-    smp::set_cpu_count(cpus);
-    KernelPlatform::init(cpus, TAGS);
+    if let Err(error) = KernelPlatform::init(cpus, TAGS) {
+        panic!("zx-vm refused the TLB configuration ({cpus} CPUs, {TAGS} ASIDs): {error}");
+    }
     interrupts_restore(true);
     PERCPU[0].online.store(true, Ordering::Release);
 

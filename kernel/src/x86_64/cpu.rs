@@ -71,6 +71,32 @@ pub fn cr2() -> u64 {
     value
 }
 
+/// Reads CR3.
+pub fn cr3() -> u64 {
+    let value: u64;
+    // SAFETY: reading CR3 has no side effect.
+    unsafe { asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Reads CR4.
+pub fn cr4() -> u64 {
+    let value: u64;
+    // SAFETY: reading CR4 has no side effect.
+    unsafe { asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// Every bit set must be supported (else #GP) and allowed in the CPU's current state, and the
+/// change must not break what the running code assumes.
+pub unsafe fn set_cr4(value: u64) {
+    // SAFETY: forwarded from the caller.
+    unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags)) };
+}
+
 /// Loads CR3.
 ///
 /// # Safety

@@ -4,9 +4,14 @@
 //! CR4.SMAP stays off, so supervisor accesses to user pages are allowed; CR0.WP is on, so a
 //! supervisor store to a read-only user page faults like a user store would.
 //!
-//! TAGS. The kernel runs without PCIDs (`Tlb::new(cpus, 0)`): every activation reloads CR3 and
-//! drops the address space's translations, and a shootdown interrupts only the CPUs where the
-//! address space is active.
+//! TAGS. By default the kernel runs without PCIDs (`Tlb::new(cpus, 0, ..)`): every activation
+//! reloads CR3 and drops the address space's translations, and a shootdown interrupts only the
+//! CPUs where the address space is active. With `pcid` on the kernel command line (`cargo xtask
+//! qemu x86_64 --pcid`, QEMU `-append pcid`) every CPU sets CR4.PCIDE and the crate gets PCIDs
+//! (`Tlb::new(cpus, tags, ..)`, see `paging`): an activation keeps the tag's translations (CR3
+//! bit 63) unless the crate knows them stale, address spaces that are not loaded are invalidated
+//! by INVPCID, and CPUs that ran an address space earlier are marked stale rather than
+//! interrupted.
 
 mod acpi;
 mod apic;
@@ -30,8 +35,28 @@ pub use paging::PHYS_OFFSET;
 
 /// The architecture's name, for messages.
 pub const NAME: &str = "x86_64";
-/// PCIDs given to the crate (none, see the module docs).
-pub const TAGS: u16 = 0;
+
+/// A line about the TLB tags, for the kernel's banner.
+pub fn tags_summary() -> alloc::string::String {
+    let (pcid, invpcid) = paging::pcid_support();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    match paging::tags() {
+        0 => alloc::format!(
+            "PCIDs off (untagged: every switch reloads CR3); CPUID offers PCID {}, INVPCID {}",
+            yes(pcid),
+            yes(invpcid)
+        ),
+        tags => alloc::format!(
+            "PCIDs on (CR4.PCIDE {}, INVPCID): {tags} tags of {}",
+            if paging::pcids_enabled_here() {
+                "set"
+            } else {
+                "NOT set"
+            },
+            zx_vm::arch::Format::X86_64.max_tags()
+        ),
+    }
+}
 
 /// The kernel's address for physical address `pa` (the direct map).
 pub fn phys_to_virt(pa: PhysAddr) -> *mut u8 {
@@ -88,7 +113,7 @@ pub fn serial_write_byte(byte: u8) {
 }
 
 /// Ends the QEMU run through `isa-debug-exit` (iobase 0xf4): exit status 33 for success, 35 for
-/// failure.
+/// failure (and 37 for a skipped run, [`exit_skipped`]).
 pub fn exit(success: bool) -> ! {
     // SAFETY: the isa-debug-exit device turns the write into QEMU's exit; on a machine without it
     // port 0xf4 is unused.
@@ -98,6 +123,13 @@ pub fn exit(success: bool) -> ! {
         // SAFETY: HLT with interrupts disabled stops this CPU for good, which is the intent.
         unsafe { asm!("hlt", options(nomem, nostack)) };
     }
+}
+
+/// Ends the QEMU run as skipped: exit status 37 (a run that had nothing to test).
+pub fn exit_skipped() -> ! {
+    // SAFETY: as in `exit`.
+    unsafe { cpu::outb(0xF4, 0x12) };
+    exit(false)
 }
 
 // ---- per-CPU register and interrupts ----------------------------------------------------------
@@ -269,6 +301,16 @@ extern "C" fn x86_64_boot_main(
     cpu::load_idt();
     set_percpu(0);
     paging::init();
+    let pcid_tags = pcid_tags_requested(&command_line(start_info));
+    if pcid_tags != 0 && !paging::init_pcids(pcid_tags) {
+        // Nothing to test: say so, and end the run as skipped rather than passed or failed.
+        let (pcid, invpcid) = paging::pcid_support();
+        println!(
+            "PCIDs were asked for, but this CPU offers PCID: {pcid}, INVPCID: {invpcid} (QEMU's \
+             TCG offers neither in any CPU model)\nRESULT: SKIP"
+        );
+        exit_skipped();
+    }
 
     // Memory: the hvm_start_info's memory map (version 1), RAM above the kernel image.
     let info = |offset: u64| -> u64 {
@@ -289,7 +331,8 @@ extern "C" fn x86_64_boot_main(
             info_at(entry + 16) as u32,
         );
         if kind == 1 {
-            FRAMES.add_region(start.max(kernel_end), start + size);
+            // Only RAM the direct map maps write-back: below 3 GiB (see `paging`).
+            FRAMES.add_region(start.max(kernel_end), (start + size).min(paging::RAM_LIMIT));
         }
     }
 
@@ -303,12 +346,52 @@ extern "C" fn x86_64_boot_main(
     for (index, &id) in ids.iter().enumerate() {
         PERCPU[index].hw_id.store(id as usize, Ordering::Relaxed);
     }
-    smp::set_cpu_count(ids.len());
-    KernelPlatform::init(ids.len(), TAGS);
+    let tags = paging::tags();
+    if let Err(error) = KernelPlatform::init(ids.len(), tags) {
+        panic!(
+            "zx-vm refused the TLB configuration ({} CPUs, {tags} PCIDs): {error}",
+            ids.len()
+        );
+    }
     interrupts_restore(true);
     PERCPU[0].online.store(true, Ordering::Release);
     start_secondaries(boot_pml4, trampoline, trampoline_len);
     crate::kmain()
+}
+
+/// The kernel command line (QEMU `-append`): the hvm_start_info's `cmdline_paddr` (offset 24), a
+/// NUL-terminated string; empty when there is none.
+fn command_line(start_info: u64) -> alloc::string::String {
+    let address = info_at(start_info + 24);
+    let mut line = alloc::string::String::new();
+    if address == 0 {
+        return line;
+    }
+    for offset in 0..4096 {
+        // SAFETY: QEMU's PVH loader put the command line in low RAM, inside the direct map;
+        // reading stops at its NUL.
+        let byte = unsafe { phys_to_virt(PhysAddr(address + offset)).read_volatile() };
+        if byte == 0 {
+            break;
+        }
+        line.push(char::from(byte));
+    }
+    line
+}
+
+/// The PCIDs the command line asks for: `pcid` (the default count) or `pcid=N`; 0 without.
+fn pcid_tags_requested(command_line: &str) -> u16 {
+    let mut tags = 0;
+    for word in command_line.split_ascii_whitespace() {
+        if word == "pcid" {
+            tags = paging::DEFAULT_PCID_TAGS;
+        } else if let Some(count) = word.strip_prefix("pcid=") {
+            tags = count.parse().unwrap_or_else(|_| {
+                panic!("bad kernel argument `{word}`: expected pcid=N, N in 0..=65535")
+            });
+        }
+    }
+    tags
 }
 
 fn info_at(pa: u64) -> u64 {
@@ -360,6 +443,7 @@ extern "C" fn x86_64_ap_entry() -> ! {
     cpu::load_idt();
     set_percpu(index);
     paging::load_kernel_root();
+    paging::enable_pcids_here();
     apic::init_this_cpu();
     interrupts_restore(true);
     smp::worker_loop()
