@@ -227,6 +227,14 @@ pub unsafe trait Platform: Send + Sync {
     /// [`crate::tlb::Tlb::new`] (the crate's one source for the number of CPUs).
     fn current_cpu(&self) -> usize;
 
+    /// The memory attributes of user pages (aarch64: the MAIR_EL1 index the kernel programmed as
+    /// normal write-back memory, and the shareability). Optional: the default is index 0, inner
+    /// shareable. On bare-metal aarch64 the crate reads MAIR_EL1 when it makes an address space
+    /// and refuses an index that holds a Device attribute.
+    fn memory_attributes(&self) -> crate::arch::MemoryAttributes {
+        crate::arch::MemoryAttributes::DEFAULT
+    }
+
     /// Keeps the calling thread on its CPU until the matching [`Platform::preempt_enable`]; calls
     /// nest. The crate calls it through [`CpuPin`] around every shootdown and activation. Optional:
     /// the default does nothing, which is right for a kernel that never migrates a thread while it

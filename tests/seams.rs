@@ -587,3 +587,43 @@ fn the_simulated_kernel_sits_in_its_slot() {
     let entry = machine.read_phys(PhysAddr(root.0 + 8 * KERNEL_SLOT as u64));
     assert!(X86_64::is_valid(entry));
 }
+
+/// A CPU that caches a narrower translation than the page table now holds faults on it (as
+/// aarch64 does: the entry stays in its TLB); the crate's fault path invalidates it, so the
+/// access then succeeds instead of faulting forever.
+#[test]
+fn the_fault_path_drops_the_narrower_entry_it_upgrades() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let vmo = patterned_vmo(&p, 1);
+        let addr = map_rw(&p, p.root_vmar_handle(), vmo, 0, 1);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        // Make the entry read-only behind the crate's back, and let the CPU cache it so.
+        let (frame, _) = p.aspace().query(addr).unwrap_or_else(|| {
+            cpu.load(addr).unwrap();
+            p.aspace().query(addr).unwrap()
+        });
+        let ro = zx_vm::arch::MmuFlags::READ | zx_vm::arch::MmuFlags::USER;
+        p.aspace()
+            .with_page_table_unsynchronized(|table, platform| {
+                let mut pending = zx_vm::tlb::PendingFlush::new();
+                table.protect(platform, addr, addr + PAGE_SIZE, ro, &mut pending);
+            });
+        cpu.invalidate_page(addr);
+        assert_eq!(cpu.load(addr).unwrap(), pattern(0, 0));
+        assert_eq!(cpu.tlb_entry(addr).unwrap().flags, ro);
+        // The table is writable again (as after another CPU's fault), the TLB still says not.
+        let rw = ro | zx_vm::arch::MmuFlags::WRITE;
+        p.aspace()
+            .with_page_table_unsynchronized(|table, platform| {
+                table.map(platform, addr, frame, rw).unwrap();
+            });
+        assert_eq!(cpu.tlb_entry(addr).unwrap().flags, ro);
+        cpu.store(addr, 42)
+            .expect("the fault path invalidated the stale entry");
+        assert_eq!(cpu.load(addr).unwrap(), 42);
+        cpu.switch_to(None);
+    }
+}

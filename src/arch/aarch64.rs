@@ -1,20 +1,20 @@
 //! VMSAv8-64 stage-1 translation, 4 KiB granule, 48-bit addresses: the descriptor codec, and (on
 //! bare metal) the TLB maintenance instructions.
 
-use super::{MmuFlags, PteFormat};
+use super::{MemoryAttributes, MmuFlags, PteFormat, Shareability};
 use crate::platform::PhysAddr;
 
 const VALID: u64 = 1 << 0;
 /// Bit 1: a table descriptor at levels 0-2, a page descriptor at level 3.
 const TABLE_OR_PAGE: u64 = 1 << 1;
-/// AttrIndx = 0: MAIR_EL1 attribute 0, which the kernel programs as normal write-back memory.
-const ATTR_NORMAL: u64 = 0 << 2;
+/// AttrIndx, bits 4:2: the MAIR_EL1 attribute the kernel programs as normal write-back memory.
+const ATTR_INDEX_SHIFT: u64 = 2;
 /// AP[1]: EL0 may access.
 const AP_EL0: u64 = 1 << 6;
 /// AP[2]: read-only.
 const AP_READ_ONLY: u64 = 1 << 7;
-/// SH = 0b11: inner shareable.
-const INNER_SHAREABLE: u64 = 0b11 << 8;
+/// SH, bits 9:8.
+const SH_SHIFT: u64 = 8;
 /// The access flag, pre-set so that no access-flag fault is taken.
 const ACCESS_FLAG: u64 = 1 << 10;
 /// Not global: the translation is tagged with the ASID.
@@ -53,13 +53,18 @@ impl PteFormat for Aarch64 {
     }
 
     #[inline]
-    fn page_entry(pa: PhysAddr, flags: MmuFlags) -> u64 {
-        let mut entry = (pa.0 & ADDRESS_MASK)
-            | VALID
-            | TABLE_OR_PAGE
-            | ATTR_NORMAL
-            | INNER_SHAREABLE
-            | ACCESS_FLAG;
+    fn attribute_bits(attrs: MemoryAttributes) -> u64 {
+        let sh = match attrs.shareability {
+            Shareability::Non => 0b00,
+            Shareability::Outer => 0b10,
+            Shareability::Inner => 0b11,
+        };
+        (u64::from(attrs.mair_index & 7) << ATTR_INDEX_SHIFT) | (sh << SH_SHIFT)
+    }
+
+    #[inline]
+    fn page_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64 {
+        let mut entry = (pa.0 & ADDRESS_MASK) | VALID | TABLE_OR_PAGE | attrs | ACCESS_FLAG;
         if !flags.contains(MmuFlags::WRITE) {
             entry |= AP_READ_ONLY;
         }

@@ -10,6 +10,7 @@
 
 mod aarch64;
 mod page_table;
+pub mod regime;
 mod x86_64;
 
 pub use self::aarch64::Aarch64;
@@ -69,11 +70,62 @@ pub trait PteFormat: Send + Sync + 'static {
     /// An entry pointing at the next-level table at `pa`.
     fn table_entry(pa: PhysAddr) -> u64;
 
-    /// A level-0 entry mapping the frame at `pa` with `flags` (which include [`MmuFlags::READ`]).
-    fn page_entry(pa: PhysAddr, flags: MmuFlags) -> u64;
+    /// A level-0 entry mapping the frame at `pa` with `flags` (which include [`MmuFlags::READ`]),
+    /// with the default memory attributes ([`MemoryAttributes::DEFAULT`]).
+    fn page_entry(pa: PhysAddr, flags: MmuFlags) -> u64 {
+        Self::page_entry_with(pa, flags, Self::attribute_bits(MemoryAttributes::DEFAULT))
+    }
+
+    /// A level-0 entry as [`PteFormat::page_entry`], with the memory-attribute bits `attrs`
+    /// (from [`PteFormat::attribute_bits`]).
+    fn page_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64;
+
+    /// The entry bits that give a page the memory attributes `attrs` (aarch64: AttrIndx and SH;
+    /// x86_64: none, PAT entry 0 is write-back).
+    fn attribute_bits(attrs: MemoryAttributes) -> u64;
 
     /// The permissions of a valid level-0 entry.
     fn page_flags(entry: u64) -> MmuFlags;
+}
+
+/// How normal memory (user pages) is described to the MMU. aarch64 only: x86_64 pages use PAT
+/// entry 0, write-back after reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryAttributes {
+    /// The MAIR_EL1 attribute index (0-7) that the kernel programmed as normal write-back memory.
+    pub mair_index: u8,
+    /// The shareability of user pages.
+    pub shareability: Shareability,
+}
+
+impl MemoryAttributes {
+    /// Attribute index 0, inner shareable: what the crate used before it asked.
+    pub const DEFAULT: MemoryAttributes = MemoryAttributes {
+        mair_index: 0,
+        shareability: Shareability::Inner,
+    };
+
+    /// Whether the values can be encoded (an index below 8).
+    pub const fn is_valid(self) -> bool {
+        self.mair_index < 8
+    }
+}
+
+impl Default for MemoryAttributes {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The shareability domain of normal memory (aarch64 SH bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shareability {
+    /// SH = 0b00.
+    Non,
+    /// SH = 0b10.
+    Outer,
+    /// SH = 0b11: every CPU of an SMP system.
+    Inner,
 }
 
 /// The page-table formats, for choosing one at run time.

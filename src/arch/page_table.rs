@@ -8,7 +8,9 @@
 //! the pages to invalidate and the table pages to free in a [`PendingFlush`], and the caller hands
 //! that to [`crate::tlb`], which invalidates first and frees after.
 
-use super::{entry_span, table_index, Format, MmuFlags, PteFormat, ENTRIES, LEVELS};
+use super::{
+    entry_span, table_index, Format, MemoryAttributes, MmuFlags, PteFormat, ENTRIES, LEVELS,
+};
 use crate::abi::Status;
 use crate::platform::{PhysAddr, Platform};
 use crate::tlb::PendingFlush;
@@ -53,6 +55,8 @@ pub struct PageTable<F: PteFormat> {
     /// The root slots this tree owns, `first..=last`: those that cover its user range. Every
     /// table below them was made here; every other root slot is the kernel's, never touched.
     slots: (usize, usize),
+    /// The memory-attribute bits of every leaf ([`PteFormat::attribute_bits`]).
+    attrs: u64,
     _format: PhantomData<F>,
 }
 
@@ -79,13 +83,25 @@ impl<F: PteFormat> PageTable<F> {
     /// A tree with an empty root table that maps only `[start, end)` (page aligned, inside the
     /// lower half: `ZX_ERR_INVALID_ARGS` otherwise) and owns just the root slots covering it.
     pub fn with_user_range(platform: &dyn Platform, start: u64, end: u64) -> Result<Self, Status> {
-        if !valid_user_range(start, end) {
+        Self::with_attributes(platform, start, end, MemoryAttributes::DEFAULT)
+    }
+
+    /// As [`PageTable::with_user_range`], with leaves of memory attributes `attrs`
+    /// (`ZX_ERR_INVALID_ARGS` for an index above 7).
+    pub fn with_attributes(
+        platform: &dyn Platform,
+        start: u64,
+        end: u64,
+        attrs: MemoryAttributes,
+    ) -> Result<Self, Status> {
+        if !valid_user_range(start, end) || !attrs.is_valid() {
             return Err(Status::InvalidArgs);
         }
         Ok(PageTable {
             root: new_table(platform)?,
             tables: 1,
             slots: root_slots(start, end),
+            attrs: F::attribute_bits(attrs),
             _format: PhantomData,
         })
     }
@@ -153,6 +169,7 @@ impl<F: PteFormat> PageTable<F> {
                 .all(|e| !F::is_valid(e.load(Ordering::Relaxed)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn protect_level(
         platform: &dyn Platform,
         table_pa: PhysAddr,
@@ -160,6 +177,7 @@ impl<F: PteFormat> PageTable<F> {
         start: u64,
         end: u64,
         flags: MmuFlags,
+        attrs: u64,
         out: &mut PendingFlush,
     ) {
         // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller's &mut.
@@ -172,7 +190,7 @@ impl<F: PteFormat> PageTable<F> {
             let entry = slot.load(Ordering::Relaxed);
             if F::is_valid(entry) {
                 if level == 0 {
-                    let new = F::page_entry(F::address(entry), flags);
+                    let new = F::page_entry_with(F::address(entry), flags, attrs);
                     if new != entry {
                         slot.store(new, Ordering::Release);
                         out.add_page(va);
@@ -185,6 +203,7 @@ impl<F: PteFormat> PageTable<F> {
                         va,
                         entry_end,
                         flags,
+                        attrs,
                         out,
                     );
                 }
@@ -290,16 +309,18 @@ pub trait PageTableOps: Send {
     /// How many table pages the tree holds, its root included (0 once released).
     fn table_pages(&self) -> usize;
 
-    /// Maps the page at `va` to the frame `pa` with `flags`, allocating tables as needed.
-    /// An existing translation of `va` is replaced; the caller only replaces one that maps the same
-    /// frame with fewer permissions, which needs no invalidation.
+    /// Maps the page at `va` to the frame `pa` with `flags`, allocating tables as needed, and
+    /// answers whether a valid translation of `va` was there (the caller only replaces one that
+    /// maps the same frame, with the same or fewer permissions). A CPU may cache the old one: an
+    /// upgrade needs a local invalidation where it faulted (aarch64 keeps a narrower TLB entry
+    /// after the fault; x86_64 drops it on the #PF, but an INVLPG there costs little).
     fn map(
         &mut self,
         platform: &dyn Platform,
         va: u64,
         pa: PhysAddr,
         flags: MmuFlags,
-    ) -> Result<(), Status>;
+    ) -> Result<bool, Status>;
 
     /// Removes every translation in `[start, end)` (page aligned) and frees the tables emptied.
     fn unmap(&mut self, platform: &dyn Platform, start: u64, end: u64, out: &mut PendingFlush);
@@ -358,7 +379,7 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         va: u64,
         pa: PhysAddr,
         flags: MmuFlags,
-    ) -> Result<(), Status> {
+    ) -> Result<bool, Status> {
         let (lo, hi) = self.owned_span();
         if va < lo || va >= hi || va & 0xfff != 0 {
             // Never reached through the crate (mappings lie inside the user range); refusing
@@ -410,8 +431,11 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
             !F::is_valid(old) || F::address(old) == pa,
             "map() replaced a translation to another frame"
         );
-        slot.store(F::page_entry(pa, flags | MmuFlags::READ), Ordering::Release);
-        Ok(())
+        slot.store(
+            F::page_entry_with(pa, flags | MmuFlags::READ, self.attrs),
+            Ordering::Release,
+        );
+        Ok(F::is_valid(old))
     }
 
     fn unmap(&mut self, platform: &dyn Platform, start: u64, end: u64, out: &mut PendingFlush) {
@@ -436,7 +460,9 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         let (lo, hi) = self.owned_span();
         let (start, end) = (start.max(lo), end.min(hi));
         if start < end {
-            Self::protect_level(platform, self.root, ROOT_LEVEL, start, end, flags, out);
+            Self::protect_level(
+                platform, self.root, ROOT_LEVEL, start, end, flags, self.attrs, out,
+            );
         }
     }
 
@@ -522,24 +548,31 @@ pub fn new_page_table(
     platform: &dyn Platform,
     format: Format,
 ) -> Result<alloc::boxed::Box<dyn PageTableOps>, Status> {
-    new_page_table_for(platform, format, 0, super::USER_ADDRESS_LIMIT)
+    new_page_table_for(
+        platform,
+        format,
+        0,
+        super::USER_ADDRESS_LIMIT,
+        MemoryAttributes::DEFAULT,
+    )
 }
 
-/// A new, empty page table of `format` for the user range `[start, end)` (see
-/// [`PageTable::with_user_range`]).
+/// A new, empty page table of `format` for the user range `[start, end)` with leaves of memory
+/// attributes `attrs` (see [`PageTable::with_attributes`]).
 pub fn new_page_table_for(
     platform: &dyn Platform,
     format: Format,
     start: u64,
     end: u64,
+    attrs: MemoryAttributes,
 ) -> Result<alloc::boxed::Box<dyn PageTableOps>, Status> {
     use alloc::boxed::Box;
     Ok(match format {
-        Format::X86_64 => Box::new(PageTable::<super::X86_64>::with_user_range(
-            platform, start, end,
+        Format::X86_64 => Box::new(PageTable::<super::X86_64>::with_attributes(
+            platform, start, end, attrs,
         )?),
-        Format::Aarch64 => Box::new(PageTable::<super::Aarch64>::with_user_range(
-            platform, start, end,
+        Format::Aarch64 => Box::new(PageTable::<super::Aarch64>::with_attributes(
+            platform, start, end, attrs,
         )?),
     })
 }

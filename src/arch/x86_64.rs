@@ -1,6 +1,6 @@
 //! x86_64 4-level paging: the entry codec, and (on bare metal) the TLB instructions.
 
-use super::{MmuFlags, PteFormat};
+use super::{MemoryAttributes, MmuFlags, PteFormat};
 use crate::platform::PhysAddr;
 
 const PRESENT: u64 = 1 << 0;
@@ -44,8 +44,13 @@ impl PteFormat for X86_64 {
     }
 
     #[inline]
-    fn page_entry(pa: PhysAddr, flags: MmuFlags) -> u64 {
-        let mut entry = (pa.0 & ADDRESS_MASK) | PRESENT | ACCESSED;
+    fn attribute_bits(_attrs: MemoryAttributes) -> u64 {
+        0
+    }
+
+    #[inline]
+    fn page_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64 {
+        let mut entry = (pa.0 & ADDRESS_MASK) | PRESENT | ACCESSED | attrs;
         if flags.contains(MmuFlags::WRITE) {
             entry |= WRITABLE | DIRTY;
         }

@@ -776,14 +776,22 @@ impl SimCpu {
                         counters.tlb_hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(op(self.machine.word(PhysAddr(entry.frame.0 + offset))));
                     }
-                    // A permission fault on a cached entry: the hardware rewalks after the fault,
-                    // so drop the entry, as a fault handler's local invalidation would.
-                    tlb.entries.remove(&(tag, vpn));
                 }
-                counters.tlb_misses.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: the simulated memory is never unmapped, so every table stays readable;
-                // a table freed under the walk reads as stale or poisoned data, as on hardware.
-                let walked = unsafe { aspace.translate(va) };
+                // A permission fault on a cached entry faults without a walk. As on aarch64,
+                // the entry stays in the TLB: the crate's fault path must invalidate it once it
+                // resolved the fault, or the access faults again.
+                let cached = tlb.entries.contains_key(&(tag, vpn));
+                counters
+                    .tlb_misses
+                    .fetch_add(u64::from(!cached), Ordering::Relaxed);
+                let walked = if cached {
+                    None
+                } else {
+                    // SAFETY: the simulated memory is never unmapped, so every table stays
+                    // readable; a table freed under the walk reads as stale or poisoned data, as
+                    // on hardware.
+                    unsafe { aspace.translate(va) }
+                };
                 if let Some((frame, flags)) = walked {
                     if flags.contains(needed) {
                         tlb.entries.insert((tag, vpn), TlbEntry { frame, flags });

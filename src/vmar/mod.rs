@@ -35,7 +35,7 @@ use crate::arch::{
     USER_ADDRESS_LIMIT,
 };
 use crate::object::next_koid;
-use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform};
+use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
 use crate::tlb::{Item, PendingFlush, TlbBatch, ITEM_PAGES};
 use crate::vmo::{Vmo, VmoInner};
 use alloc::boxed::Box;
@@ -402,7 +402,15 @@ impl AddressSpace {
         size: u64,
     ) -> ZxResult<Arc<AddressSpace>> {
         let end = base.checked_add(size).ok_or(Status::InvalidArgs)?;
-        let mut mmu = new_page_table_for(&*platform, format, base, end)?;
+        let attrs = platform.memory_attributes();
+        #[cfg(all(target_arch = "aarch64", target_os = "none"))]
+        if format == Format::Aarch64 && attrs.is_valid() {
+            if let Some(problem) = crate::arch::regime::check_memory_attributes(attrs) {
+                debug_assert!(false, "zx-vm: {problem}");
+                return Err(Status::BadState);
+            }
+        }
+        let mut mmu = new_page_table_for(&*platform, format, base, end, attrs)?;
         let root_table = mmu.root();
         platform.prepare_root(root_table);
         if let Err(problem) = check_prepared_root(&*platform, format, root_table, mmu.user_slots())
@@ -729,11 +737,24 @@ impl AddressSpace {
         let pa = vmo
             .commit_page_locked(&mut inner, index)
             .map_err(|_| FaultError::NoMemory)?;
-        self.mmu
+        let replaced = self
+            .mmu
             .lock()
             .map(&*self.platform, va, pa, flags | MmuFlags::USER)
             .map_err(|_| FaultError::NoMemory)?;
         crate::arch::publish_new_entries();
+        if replaced {
+            // The entry was there already: this CPU faulted on a narrower translation it caches
+            // (another CPU's fault or a protect upgraded the entry meanwhile). aarch64 keeps such
+            // an entry in the TLB after the fault, and the access would fault forever: drop it
+            // here, so that the kernel's handler need not.
+            self.platform.invalidate_local(&TlbInvalidate {
+                asid: self.asid,
+                root: self.root_table,
+                scope: TlbScope::Pages(&[va]),
+                tables_freed: false,
+            });
+        }
         Ok(())
     }
 
