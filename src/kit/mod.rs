@@ -1,3 +1,4 @@
 //! An integration kit for hobby kernels (see the pieces below).
 
+pub mod aarch64_esr;
 pub mod frames;
