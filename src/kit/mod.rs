@@ -2,3 +2,5 @@
 
 pub mod aarch64_esr;
 pub mod frames;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
