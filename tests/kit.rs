@@ -719,6 +719,58 @@ fn single_cpu_over_simulated_memory() {
     }
 }
 
+/// A kernel that keeps slot 0 (bootloader 0.9's kernel image): address spaces start at slot 1,
+/// and the platform copies slot 0 and the upper half.
+#[test]
+fn single_cpu_with_a_lower_half_kernel() {
+    let arena = kernel_arena(64);
+    arena.write(KERNEL_ROOT, KERNEL_ENTRY); // slot 0
+    let base = 1 << 39;
+    let size = (1 << 47) - PAGE_SIZE - base;
+    let slots = KernelSlots::outside_user_range(base, size).unwrap();
+    let config = SingleCpuConfig {
+        format: Format::X86_64,
+        ..SingleCpuConfig::new(KERNEL_ROOT, slots)
+    };
+    // SAFETY: the arena maps the bump's frames and the kernel root.
+    let piece = unsafe {
+        SingleCpu::new(
+            Bump::new(FIRST_FREE, 64),
+            RecordingCpu::default(),
+            arena.base,
+            config,
+        )
+    }
+    .unwrap();
+    let piece = Arc::new(piece);
+    let aspace = AddressSpace::with_user_range(piece.clone(), Format::X86_64, base, size).unwrap();
+    let root = aspace.root_table();
+    for (slot, expected) in [
+        (0, KERNEL_ENTRY),
+        (1, 0),
+        (255, 0),
+        (256, KERNEL_ENTRY),
+        (511, KERNEL_ENTRY),
+    ] {
+        assert_eq!(
+            arena.read(PhysAddr(root.0 + slot * 8)),
+            expected,
+            "slot {slot}"
+        );
+    }
+    let vmo = zx_vm::Vmo::create(piece.clone(), PAGE_SIZE).unwrap();
+    let vmar = aspace.root_vmar();
+    let rw = zx_vm::VmOptions::PERM_READ | zx_vm::VmOptions::PERM_WRITE;
+    let va = vmar
+        .map(rw, 0, &vmo, 0, PAGE_SIZE, zx_vm::VmOptions::CAN_MAP_PERMS)
+        .unwrap();
+    assert!(va >= base);
+    aspace.page_fault(va, Access::Write).unwrap();
+    assert_eq!(arena.read(root), KERNEL_ENTRY, "slot 0 is untouched");
+    drop((vmar, vmo, aspace));
+    assert_eq!(piece.frame_stats().allocated, 0);
+}
+
 #[test]
 fn esr_decoding_routes_the_right_faults() {
     let esr = |ec: u64, iss: u64| (ec << 26) | (1 << 25) | iss;

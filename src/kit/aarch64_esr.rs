@@ -9,7 +9,7 @@
 //! # After a resolved fault: what the kernel must invalidate
 //!
 //! **x86_64** needs nothing. A page fault itself drops the faulting CPU's TLB entries for the
-//! faulting address (Intel SDM vol. 3A, 4.10.4.3), so the retried access walks the tables again
+//! faulting address (Intel SDM vol. 3A, 4.10.4.1), so the retried access walks the tables again
 //! and sees whatever [`AddressSpace::page_fault`] wrote, new entry or broader permissions alike.
 //!
 //! **aarch64**: a translation fault needs nothing beyond what the crate does. Invalid
@@ -31,6 +31,27 @@
 //! ([`AddressSpace::asid`]). On bare-metal aarch64 this is `invalidate_page_local`. The
 //! invalidation is local (no `IS`) because only this CPU faulted. If the translation is also
 //! stale elsewhere, the protect's own shootdown covers that.
+//!
+//! ```rust,ignore
+//! // In the EL1 synchronous-exception handler (`esr`, `far` read from ESR_EL1 and FAR_EL1).
+//! let Some(kind) = aarch64_esr::decode_esr(esr) else { return other_exception(esr) };
+//! let pin = CpuPin::new(&**platform);
+//! let aspace = AddressSpace::current(&pin);
+//! let resolved = match &aspace {
+//!     Some(aspace) if kind.routes_to_page_fault() && in_user_range(aspace, far) => {
+//!         aspace.page_fault(far, kind.access).is_ok()
+//!     }
+//!     _ => false,
+//! };
+//! match &aspace {
+//!     Some(aspace) if resolved => {
+//!         if kind.needs_local_invalidate() {
+//!             aarch64_esr::invalidate_page_local(far & !0xfff, aspace.asid());
+//!         }
+//!     }
+//!     _ => deliver_fault_to_thread(kind, far),
+//! }
+//! ```
 //!
 //! [`AddressSpace::page_fault`]: crate::vmar::AddressSpace::page_fault
 //! [`AddressSpace::asid`]: crate::vmar::AddressSpace::asid

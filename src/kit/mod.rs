@@ -32,15 +32,18 @@
 //!
 //! # Wiring a bootloader-0.9 kernel
 //!
-//! bootloader 0.9 loads the kernel at its link address, usually 2 MiB in root slot 0, and places
-//! the physical-memory map, the stack and the boot info in free slots. Either put all three in
-//! the upper half (`physical-memory-offset`, `kernel-stack-address` and `boot-info-address` under
-//! `[package.metadata.bootloader]`) and link the kernel there too, then pass
-//! [`KernelSlots::UPPER_HALF`](single_cpu::KernelSlots::UPPER_HALF) and use the default user range.
-//! Or, as below, leave the kernel in slot 0 and give address spaces a user range that starts at
-//! slot 1, with
-//! [`AddressSpace::with_user_range`](crate::vmar::AddressSpace::with_user_range) and the matching
-//! [`KernelSlots::outside_user_range`](single_cpu::KernelSlots::outside_user_range).
+//! bootloader 0.9 loads the kernel at its link address, usually a few MiB into root slot 0. It
+//! puts the physical-memory map, the stack and the boot info in whatever slots are free unless
+//! told where, so first tell it: set `physical-memory-offset`, `kernel-stack-address` and
+//! `boot-info-address` under `[package.metadata.bootloader]` to upper-half addresses (e.g.
+//! `"0xFFFF800000000000"`, `"0xFFFFFF8000000000"`, `"0xFFFFFFFF80000000"`). Then either link the
+//! kernel in the upper half too, pass [`KernelSlots::UPPER_HALF`](single_cpu::KernelSlots::UPPER_HALF)
+//! and keep the default user range (`Process::new`, `AddressSpace::new`). Or, as below, leave the
+//! kernel in slot 0, give address spaces a user range that starts at slot 1 with
+//! [`AddressSpace::with_user_range`](crate::vmar::AddressSpace::with_user_range), and pass the
+//! matching [`KernelSlots::outside_user_range`](single_cpu::KernelSlots::outside_user_range)
+//! (slot 0 and the upper half). The syscall layer's `Process::new` makes address spaces with the
+//! default range only, so that second way uses [`AddressSpace`](crate::AddressSpace) directly.
 //!
 //! ```rust,ignore
 //! use alloc::sync::Arc;
@@ -108,8 +111,8 @@
 //! ```
 //!
 //! Later kernel mappings made with an `OffsetPageTable` can take their frames from the same pool:
-//! `mapper.map_to(page, frame, flags, &mut platform.frames())` (x86_64: `&FreeListFrames` is a
-//! `FrameAllocator<Size4KiB>`). Make sure every kernel slot's PML4 entry exists before the first
+//! `unsafe { mapper.map_to(page, frame, flags, &mut platform.frames()) }` (x86_64:
+//! `&FreeListFrames` is a `FrameAllocator<Size4KiB>`). Make sure every kernel slot's PML4 entry exists before the first
 //! address space is made (see [`single_cpu`]).
 //!
 //! [`Platform`]: crate::Platform
