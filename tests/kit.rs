@@ -743,7 +743,8 @@ fn single_cpu_with_a_lower_half_kernel() {
     }
     .unwrap();
     let piece = Arc::new(piece);
-    let aspace = AddressSpace::with_user_range(piece.clone(), Format::X86_64, base, size).unwrap();
+    let process = Process::with_user_range(piece.clone(), Format::X86_64, base, size).unwrap();
+    let aspace = process.aspace().clone();
     let root = aspace.root_table();
     for (slot, expected) in [
         (0, KERNEL_ENTRY),
@@ -758,16 +759,18 @@ fn single_cpu_with_a_lower_half_kernel() {
             "slot {slot}"
         );
     }
-    let vmo = zx_vm::Vmo::create(piece.clone(), PAGE_SIZE).unwrap();
-    let vmar = aspace.root_vmar();
-    let rw = zx_vm::VmOptions::PERM_READ | zx_vm::VmOptions::PERM_WRITE;
-    let va = vmar
-        .map(rw, 0, &vmo, 0, PAGE_SIZE, zx_vm::VmOptions::CAN_MAP_PERMS)
-        .unwrap();
+    let (mut vmo, mut va) = (0, 0);
+    assert_eq!(zx_vmo_create(&process, PAGE_SIZE, 0, &mut vmo), ZX_OK);
+    let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+    let root_vmar = process.root_vmar_handle();
+    assert_eq!(
+        zx_vmar_map(&process, root_vmar, rw, 0, vmo, 0, PAGE_SIZE, &mut va),
+        ZX_OK
+    );
     assert!(va >= base);
     aspace.page_fault(va, Access::Write).unwrap();
     assert_eq!(arena.read(root), KERNEL_ENTRY, "slot 0 is untouched");
-    drop((vmar, vmo, aspace));
+    drop((aspace, process));
     assert_eq!(piece.frame_stats().allocated, 0);
 }
 

@@ -38,12 +38,12 @@
 //! `boot-info-address` under `[package.metadata.bootloader]` to upper-half addresses (e.g.
 //! `"0xFFFF800000000000"`, `"0xFFFFFF8000000000"`, `"0xFFFFFFFF80000000"`). Then either link the
 //! kernel in the upper half too, pass [`KernelSlots::UPPER_HALF`](single_cpu::KernelSlots::UPPER_HALF)
-//! and keep the default user range (`Process::new`, `AddressSpace::new`). Or, as below, leave the
-//! kernel in slot 0, give address spaces a user range that starts at slot 1 with
-//! [`AddressSpace::with_user_range`](crate::vmar::AddressSpace::with_user_range), and pass the
+//! and keep the default user range ([`Process::new`](crate::Process::new)). Or, as below, leave
+//! the kernel in slot 0, give processes a user range that starts at slot 1 with
+//! [`Process::with_user_range`](crate::Process::with_user_range) (or
+//! [`AddressSpace::with_user_range`](crate::vmar::AddressSpace::with_user_range)), and pass the
 //! matching [`KernelSlots::outside_user_range`](single_cpu::KernelSlots::outside_user_range)
-//! (slot 0 and the upper half). The syscall layer's `Process::new` makes address spaces with the
-//! default range only, so that second way uses [`AddressSpace`](crate::AddressSpace) directly.
+//! (slot 0 and the upper half).
 //!
 //! ```rust,ignore
 //! use alloc::sync::Arc;
@@ -55,7 +55,7 @@
 //! use zx_vm::kit::single_cpu::{KernelSlots, NativeCpu, SingleCpu, SingleCpuConfig};
 //! use zx_vm::kit::{frames::DirectMap, x86};
 //! use zx_vm::platform::CpuPin;
-//! use zx_vm::{AddressSpace, Platform};
+//! use zx_vm::{AddressSpace, Platform, Process};
 //!
 //! type KernelPlatform = SingleCpu<x86::X86Frames<BootInfoFrameAllocator>, NativeCpu, DirectMap>;
 //! static PLATFORM: Once<Arc<KernelPlatform>> = Once::new();
@@ -77,17 +77,17 @@
 //!     PLATFORM.call_once(|| Arc::new(platform));
 //! }
 //!
-//! fn new_address_space() -> Arc<AddressSpace> {
+//! fn new_process() -> Arc<Process> {
 //!     let platform: Arc<dyn Platform> = PLATFORM.get().unwrap().clone();
-//!     AddressSpace::with_user_range(platform, Format::X86_64, USER_BASE, USER_SIZE).unwrap()
+//!     Process::with_user_range(platform, Format::X86_64, USER_BASE, USER_SIZE).unwrap()
 //! }
 //!
-//! fn switch_to(aspace: &Arc<AddressSpace>) {
+//! fn switch_to(process: &Process) {
 //!     let platform = PLATFORM.get().unwrap();
 //!     let pin = CpuPin::new(&**platform);
 //!     // SAFETY: the new root holds the kernel's slots (prepare_root); the kernel switches
 //!     // address spaces only here and in `AddressSpace::deactivate`.
-//!     unsafe { aspace.activate(&pin) };
+//!     unsafe { process.aspace().activate(&pin) };
 //! }
 //!
 //! extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {

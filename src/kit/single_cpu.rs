@@ -22,7 +22,8 @@
 //! - [`KernelSlots::UPPER_HALF`] (slots 256-511) suits a higher-half kernel whose address spaces
 //!   use the default user range ([`AddressSpace::new`]: the lower half, slots 0-255).
 //! - A kernel with something in the lower half gives its address spaces a user range clear of
-//!   those slots ([`AddressSpace::with_user_range`]), and passes
+//!   those slots ([`Process::with_user_range`](crate::Process::with_user_range),
+//!   [`AddressSpace::with_user_range`]), and passes
 //!   [`KernelSlots::outside_user_range`] of that range. bootloader 0.9, for one, loads the kernel
 //!   at its link address, usually a few MiB into slot 0, and puts the physical-memory map, the
 //!   stack and the boot info in whatever slots are free unless told where.
