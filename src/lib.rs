@@ -9,6 +9,8 @@
 //! - [`object`]: handles, rights and processes; [`syscall`]: Zircon's syscalls over them, with
 //!   `zx_vmar_op_range` first among them.
 //! - [`platform`]: what a kernel provides; `sim` (feature `sim`): a simulated machine for the host.
+//! - [`kit`]: an integration kit for hobby kernels: a freeing frame allocator over a bump
+//!   allocator, a ready single-CPU `Platform`, fault decoding, `x86_64` crate conversions.
 //!
 //! ```
 //! # #[cfg(feature = "sim")] {
@@ -43,6 +45,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod arch;
+pub mod kit;
 pub mod object;
 pub mod platform;
 #[cfg(all(feature = "sim", not(target_os = "none")))]

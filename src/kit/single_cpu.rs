@@ -1,0 +1,707 @@
+//! A ready [`Platform`] for a kernel that runs on one CPU.
+//!
+//! [`SingleCpu`] puts together everything the crate asks of a uniprocessor kernel:
+//! - frames from a [`FreeListFrames`] over the kernel's [`FrameSource`];
+//! - `phys_to_virt` through a [`PhysMapper`], normally the direct map ([`DirectMap`]);
+//! - a [`Tlb`] for 1 CPU. `current_cpu` is always 0, no IPI is ever sent, and
+//!   `invalidation_is_broadcast` is false: the crate invalidates on the one CPU through
+//!   [`CpuOps::invalidate_local`], and flushes an address space's tag when it comes back to it;
+//! - the CPU-specific part behind the small [`CpuOps`] trait: `NativeCpu` on bare metal, a
+//!   recording fake in host tests;
+//! - `prepare_root`, which copies the kernel's root-table entries (the [`KernelSlots`]) from the
+//!   kernel's own root table into every new address space's root.
+//!
+//! # Which root slots are the kernel's
+//!
+//! An x86_64 kernel stays mapped under every address space only if each new root table holds its
+//! PML4 entries. The crate owns the root slots that cover an address space's user range and never
+//! touches any other. After `prepare_root`, [`AddressSpace::with_user_range`] checks that the
+//! user range's slots are still empty. `prepare_root` is told only the new root, not the address
+//! space's user range, so the slots to copy are given once, at construction, as a
+//! [`KernelSlots`] set:
+//! - [`KernelSlots::UPPER_HALF`] (slots 256-511) suits a higher-half kernel whose address spaces
+//!   use the default user range ([`AddressSpace::new`]: the lower half, slots 0-255).
+//! - A kernel with something in the lower half gives its address spaces a user range clear of
+//!   those slots ([`Process::with_user_range`](crate::Process::with_user_range),
+//!   [`AddressSpace::with_user_range`]), and passes
+//!   [`KernelSlots::outside_user_range`] of that range. bootloader 0.9, for one, loads the kernel
+//!   at its link address, usually a few MiB into slot 0, and puts the physical-memory map, the
+//!   stack and the boot info in whatever slots are free unless told where.
+//!
+//! The entries are copied when each address space is made. An x86_64 kernel therefore fills every
+//! kernel slot of its own root before the first address space exists, for example by allocating
+//! the level-3 table of each kernel slot it will ever use. Its later mappings then go into those
+//! shared tables and reach every address space. An entry it adds to its root afterwards reaches
+//! only the address spaces made after that. aarch64 kernels run from `TTBR1_EL1` and pass
+//! [`KernelSlots::NONE`].
+//!
+//! [`AddressSpace::new`]: crate::vmar::AddressSpace::new
+//! [`AddressSpace::with_user_range`]: crate::vmar::AddressSpace::with_user_range
+
+use super::frames::{DirectMap, FrameSource, FrameStats, FreeListFrames, PhysMapper};
+use crate::abi::PAGE_SIZE;
+use crate::arch::{Format, ENTRIES, USER_ADDRESS_LIMIT};
+use crate::platform::{PhysAddr, Platform, TlbInvalidate};
+use crate::tlb::{Tlb, TlbConfigError};
+use core::fmt;
+use core::ops::RangeInclusive;
+
+/// Bytes one root-table slot covers (512 GiB) in both formats.
+const SLOT_SPAN: u64 = 1 << 39;
+
+/// A set of root-table slots (0-511): the kernel's entries, which [`SingleCpu`] copies into every
+/// new root table. See the module docs for how to choose them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KernelSlots {
+    bits: [u64; ENTRIES / 64],
+}
+
+/// Why a [`KernelSlots`] could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotError {
+    /// A slot at or above 512.
+    OutOfRange {
+        /// The slot given.
+        slot: usize,
+    },
+    /// A user range that is empty, unaligned or not inside the 47-bit lower half.
+    BadUserRange {
+        /// Its base.
+        base: u64,
+        /// Its size.
+        size: u64,
+    },
+}
+
+impl fmt::Display for SlotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SlotError::OutOfRange { slot } => write!(f, "root slot {slot} is not below 512"),
+            SlotError::BadUserRange { base, size } => write!(
+                f,
+                "user range {base:#x} + {size:#x} is not a page-aligned, non-empty range below 2^47"
+            ),
+        }
+    }
+}
+
+impl KernelSlots {
+    /// No slot: for aarch64, whose kernel runs from `TTBR1_EL1`.
+    pub const NONE: KernelSlots = KernelSlots {
+        bits: [0; ENTRIES / 64],
+    };
+
+    /// Slots 256-511: the upper half, for a higher-half x86_64 kernel.
+    pub const UPPER_HALF: KernelSlots = KernelSlots {
+        bits: [0, 0, 0, 0, u64::MAX, u64::MAX, u64::MAX, u64::MAX],
+    };
+
+    /// The slots of `range`, or an error if it reaches past 511 (an empty range is no slot).
+    pub fn range(range: RangeInclusive<usize>) -> Result<Self, SlotError> {
+        let mut slots = KernelSlots::NONE;
+        for slot in range {
+            slots.insert(slot)?;
+        }
+        Ok(slots)
+    }
+
+    /// Every slot but those covering the user range `[base, base + size)`: what an address space
+    /// with that range leaves to the kernel. The range is checked as
+    /// [`AddressSpace::with_user_range`](crate::vmar::AddressSpace::with_user_range) checks it.
+    pub fn outside_user_range(base: u64, size: u64) -> Result<Self, SlotError> {
+        let bad = SlotError::BadUserRange { base, size };
+        let end = base.checked_add(size).ok_or(bad)?;
+        if size == 0
+            || !base.is_multiple_of(PAGE_SIZE)
+            || !size.is_multiple_of(PAGE_SIZE)
+            || end > USER_ADDRESS_LIMIT
+        {
+            return Err(bad);
+        }
+        let (first, last) = (
+            (base / SLOT_SPAN) as usize,
+            ((end - 1) / SLOT_SPAN) as usize,
+        );
+        let mut slots = KernelSlots::NONE;
+        for slot in (0..ENTRIES).filter(|slot| !(first..=last).contains(slot)) {
+            slots.insert(slot)?;
+        }
+        Ok(slots)
+    }
+
+    /// Adds `slot`.
+    pub fn insert(&mut self, slot: usize) -> Result<(), SlotError> {
+        if slot >= ENTRIES {
+            return Err(SlotError::OutOfRange { slot });
+        }
+        self.bits[slot / 64] |= 1 << (slot % 64);
+        Ok(())
+    }
+
+    /// Whether `slot` is in the set.
+    pub const fn contains(&self, slot: usize) -> bool {
+        slot < ENTRIES && self.bits[slot / 64] & (1 << (slot % 64)) != 0
+    }
+
+    /// How many slots are in the set.
+    pub fn len(&self) -> usize {
+        self.bits
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bits == [0; ENTRIES / 64]
+    }
+
+    /// Whether no slot of the set covers any of `[base, base + size)` (a range that wraps is
+    /// never clear): then an address space with that user range keeps every slot the set copies.
+    pub fn is_clear_of(&self, base: u64, size: u64) -> bool {
+        let Some(end) = base.checked_add(size) else {
+            return false;
+        };
+        if size == 0 {
+            return true;
+        }
+        let (first, last) = (base / SLOT_SPAN, (end - 1) / SLOT_SPAN);
+        (first..=last.min(ENTRIES as u64 - 1)).all(|slot| !self.contains(slot as usize))
+    }
+
+    /// The slots, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..ENTRIES).filter(|&slot| self.contains(slot))
+    }
+}
+
+impl fmt::Debug for KernelSlots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// The CPU-specific part of a [`SingleCpu`]: loading roots and invalidating the local TLB.
+///
+/// # Safety
+/// Each method does what the [`Platform`] method of the same name promises:
+/// [`CpuOps::load_root`] makes `root` (tagged `asid`, flushed first with `flush`) the CPU's user
+/// address space; [`CpuOps::load_kernel_root`] leaves the CPU with no user address space and no
+/// translation from one loaded before (bar tagged ones under their tag);
+/// [`CpuOps::invalidate_local`] carries the request out on the CPU, complete when it returns.
+pub unsafe trait CpuOps: Send + Sync {
+    /// As [`Platform::load_root`].
+    ///
+    /// # Safety
+    /// As for [`Platform::load_root`].
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool);
+
+    /// As [`Platform::load_kernel_root`].
+    ///
+    /// # Safety
+    /// As for [`Platform::load_kernel_root`].
+    unsafe fn load_kernel_root(&self);
+
+    /// As [`Platform::invalidate_local`].
+    fn invalidate_local(&self, request: &TlbInvalidate<'_>);
+}
+
+/// The real instructions, through the crate's `arch::native_tlb`: CR3 and INVLPG/INVPCID on
+/// x86_64, TTBR0_EL1 and TLBI on aarch64. Bare metal only.
+///
+/// Without user address space, x86_64 runs on the kernel's own root table (given at
+/// construction); aarch64 runs on an empty table loaded into TTBR0_EL1 (its kernel lives behind
+/// TTBR1_EL1).
+#[cfg(all(
+    target_os = "none",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[derive(Debug)]
+pub struct NativeCpu {
+    /// x86_64: the kernel's root table; aarch64: an empty table.
+    idle_root: PhysAddr,
+}
+
+#[cfg(all(
+    target_os = "none",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+impl NativeCpu {
+    /// x86_64: the CPU runs on `kernel_root` when no user address space is loaded.
+    ///
+    /// # Safety
+    /// `kernel_root` is the kernel's live PML4 (the one in CR3 at boot): it maps the kernel's
+    /// code, stack and data, and stays allocated for good. It is loaded with PCID 0.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn new(kernel_root: PhysAddr) -> Self {
+        NativeCpu {
+            idle_root: kernel_root,
+        }
+    }
+
+    /// aarch64: the CPU loads `empty_table` into TTBR0_EL1, with ASID 0, when no user address
+    /// space is loaded.
+    ///
+    /// # Safety
+    /// `empty_table` is a zeroed 4 KiB frame, used for nothing else and never freed: every
+    /// lower-half access through it faults.
+    #[cfg(target_arch = "aarch64")]
+    pub unsafe fn with_empty_table(empty_table: PhysAddr) -> Self {
+        NativeCpu {
+            idle_root: empty_table,
+        }
+    }
+
+    /// The table loaded when no user address space is: the kernel's root (x86_64) or the empty
+    /// table (aarch64).
+    pub fn idle_root(&self) -> PhysAddr {
+        self.idle_root
+    }
+}
+
+#[cfg(all(
+    target_os = "none",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+// SAFETY: `native_tlb::load_root` loads CR3 / TTBR0_EL1 as `Platform::load_root` promises (and
+// the crate's own bare-metal default does the same). Loading the idle root with tag 0 and a flush
+// leaves no translation of a user root (x86_64: CR3 with PCID 0 drops untagged non-global
+// entries, and tagged ones stay under their PCID; aarch64: the empty table and TLBI ASIDE1 of
+// ASID 0). `invalidate_local` is the crate's bare-metal default: INVLPG/INVPCID on x86_64, TLBI
+// ...IS on aarch64 (which on one CPU is the local invalidation).
+unsafe impl CpuOps for NativeCpu {
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+        // SAFETY: forwarded from the caller (`Platform::load_root`'s contract).
+        unsafe { crate::arch::native_tlb::load_root(root, asid, flush) }
+    }
+
+    unsafe fn load_kernel_root(&self) {
+        // SAFETY: the idle root maps the kernel (x86_64: it is the kernel's own root, `new`'s
+        // contract) or is an empty lower-half table while the kernel runs from TTBR1_EL1
+        // (aarch64, `with_empty_table`'s contract); the caller touches no user address next.
+        unsafe { crate::arch::native_tlb::load_root(self.idle_root, 0, true) }
+    }
+
+    fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
+        #[cfg(target_arch = "x86_64")]
+        crate::arch::native_tlb::invalidate_local(request);
+        #[cfg(target_arch = "aarch64")]
+        crate::arch::native_tlb::invalidate_broadcast(request);
+    }
+}
+
+/// What a [`SingleCpu`] is built with, besides its frames and its [`CpuOps`].
+#[derive(Clone, Copy, Debug)]
+pub struct SingleCpuConfig {
+    /// The page-table format of the [`Tlb`] (its tag limit). Default: [`Format::NATIVE`].
+    pub format: Format,
+    /// ASIDs/PCIDs for [`Tlb::new`]. Default 0: untagged, which needs nothing of the CPU. x86_64
+    /// may pass up to 4095 only with CR4.PCIDE set and INVPCID present; aarch64 up to 255 with
+    /// 8-bit ASIDs, or 65535 with TCR_EL1.AS set.
+    pub tags: u16,
+    /// The kernel's own root table: the one in CR3 at boot on x86_64 (`Cr3::read()`). Its
+    /// `kernel_slots` entries are copied into every new root. Unused (any aligned address) when
+    /// `kernel_slots` is empty.
+    pub kernel_root: PhysAddr,
+    /// The root slots to copy: see the module docs.
+    pub kernel_slots: KernelSlots,
+}
+
+impl SingleCpuConfig {
+    /// The native format, no tags, and the kernel's root and slots.
+    pub const fn new(kernel_root: PhysAddr, kernel_slots: KernelSlots) -> Self {
+        SingleCpuConfig {
+            format: Format::NATIVE,
+            tags: 0,
+            kernel_root,
+            kernel_slots,
+        }
+    }
+}
+
+/// Why a [`SingleCpu`] could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SingleCpuError {
+    /// [`Tlb::new`] refused the tag count.
+    Tlb(TlbConfigError),
+    /// The kernel root is not 4 KiB aligned.
+    UnalignedKernelRoot(PhysAddr),
+    /// x86_64 format: none of the kernel slots holds a present entry in the kernel root, so every
+    /// address space would unmap the kernel (the crate would refuse to make one).
+    NoKernelEntries,
+    /// No frame for the setup (aarch64: the empty table of `NativeCpu`).
+    NoMemory,
+}
+
+impl From<TlbConfigError> for SingleCpuError {
+    fn from(error: TlbConfigError) -> Self {
+        SingleCpuError::Tlb(error)
+    }
+}
+
+impl fmt::Display for SingleCpuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SingleCpuError::Tlb(error) => write!(f, "TLB configuration: {error}"),
+            SingleCpuError::UnalignedKernelRoot(pa) => {
+                write!(f, "the kernel root table {pa:?} is not 4 KiB aligned")
+            }
+            SingleCpuError::NoKernelEntries => f.write_str(
+                "none of the kernel slots holds a present entry in the kernel's root table",
+            ),
+            SingleCpuError::NoMemory => f.write_str("no frame for the setup"),
+        }
+    }
+}
+
+/// A [`Platform`] for one CPU: see the module docs.
+pub struct SingleCpu<S, C, M = DirectMap> {
+    frames: FreeListFrames<S, M>,
+    cpu: C,
+    tlb: Tlb,
+    format: Format,
+    kernel_root: PhysAddr,
+    kernel_slots: KernelSlots,
+}
+
+/// The x86_64 present bit, the same bit as aarch64's valid bit.
+const PRESENT: u64 = 1;
+
+impl<S: FrameSource, C: CpuOps> SingleCpu<S, C, DirectMap> {
+    /// The platform over `source`, with physical memory mapped at `phys_offset`.
+    ///
+    /// # Safety
+    /// What the kernel guarantees:
+    /// - the direct map at `phys_offset` maps all RAM (every frame `source` hands out and the
+    ///   kernel root) readable and writable, as normal write-back memory, for good;
+    /// - `source` keeps [`FrameSource`]'s contract;
+    /// - `config.kernel_root` is the kernel's live root table, whose `config.kernel_slots`
+    ///   entries map the kernel (x86_64);
+    /// - the machine runs one CPU (or the crate is only ever entered on one): the platform
+    ///   answers CPU 0 for `current_cpu`, and sends no IPI;
+    /// - `cpu` acts on that CPU.
+    pub unsafe fn new(
+        source: S,
+        cpu: C,
+        phys_offset: u64,
+        config: SingleCpuConfig,
+    ) -> Result<Self, SingleCpuError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::with_mapper(source, cpu, DirectMap::new(phys_offset), config) }
+    }
+}
+
+#[cfg(all(
+    target_os = "none",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+impl<S: FrameSource> SingleCpu<S, NativeCpu, DirectMap> {
+    /// The platform with the real instructions ([`NativeCpu`]): on x86_64 the idle root is
+    /// `config.kernel_root`; on aarch64 a zeroed frame taken from `source` now.
+    ///
+    /// # Safety
+    /// As for [`SingleCpu::new`], on the CPU this runs on.
+    pub unsafe fn native(
+        source: S,
+        phys_offset: u64,
+        config: SingleCpuConfig,
+    ) -> Result<Self, SingleCpuError> {
+        let map = DirectMap::new(phys_offset);
+        // SAFETY: forwarded from the caller: the direct map reaches every frame of `source`.
+        let frames = unsafe { FreeListFrames::new(source, map) };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller guarantees `kernel_root` is the kernel's live root table.
+        let cpu = unsafe { NativeCpu::new(config.kernel_root) };
+        #[cfg(target_arch = "aarch64")]
+        let cpu = {
+            let empty = frames.alloc().ok_or(SingleCpuError::NoMemory)?;
+            // SAFETY: the frame is ours (just allocated), and the direct map reaches its 4 KiB.
+            unsafe { core::ptr::write_bytes(map.phys_to_virt(empty), 0, PAGE_SIZE as usize) };
+            // SAFETY: a zeroed frame, kept by the `NativeCpu` for good (never freed).
+            unsafe { NativeCpu::with_empty_table(empty) }
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::from_frames(frames, cpu, config) }
+    }
+}
+
+impl<S: FrameSource, C: CpuOps, M: PhysMapper> SingleCpu<S, C, M> {
+    /// As [`SingleCpu::new`], with physical memory reached through `map`.
+    ///
+    /// # Safety
+    /// As for [`SingleCpu::new`], with `map` in place of the direct map: it reaches every frame
+    /// `source` hands out and the kernel root, for [`PAGE_SIZE`] bytes, 8-aligned.
+    pub unsafe fn with_mapper(
+        source: S,
+        cpu: C,
+        map: M,
+        config: SingleCpuConfig,
+    ) -> Result<Self, SingleCpuError> {
+        // SAFETY: forwarded from the caller.
+        let frames = unsafe { FreeListFrames::new(source, map) };
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::from_frames(frames, cpu, config) }
+    }
+
+    /// As [`SingleCpu::with_mapper`], over a free list the kernel has already made (and may have
+    /// used).
+    ///
+    /// # Safety
+    /// As for [`SingleCpu::with_mapper`]; `frames`' mapper reaches the kernel root too.
+    pub unsafe fn from_frames(
+        frames: FreeListFrames<S, M>,
+        cpu: C,
+        config: SingleCpuConfig,
+    ) -> Result<Self, SingleCpuError> {
+        let tlb = Tlb::new(1, config.tags, config.format)?;
+        if !config.kernel_root.0.is_multiple_of(PAGE_SIZE) {
+            return Err(SingleCpuError::UnalignedKernelRoot(config.kernel_root));
+        }
+        let piece = SingleCpu {
+            frames,
+            cpu,
+            tlb,
+            format: config.format,
+            kernel_root: config.kernel_root,
+            kernel_slots: config.kernel_slots,
+        };
+        if config.format == Format::X86_64
+            && !config
+                .kernel_slots
+                .iter()
+                .any(|slot| piece.kernel_entry(slot) & PRESENT != 0)
+        {
+            return Err(SingleCpuError::NoKernelEntries);
+        }
+        Ok(piece)
+    }
+
+    /// Entry `slot` (below 512) of the kernel root.
+    fn kernel_entry(&self, slot: usize) -> u64 {
+        let table = self
+            .frames
+            .mapper()
+            .phys_to_virt(self.kernel_root)
+            .cast::<u64>();
+        // SAFETY: the constructor's caller guaranteed the mapper reaches the kernel root for
+        // 4 KiB, 8-aligned; `slot` < 512 keeps the read inside it. Volatile: the kernel may
+        // change its root behind the compiler's back.
+        unsafe { table.add(slot).read_volatile() }
+    }
+
+    /// The frame allocator, which the kernel may use for its own frames too.
+    pub fn frames(&self) -> &FreeListFrames<S, M> {
+        &self.frames
+    }
+
+    /// The frame counts.
+    pub fn frame_stats(&self) -> FrameStats {
+        self.frames.stats()
+    }
+
+    /// The CPU operations.
+    pub fn cpu(&self) -> &C {
+        &self.cpu
+    }
+
+    /// The page-table format the [`Tlb`] was made for.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The kernel root table.
+    pub fn kernel_root(&self) -> PhysAddr {
+        self.kernel_root
+    }
+
+    /// The root slots copied into every new root.
+    pub fn kernel_slots(&self) -> KernelSlots {
+        self.kernel_slots
+    }
+}
+
+// SAFETY: the constructors' callers guaranteed what the trait asks for: frames come from the
+// `FreeListFrames` (fresh from a `FrameSource`, whose contract makes them unused RAM, or freed
+// back by the crate), each handed out once until freed; `phys_to_virt` is the mapper they vouched
+// for; one CPU, so `current_cpu` is 0, below the `Tlb`'s count of 1, and never changes; `tlb` is
+// always the same; `send_ipi` is never needed (no other CPU); `CpuOps`' contract covers the TLB
+// and root operations; `prepare_root` writes only the kernel slots, which the kernel keeps clear
+// of its address spaces' user ranges (checked by the crate after `prepare_root`).
+unsafe impl<S: FrameSource, C: CpuOps, M: PhysMapper> Platform for SingleCpu<S, C, M> {
+    fn alloc_frame(&self) -> Option<PhysAddr> {
+        self.frames.alloc()
+    }
+
+    unsafe fn free_frames(&self, frames: &[PhysAddr]) {
+        // SAFETY: the crate frees only frames it allocated here, once each, after every use.
+        unsafe { self.frames.free_all(frames) }
+    }
+
+    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+        self.frames.mapper().phys_to_virt(pa)
+    }
+
+    fn current_cpu(&self) -> usize {
+        0
+    }
+
+    fn tlb(&self) -> &Tlb {
+        &self.tlb
+    }
+
+    fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
+        self.cpu.invalidate_local(request);
+    }
+
+    fn invalidation_is_broadcast(&self) -> bool {
+        false
+    }
+
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.cpu.load_root(root, asid, flush) }
+    }
+
+    unsafe fn load_kernel_root(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.cpu.load_kernel_root() }
+    }
+
+    fn prepare_root(&self, root: PhysAddr) {
+        let table = self.frames.mapper().phys_to_virt(root).cast::<u64>();
+        for slot in self.kernel_slots.iter() {
+            let entry = self.kernel_entry(slot);
+            // SAFETY: `root` is a new root table the crate allocated from this platform, so the
+            // mapper reaches its 4 KiB, 8-aligned, and nothing else uses it yet; `slot` < 512.
+            unsafe { table.add(slot).write_volatile(entry) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmar::{Access, AddressSpace, USER_ASPACE_BASE, USER_ASPACE_SIZE};
+    use alloc::sync::Arc;
+    use alloc::vec::Vec;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    #[repr(C, align(4096))]
+    struct Frame([u8; 4096]);
+
+    /// An arena of frames reached with its own pointer's provenance (clean under Miri).
+    struct Arena(*mut Frame);
+    // SAFETY: test-only: the arena is leaked, and one thread uses it.
+    unsafe impl Send for Arena {}
+    // SAFETY: as above.
+    unsafe impl Sync for Arena {}
+
+    impl PhysMapper for Arena {
+        fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+            self.0.cast::<u8>().wrapping_add(pa.0 as usize)
+        }
+    }
+
+    struct Bump(u64, u64);
+    // SAFETY: frames 2.. of the arena, once each (frame 1 is the kernel root).
+    unsafe impl FrameSource for Bump {
+        fn alloc(&mut self) -> Option<PhysAddr> {
+            (self.0 < self.1).then(|| {
+                self.0 += 1;
+                PhysAddr::from_frame_number(self.0 - 1)
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct CountingCpu {
+        loads: AtomicUsize,
+        invalidations: AtomicUsize,
+    }
+    // SAFETY: no real CPU: nothing runs through the tables.
+    unsafe impl CpuOps for CountingCpu {
+        unsafe fn load_root(&self, _root: PhysAddr, _asid: u16, _flush: bool) {
+            self.loads.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe fn load_kernel_root(&self) {}
+        fn invalidate_local(&self, _request: &TlbInvalidate<'_>) {
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn kernel_slots_sets() {
+        assert_eq!(
+            KernelSlots::outside_user_range(USER_ASPACE_BASE, USER_ASPACE_SIZE),
+            Ok(KernelSlots::UPPER_HALF)
+        );
+        let mut slots = KernelSlots::range(3..=5).unwrap();
+        assert_eq!(slots.insert(512), Err(SlotError::OutOfRange { slot: 512 }));
+        slots.insert(511).unwrap();
+        assert_eq!(slots.iter().collect::<Vec<_>>(), [3, 4, 5, 511]);
+        assert!(!slots.contains(usize::MAX));
+        assert!(slots.is_clear_of(6 << 39, 250 << 39));
+        assert!(!slots.is_clear_of(0, u64::MAX));
+        assert_eq!(
+            KernelSlots::outside_user_range(0, u64::MAX),
+            Err(SlotError::BadUserRange {
+                base: 0,
+                size: u64::MAX
+            })
+        );
+    }
+
+    #[test]
+    fn prepare_root_copies_the_kernel_slots_and_frames_recycle() {
+        let arena: &mut [Frame] =
+            alloc::vec::Vec::from_iter((0..16).map(|_| Frame([0; 4096]))).leak();
+        let arena = Arena(arena.as_mut_ptr());
+        let kernel_root = PhysAddr(0x1000);
+        // SAFETY: frame 1 of the arena.
+        unsafe {
+            arena
+                .phys_to_virt(kernel_root)
+                .cast::<u64>()
+                .add(300)
+                .write(0x5003)
+        };
+        let config = SingleCpuConfig {
+            format: Format::X86_64,
+            tags: 4,
+            ..SingleCpuConfig::new(kernel_root, KernelSlots::UPPER_HALF)
+        };
+        // SAFETY: the arena reaches the bump's frames and the kernel root; one CPU.
+        let piece =
+            unsafe { SingleCpu::with_mapper(Bump(2, 16), CountingCpu::default(), arena, config) }
+                .unwrap();
+        let piece = Arc::new(piece);
+        let aspace = AddressSpace::new(piece.clone(), Format::X86_64).unwrap();
+        let root = piece.phys_to_virt(aspace.root_table()).cast::<u64>();
+        // SAFETY: the root is a frame of the arena, 512 entries.
+        let entries: Vec<u64> = (0..512)
+            .map(|slot| unsafe { root.add(slot).read() })
+            .collect();
+        assert_eq!(entries[300], 0x5003);
+        assert_eq!(entries.iter().filter(|&&entry| entry != 0).count(), 1);
+
+        let vmo = crate::Vmo::create(piece.clone(), PAGE_SIZE).unwrap();
+        let vmar = aspace.root_vmar();
+        let rw = crate::VmOptions::PERM_READ | crate::VmOptions::PERM_WRITE;
+        let can_map = crate::VmOptions::CAN_MAP_PERMS;
+        let mapping = vmar.map(rw, 0, &vmo, 0, PAGE_SIZE, can_map).unwrap();
+        aspace.page_fault(mapping, Access::Write).unwrap();
+        let taken = piece.frame_stats().from_source;
+        vmar.decommit(mapping, PAGE_SIZE).unwrap();
+        assert!(piece.frame_stats().free >= 1);
+        aspace.page_fault(mapping, Access::Read).unwrap();
+        assert_eq!(
+            piece.frame_stats().from_source,
+            taken,
+            "the freed frame came back"
+        );
+        drop((vmar, vmo, aspace));
+        let stats = piece.frame_stats();
+        assert_eq!((stats.allocated, stats.free), (0, stats.from_source));
+        assert_eq!(piece.cpu().loads.load(Ordering::Relaxed), 0);
+    }
+}
