@@ -1726,6 +1726,9 @@ fn vmo_test_case_size_align() {
     });
 }
 
+/// `(ZX_VM_PERM_* bits, expected status)` for each permission set vmo.cc's `Rights` tries.
+type MapCases = [(zx_vm_option_t, zx_status_t); 6];
+
 /// vmo.cc's `RightsTestMapHelper`: maps `len` bytes of `vmo` into the root VMAR with `perms`;
 /// expects `expected`; on success checks what loads and stores do, and unmaps.
 fn rights_test_map_helper(
@@ -1798,7 +1801,7 @@ fn vmo_test_case_rights() {
         // (handle rights or None for the full handle, [(perms, expected)]).
         let dup = ZX_RIGHT_DUPLICATE;
         let map = ZX_RIGHT_MAP;
-        let table: [(Option<zx_rights_t>, [(zx_vm_option_t, zx_status_t); 6]); 5] = [
+        let table: [(Option<zx_rights_t>, MapCases); 5] = [
             (
                 None,
                 [
