@@ -9,24 +9,6 @@
 
 use zx_vm::abi::{status_name, zx_status_t, Rights, VmOptions};
 
-/// Stand-ins for constants that src/ gains in parallel with this table (the topics and object
-/// types of `zx_object_get_info`). [`table`] imports `zx_vm::abi::*` inside its body, and a glob
-/// import in a block shadows these module-level items: once src/ defines a constant, the table
-/// reads the real one and its stand-in is never used again (delete it then). Until then the
-/// stand-in's value, which no `u32` constant can have, fails the comparison.
-#[allow(dead_code)]
-mod pending {
-    pub const MISSING: u64 = u64::MAX;
-}
-#[allow(dead_code)]
-const ZX_INFO_HANDLE_BASIC: u64 = pending::MISSING;
-#[allow(dead_code)]
-const ZX_INFO_VMAR: u64 = pending::MISSING;
-#[allow(dead_code)]
-const ZX_OBJ_TYPE_VMO: u64 = pending::MISSING;
-#[allow(dead_code)]
-const ZX_OBJ_TYPE_VMAR: u64 = pending::MISSING;
-
 /// One constant: its name in `src/abi.rs`, the Zircon header that defines it, the crate's value
 /// and Zircon's.
 struct Entry {
@@ -53,8 +35,6 @@ macro_rules! rows {
 /// The table.
 #[allow(clippy::vec_init_then_push)] // the rows come from a macro, group by group
 fn table() -> Vec<Entry> {
-    // Block scope: see the stand-ins above.
-    #[allow(unused_imports)]
     use zx_vm::abi::*;
     let mut t = Vec::new();
 
@@ -199,8 +179,14 @@ fn table() -> Vec<Entry> {
 
     rows!(t, "zircon/syscalls/object.h (zx_info_vmo_t flags)":
         ZX_INFO_VMO_TYPE_PAGED = 1u32 << 0,
+        ZX_INFO_VMO_RESIZABLE = 1u32 << 1,
+        ZX_INFO_VMO_VIA_HANDLE = 1u32 << 3,
         // 1u << 7 is ZX_INFO_VMO_DISCARDABLE.
         ZX_INFO_VMO_CONTIGUOUS = 1u32 << 6,
+    );
+
+    rows!(t, "zircon/types.h (zx_cache_policy)":
+        ZX_CACHE_POLICY_CACHED = 0u32,
     );
 
     rows!(t, "zircon/types.h (zx_obj_type_t)":

@@ -65,23 +65,6 @@ mod zircon {
     pub const VMO_V1_SIZE: usize = 104;
 }
 
-/// Stand-in for `zx_vm::syscall::zx_object_get_info`, which src/ gains in parallel with this
-/// suite. [`get_info`] imports `zx_vm::syscall::*` inside its body, and a glob import in a block
-/// shadows this module-level item, so the real function is called as soon as it exists and this
-/// one is never used again (delete it then). Until then every get_info test fails on the status,
-/// `ZX_ERR_BAD_SYSCALL`, which no test expects.
-#[allow(dead_code)]
-fn zx_object_get_info(
-    _process: &Process,
-    _handle: zx_handle_t,
-    _topic: u32,
-    _buffer: &mut [u8],
-    _actual: &mut usize,
-    _avail: &mut usize,
-) -> zx_status_t {
-    ZX_ERR_BAD_SYSCALL
-}
-
 /// `zx_object_get_info` into `buffer`: the status, `actual` and `avail` (both `usize::MAX` if the
 /// call left them unwritten).
 fn get_info(
@@ -90,9 +73,6 @@ fn get_info(
     topic: u32,
     buffer: &mut [u8],
 ) -> (zx_status_t, usize, usize) {
-    // Block scope: see the stand-in above.
-    #[allow(unused_imports)]
-    use zx_vm::syscall::*;
     let (mut actual, mut avail) = (usize::MAX, usize::MAX);
     let status = zx_object_get_info(p, handle, topic, buffer, &mut actual, &mut avail);
     (status, actual, avail)

@@ -2,7 +2,7 @@
 //! each problem named in words.
 //!
 //! The checks are plain functions of register values, so that they are tested on the host; on
-//! bare metal [`check_translation_regime`] reads the registers itself. A kernel calls it once at
+//! bare metal `check_translation_regime` reads the registers itself. A kernel calls it once at
 //! boot, before its first address space, and refuses to go on (or logs) on a problem: QEMU's
 //! emulation passes with several of these wrong (TCG ignores ASIDs and memory types), hardware
 //! does not.

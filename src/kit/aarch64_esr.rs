@@ -6,50 +6,33 @@
 //! [`FaultKind::routes_to_page_fault`] says so and the address lies in the current address space's
 //! user range.
 //!
-//! # After a resolved fault: what the kernel must invalidate
+//! # After a resolved fault: nothing to invalidate
 //!
-//! **x86_64** needs nothing. A page fault itself drops the faulting CPU's TLB entries for the
-//! faulting address (Intel SDM vol. 3A, 4.10.4.1), so the retried access walks the tables again
-//! and sees whatever [`AddressSpace::page_fault`] wrote, new entry or broader permissions alike.
+//! **x86_64**: a page fault itself drops the faulting CPU's TLB entries for the faulting address
+//! (Intel SDM vol. 3A, 4.10.4.1), so the retried access walks the tables again.
 //!
-//! **aarch64**: a translation fault needs nothing beyond what the crate does. Invalid
-//! descriptors are never cached, and [`AddressSpace::page_fault`] publishes the new entry itself
-//! (`DSB ISHST; ISB`, [`crate::arch::publish_new_entries`]). A permission fault is different: the
-//! TLB may hold the valid, narrower translation the CPU faulted on, and unlike x86 the fault does
-//! not drop it.
-//!
-//! The crate does store over valid entries in that case. [`AddressSpace::page_fault`] maps through
-//! [`crate::arch::PageTableOps::map`], which writes the leaf whether or not it was valid. It keeps
-//! the frame and gives the entry the mapping's current permissions. This happens when those
-//! permissions are broader than the entry the CPU faulted on, which is a `zx_vmar_protect` that
-//! widened them and whose shootdown has not reached this CPU yet. (The protect's shootdown also
-//! covers widening, so the stale translation goes eventually; until then the retried access keeps
-//! faulting.) So after `page_fault` returns `Ok` for a [`FaultClass::Permission`] fault (see
-//! [`FaultKind::needs_local_invalidate`]), the kernel drops this CPU's translation of the page
-//! before returning to the faulting code: `DSB ISH; TLBI VALE1, <operand>; DSB NSH; ISB`, with
-//! [`tlbi_va_operand`] of the page and the address space's ASID
-//! ([`AddressSpace::asid`]). On bare-metal aarch64 this is `invalidate_page_local`. The
-//! invalidation is local (no `IS`) because only this CPU faulted. If the translation is also
-//! stale elsewhere, the protect's own shootdown covers that.
+//! **aarch64**: a translation fault needs nothing: invalid descriptors are never cached, and
+//! [`AddressSpace::page_fault`] publishes the new entry itself (`DSB ISHST; ISB`,
+//! [`crate::arch::publish_new_entries`]). A permission fault is different: the TLB may hold the
+//! valid, narrower translation the CPU faulted on, and unlike x86 the fault does not drop it. The
+//! crate handles that too: when [`AddressSpace::page_fault`] finds the entry already valid (it
+//! was widened after the CPU cached it), it invalidates the page on the faulting CPU before it
+//! returns, so a kernel's handler routes the fault and returns, nothing more.
+//! [`FaultKind::needs_local_invalidate`] and `invalidate_page_local` remain for kernels that
+//! change entries behind the crate's back.
 //!
 //! ```rust,ignore
 //! // In the EL1 synchronous-exception handler (`esr`, `far` read from ESR_EL1 and FAR_EL1).
 //! let Some(kind) = aarch64_esr::decode_esr(esr) else { return other_exception(esr) };
 //! let pin = CpuPin::new(&**platform);
-//! let aspace = AddressSpace::current(&pin);
-//! let resolved = match &aspace {
-//!     Some(aspace) if kind.routes_to_page_fault() && in_user_range(aspace, far) => {
+//! let resolved = match AddressSpace::current(&pin) {
+//!     Some(aspace) if kind.routes_to_page_fault() && in_user_range(&aspace, far) => {
 //!         aspace.page_fault(far, kind.access).is_ok()
 //!     }
 //!     _ => false,
 //! };
-//! match &aspace {
-//!     Some(aspace) if resolved => {
-//!         if kind.needs_local_invalidate() {
-//!             aarch64_esr::invalidate_page_local(far & !0xfff, aspace.asid());
-//!         }
-//!     }
-//!     _ => deliver_fault_to_thread(kind, far),
+//! if !resolved {
+//!     deliver_fault_to_thread(kind, far);
 //! }
 //! ```
 //!
@@ -150,9 +133,10 @@ impl FaultKind {
             )
     }
 
-    /// Whether, once `page_fault` resolved the fault, this CPU must drop its own translation of
-    /// the page (`TLBI VALE1`) before the access is retried: a permission fault (see the module
-    /// docs). Never on x86_64, where the fault itself does it.
+    /// Whether the CPU may still cache a narrower translation of the page: a permission fault.
+    /// [`AddressSpace::page_fault`](crate::vmar::AddressSpace::page_fault) invalidates it itself
+    /// when it resolves the fault (see the module docs); a kernel that changes entries behind the
+    /// crate's back uses this with `invalidate_page_local` (bare-metal aarch64).
     pub const fn needs_local_invalidate(&self) -> bool {
         matches!(self.class, FaultClass::Permission { .. })
     }

@@ -140,7 +140,7 @@ impl<S: FrameSource, M: PhysMapper> FreeListFrames<S, M> {
             // guaranteed it came from this allocator and is no longer used; `new`'s caller
             // guaranteed that `map` reaches it (valid, 8-aligned, 8 bytes at least).
             let next = unsafe { self.map.phys_to_virt(frame).cast::<u64>().read_volatile() };
-            if next == END || next.is_multiple_of(PAGE_SIZE) {
+            if next == END || (next % PAGE_SIZE == 0) {
                 inner.head = next;
                 inner.stats.free -= 1;
             } else {
@@ -154,7 +154,7 @@ impl<S: FrameSource, M: PhysMapper> FreeListFrames<S, M> {
             return Some(frame);
         }
         let frame = inner.source.alloc()?;
-        if !frame.0.is_multiple_of(PAGE_SIZE) {
+        if frame.0 % PAGE_SIZE != 0 {
             inner.stats.rejected += 1;
             return None;
         }
@@ -181,7 +181,7 @@ impl<S: FrameSource, M: PhysMapper> FreeListFrames<S, M> {
     pub unsafe fn free_all(&self, frames: &[PhysAddr]) {
         let mut inner = self.inner.lock();
         for &frame in frames {
-            if !frame.0.is_multiple_of(PAGE_SIZE) {
+            if frame.0 % PAGE_SIZE != 0 {
                 inner.stats.rejected += 1;
                 continue;
             }

@@ -23,9 +23,9 @@
 //!   `FrameAllocator<Size4KiB>`, so that `OffsetPageTable` takes frames from the same pool.
 //! - [`aarch64_esr`]: decoding of `ESR_EL1` aborts into an access and a fault class, so a kernel
 //!   knows which faults go to
-//!   [`AddressSpace::page_fault`](crate::vmar::AddressSpace::page_fault). Its docs also cover the
-//!   TLB invalidation a resolved fault needs on each architecture: none on x86_64, and a local
-//!   `TLBI VALE1` after a permission fault on aarch64.
+//!   [`AddressSpace::page_fault`](crate::vmar::AddressSpace::page_fault). Its docs also say why a
+//!   resolved fault needs no invalidation by the kernel on either architecture (the crate drops
+//!   a narrower aarch64 TLB entry itself).
 //!
 //! Every use of the `x86_64` crate is behind `cfg(target_arch = "x86_64")`, and nothing here uses
 //! `aarch64-cpu`, so an aarch64 build of the kit needs neither crate.

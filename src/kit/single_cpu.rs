@@ -112,8 +112,8 @@ impl KernelSlots {
         let bad = SlotError::BadUserRange { base, size };
         let end = base.checked_add(size).ok_or(bad)?;
         if size == 0
-            || !base.is_multiple_of(PAGE_SIZE)
-            || !size.is_multiple_of(PAGE_SIZE)
+            || (base % PAGE_SIZE != 0)
+            || (size % PAGE_SIZE != 0)
             || end > USER_ADDRESS_LIMIT
         {
             return Err(bad);
@@ -454,7 +454,7 @@ impl<S: FrameSource, C: CpuOps, M: PhysMapper> SingleCpu<S, C, M> {
         config: SingleCpuConfig,
     ) -> Result<Self, SingleCpuError> {
         let tlb = Tlb::new(1, config.tags, config.format)?;
-        if !config.kernel_root.0.is_multiple_of(PAGE_SIZE) {
+        if config.kernel_root.0 % PAGE_SIZE != 0 {
             return Err(SingleCpuError::UnalignedKernelRoot(config.kernel_root));
         }
         let piece = SingleCpu {

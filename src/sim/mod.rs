@@ -353,7 +353,7 @@ impl SimMachine {
     }
 
     fn word(&self, pa: PhysAddr) -> &AtomicU64 {
-        assert!(pa.0.is_multiple_of(8), "unaligned physical access {pa:?}");
+        assert!(pa.0 % 8 == 0, "unaligned physical access {pa:?}");
         &self.memory[(pa.0 / 8) as usize]
     }
 
@@ -433,7 +433,7 @@ impl SimMachine {
     fn frame_index(&self, pa: PhysAddr) -> usize {
         let index = pa.frame_number() as usize;
         assert!(
-            index < self.frames && pa.0.is_multiple_of(PAGE_SIZE),
+            index < self.frames && (pa.0 % PAGE_SIZE == 0),
             "{pa:?} is not a frame of this machine"
         );
         index
@@ -807,13 +807,13 @@ impl SimCpu {
 
     /// Loads the 8-aligned word at `va`.
     pub fn load(&self, va: u64) -> Result<u64, FaultError> {
-        assert!(va.is_multiple_of(8), "unaligned load at {va:#x}");
+        assert!(va % 8 == 0, "unaligned load at {va:#x}");
         self.access(va, Access::Read, |word| word.load(Ordering::Relaxed))
     }
 
     /// Stores `value` to the 8-aligned word at `va`.
     pub fn store(&self, va: u64, value: u64) -> Result<(), FaultError> {
-        assert!(va.is_multiple_of(8), "unaligned store at {va:#x}");
+        assert!(va % 8 == 0, "unaligned store at {va:#x}");
         self.access(va, Access::Write, |word| {
             word.store(value, Ordering::Relaxed)
         })

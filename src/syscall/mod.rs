@@ -174,7 +174,6 @@ pub fn zx_object_get_info_vmo(
 ) -> zx_status_t {
     with_out(info, || {
         let (vmo, rights) = process.vmo(handle)?;
-        require(rights, Rights::INSPECT)?;
         Ok(vmo.info(rights.bits()))
     })
 }
@@ -184,11 +183,12 @@ pub fn zx_object_get_info_vmo(
 ///
 /// - `ZX_INFO_HANDLE_BASIC` ([`zx_info_handle_basic_t`]): any handle, no right needed.
 /// - `ZX_INFO_VMAR` ([`zx_info_vmar_t`]): a VMAR handle with `ZX_RIGHT_INSPECT`.
-/// - `ZX_INFO_VMO` ([`zx_info_vmo_t`], the V1 layout): a VMO handle with `ZX_RIGHT_INSPECT`.
+/// - `ZX_INFO_VMO` ([`zx_info_vmo_t`], the V1 layout): a VMO handle, no right needed (the
+///   record carries the handle's rights).
 ///
-/// As Zircon: the handle is looked up first (`ZX_ERR_BAD_HANDLE`); another topic is
-/// `ZX_ERR_NOT_SUPPORTED`; a handle to the wrong kind of object `ZX_ERR_WRONG_TYPE`; a missing
-/// right `ZX_ERR_ACCESS_DENIED`. These topics hold one record: `avail` is 1, and `actual` 1 when
+/// As Zircon: the topic is looked at first (another topic is `ZX_ERR_NOT_SUPPORTED`, whatever
+/// the handle), then the handle (`ZX_ERR_BAD_HANDLE`), its object's type (`ZX_ERR_WRONG_TYPE`)
+/// and its rights (`ZX_ERR_ACCESS_DENIED`). These topics hold one record: `avail` is 1, and `actual` 1 when
 /// `buffer` holds a whole record, else 0 with `ZX_ERR_BUFFER_TOO_SMALL` (both are written then
 /// too, so a caller learns the size it needs).
 pub fn zx_object_get_info(
@@ -200,6 +200,9 @@ pub fn zx_object_get_info(
     avail: &mut usize,
 ) -> zx_status_t {
     let record = (|| {
+        if !matches!(topic, ZX_INFO_HANDLE_BASIC | ZX_INFO_VMAR | ZX_INFO_VMO) {
+            return Err(Status::NotSupported);
+        }
         let handle = process.handle(handle)?;
         let rights = handle.rights;
         Ok(match (topic, handle.object) {
@@ -222,10 +225,7 @@ pub fn zx_object_get_info(
                     len: vmar.size(),
                 })
             }
-            (ZX_INFO_VMO, KernelObject::Vmo(vmo)) => {
-                require(rights, Rights::INSPECT)?;
-                InfoRecord::Vmo(vmo.info(rights.bits()))
-            }
+            (ZX_INFO_VMO, KernelObject::Vmo(vmo)) => InfoRecord::Vmo(vmo.info(rights.bits())),
             (ZX_INFO_VMAR | ZX_INFO_VMO, _) => return Err(Status::WrongType),
             _ => return Err(Status::NotSupported),
         })
