@@ -32,7 +32,7 @@ use crate::abi::{
 };
 use crate::arch::{
     check_prepared_root, new_page_table_for, translate_format, Format, MmuFlags, PageTableOps,
-    USER_ADDRESS_LIMIT,
+    RootProblem, USER_ADDRESS_LIMIT,
 };
 use crate::object::next_koid;
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
@@ -53,6 +53,42 @@ pub type VmarId = u64;
 pub const USER_ASPACE_BASE: u64 = 0x0100_0000;
 /// The size of the root VMAR: up to one page below the top of the 47-bit lower half.
 pub const USER_ASPACE_SIZE: u64 = USER_ADDRESS_LIMIT - PAGE_SIZE - USER_ASPACE_BASE;
+
+/// Why [`AddressSpace::create`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AspaceError {
+    /// A bad argument (`ZX_ERR_INVALID_ARGS`) or no memory (`ZX_ERR_NO_MEMORY`).
+    Status(Status),
+    /// The root table after [`Platform::prepare_root`] (`ZX_ERR_BAD_STATE`).
+    Root(RootProblem),
+    /// The CPU's translation regime (`ZX_ERR_BAD_STATE`).
+    Regime(crate::arch::regime::RegimeProblem),
+}
+
+impl From<Status> for AspaceError {
+    fn from(status: Status) -> Self {
+        AspaceError::Status(status)
+    }
+}
+
+impl From<AspaceError> for Status {
+    fn from(error: AspaceError) -> Self {
+        match error {
+            AspaceError::Status(status) => status,
+            AspaceError::Root(_) | AspaceError::Regime(_) => Status::BadState,
+        }
+    }
+}
+
+impl core::fmt::Display for AspaceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AspaceError::Status(status) => f.write_str(status.name()),
+            AspaceError::Root(problem) => write!(f, "{problem}"),
+            AspaceError::Regime(problem) => write!(f, "{problem}"),
+        }
+    }
+}
 
 /// The kind of access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,23 +427,36 @@ impl AddressSpace {
     /// (512 GiB each) that cover the range, and never reads, writes or frees any other slot, so a
     /// kernel that lives in the lower half keeps its slots by choosing a range clear of them.
     ///
-    /// After [`Platform::prepare_root`] the root is checked: the user range's slots must be
-    /// empty and, for x86_64 tables, some other slot must hold the kernel. A problem is
-    /// `ZX_ERR_BAD_STATE`; debug builds panic instead, with the problem in words (an integration
-    /// mistake to fix at bring-up, see [`crate::arch::RootProblem`]).
+    /// A root that [`Platform::prepare_root`] got wrong, or memory attributes the CPU does not
+    /// describe as normal memory, are `ZX_ERR_BAD_STATE`; [`AddressSpace::create`] says which, in
+    /// words.
     pub fn with_user_range(
         platform: Arc<dyn Platform>,
         format: Format,
         base: u64,
         size: u64,
     ) -> ZxResult<Arc<AddressSpace>> {
+        Self::create(platform, format, base, size).map_err(Status::from)
+    }
+
+    /// As [`AddressSpace::with_user_range`], with the reason for a refusal: after
+    /// [`Platform::prepare_root`] the root is checked (the user range's slots must be empty and,
+    /// for x86_64 tables, some other slot must hold the kernel: [`RootProblem`]), and on
+    /// bare-metal aarch64 MAIR_EL1 must describe the platform's attribute index as normal memory
+    /// ([`crate::arch::regime::RegimeProblem`]). Each problem prints as a sentence for the
+    /// kernel's bring-up log.
+    pub fn create(
+        platform: Arc<dyn Platform>,
+        format: Format,
+        base: u64,
+        size: u64,
+    ) -> Result<Arc<AddressSpace>, AspaceError> {
         let end = base.checked_add(size).ok_or(Status::InvalidArgs)?;
         let attrs = platform.memory_attributes();
         #[cfg(all(target_arch = "aarch64", target_os = "none"))]
         if format == Format::Aarch64 && attrs.is_valid() {
             if let Some(problem) = crate::arch::regime::check_memory_attributes(attrs) {
-                debug_assert!(false, "zx-vm: {problem}");
-                return Err(Status::BadState);
+                return Err(AspaceError::Regime(problem));
             }
         }
         let mut mmu = new_page_table_for(&*platform, format, base, end, attrs)?;
@@ -420,8 +469,7 @@ impl AddressSpace {
             mmu.abandon(&mut pending);
             // SAFETY: the root was never loaded or shared: no CPU can reach it.
             unsafe { platform.free_frames(pending.freed_tables()) };
-            debug_assert!(false, "zx-vm: {problem}");
-            return Err(Status::BadState);
+            return Err(AspaceError::Root(problem));
         }
         let (asid, dirty) = platform.tlb().asids().alloc();
         let root_vmar = 1;
