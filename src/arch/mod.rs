@@ -16,7 +16,7 @@ mod x86_64;
 pub use self::aarch64::Aarch64;
 pub use self::page_table::{
     check_prepared_root, new_page_table, new_page_table_for, translate, translate_format,
-    valid_user_range, PageTable, PageTableOps, RootProblem,
+    valid_user_range, walk, walk_format, PageTable, PageTableOps, RootProblem,
 };
 pub use self::x86_64::X86_64;
 

@@ -543,6 +543,64 @@ pub unsafe fn translate<F: PteFormat>(
     None
 }
 
+/// Walks for `va` from the table at `table_pa`, which sits at `level` (3: the root), as an MMU
+/// would, without locks: the frame and permissions of its level-0 entry, or `None` where an entry
+/// is not valid. `on_table(level, table)` is called for each table-pointing entry passed, with
+/// the level of the table it points to: what an MMU's walk caches may keep.
+///
+/// # Safety
+/// As for [`translate`], for the tables reachable from `table_pa`.
+pub unsafe fn walk<F: PteFormat>(
+    platform: &dyn Platform,
+    table_pa: PhysAddr,
+    level: usize,
+    va: u64,
+    on_table: &mut dyn FnMut(usize, PhysAddr),
+) -> Option<(PhysAddr, MmuFlags)> {
+    if va >= super::USER_ADDRESS_LIMIT || level > ROOT_LEVEL {
+        return None;
+    }
+    let mut table_pa = table_pa;
+    for level in (0..=level).rev() {
+        // SAFETY: the caller keeps every table reachable from `table_pa` readable for the walk.
+        let table = unsafe { entries(platform, table_pa) };
+        let entry = table[table_index(va, level)].load(Ordering::Acquire);
+        if !F::is_valid(entry) {
+            return None;
+        }
+        if level == 0 {
+            return Some((F::address(entry), F::page_flags(entry)));
+        }
+        if !F::is_table(entry, level) {
+            return None;
+        }
+        table_pa = F::address(entry);
+        on_table(level - 1, table_pa);
+    }
+    None
+}
+
+/// [`walk`] for a format chosen at run time.
+///
+/// # Safety
+/// As for [`walk`].
+pub unsafe fn walk_format(
+    format: Format,
+    platform: &dyn Platform,
+    table_pa: PhysAddr,
+    level: usize,
+    va: u64,
+    on_table: &mut dyn FnMut(usize, PhysAddr),
+) -> Option<(PhysAddr, MmuFlags)> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match format {
+            Format::X86_64 => walk::<super::X86_64>(platform, table_pa, level, va, on_table),
+            Format::Aarch64 => walk::<super::Aarch64>(platform, table_pa, level, va, on_table),
+        }
+    }
+}
+
 /// A new, empty page table of `format` owning the whole lower half.
 pub fn new_page_table(
     platform: &dyn Platform,

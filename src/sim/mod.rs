@@ -23,7 +23,12 @@ extern crate std;
 
 use crate::abi::PAGE_SIZE;
 use crate::arch::MmuFlags;
-use crate::arch::{Format, PteFormat, X86_64};
+
+/// Bytes one entry of a table at `level` covers (level 0: a 4 KiB page).
+const fn entry_span(level: usize) -> u64 {
+    1 << (12 + 9 * level)
+}
+use crate::arch::{walk_format, Format, PteFormat, X86_64};
 use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
 use crate::tlb::{Tlb, TlbConfigError};
 use crate::vmar::{Access, AddressSpace, FaultError};
@@ -142,10 +147,15 @@ pub struct TlbEntry {
     pub flags: MmuFlags,
 }
 
-/// A CPU's TLB: translations by (tag, virtual page number), and the tag in use.
+/// A CPU's TLB: translations by (tag, virtual page number), its walk caches, and the tag in use.
 #[derive(Default)]
 struct CpuTlb {
     entries: BTreeMap<(u16, u64), TlbEntry>,
+    /// Cached upper-level entries (x86 paging-structure caches, arm64 walk caches): by (tag, level
+    /// of the table they point to, first address that table covers), the table and the format
+    /// of the walk that cached it. A TLB miss starts its walk at the deepest one that covers the
+    /// address, so a table freed while cached here is walked through, as on hardware.
+    walks: BTreeMap<(u16, usize, u64), (PhysAddr, Format)>,
     /// The tag of the loaded user root, if any.
     tag: Option<u16>,
     /// The loaded user root table, if any: the CPU's CR3 / TTBR0_EL1.
@@ -155,6 +165,38 @@ struct CpuTlb {
 impl CpuTlb {
     fn drop_tag(&mut self, tag: u16) {
         self.entries.retain(|&(t, _), _| t != tag);
+        self.walks.retain(|&(t, _, _), _| t != tag);
+    }
+
+    /// The deepest cached walk covering `va` under `tag`: the table and its level.
+    fn cached_walk(&self, tag: u16, va: u64) -> Option<(PhysAddr, usize, Format)> {
+        (0..3).find_map(|level| {
+            let base = va & !(entry_span(level + 1) - 1);
+            self.walks
+                .get(&(tag, level, base))
+                .map(|&(table, format)| (table, level, format))
+        })
+    }
+
+    /// Drops the walk-cache entries an invalidation of the page at `va` under `tag` reaches: on
+    /// x86_64 (INVLPG, INVPCID) every one of the tag, whatever its address (Intel SDM 4.10.4.1);
+    /// on aarch64 those on `va`'s walk, and only for a non-leaf invalidation (`TLBI VAE1IS`:
+    /// `tables_freed`), since `TLBI VALE1IS` keeps them.
+    fn drop_walks(&mut self, tag: u16, va: u64, tables_freed: bool) {
+        let x86 = self
+            .walks
+            .iter()
+            .any(|(&(t, _, _), &(_, format))| t == tag && format == Format::X86_64);
+        if x86 {
+            self.walks
+                .retain(|&(t, _, _), &mut (_, format)| t != tag || format != Format::X86_64);
+        }
+        if tables_freed {
+            for level in 0..3 {
+                self.walks
+                    .remove(&(tag, level, va & !(entry_span(level + 1) - 1)));
+            }
+        }
     }
 }
 
@@ -203,7 +245,7 @@ pub struct SimMachine {
     cpus: Vec<CpuState>,
     counters: Counters,
     /// The freed-frame check's list, kept so that the check allocates nothing once warm.
-    check_scratch: Mutex<Vec<(PhysAddr, usize, u64)>>,
+    check_scratch: Mutex<Vec<(PhysAddr, usize, u64, bool)>>,
     /// Called at the start of every [`Platform::load_root`], as the CPU that loads: a test's way
     /// to run something in the middle of a context switch.
     load_root_hook: Mutex<Option<LoadRootHook>>,
@@ -382,7 +424,13 @@ impl SimMachine {
                 tlb.entries
                     .iter()
                     .filter(|(&(tag, _), _)| Some(tag) == tlb.tag)
-                    .map(|(&(_, vpn), entry)| (entry.frame, index, vpn)),
+                    .map(|(&(_, vpn), entry)| (entry.frame, index, vpn, false)),
+            );
+            cached.extend(
+                tlb.walks
+                    .iter()
+                    .filter(|(&(tag, _, _), _)| Some(tag) == tlb.tag)
+                    .map(|(&(_, _, base), &(table, _))| (table, index, base / PAGE_SIZE, true)),
             );
         }
         if cached.is_empty() {
@@ -391,11 +439,17 @@ impl SimMachine {
         cached.sort_unstable();
         let cached = &*cached;
         for frame in frames {
-            let at = cached.partition_point(|&(cached_frame, _, _)| cached_frame < *frame);
-            if let Some(&(cached_frame, cpu, vpn)) = cached.get(at) {
+            let at = cached.partition_point(|&(cached_frame, ..)| cached_frame < *frame);
+            if let Some(&(cached_frame, cpu, vpn, walk)) = cached.get(at) {
+                assert!(
+                    cached_frame != *frame || walk,
+                    "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it",
+                    vpn * PAGE_SIZE
+                );
                 assert!(
                     cached_frame != *frame,
-                    "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it",
+                    "page-table page {frame:?} freed while CPU {cpu}'s walk cache still points to \
+                     it (for addresses from {:#x})",
                     vpn * PAGE_SIZE
                 );
             }
@@ -416,6 +470,7 @@ impl SimMachine {
             TlbScope::Pages(pages) => {
                 for &va in pages {
                     tlb.entries.remove(&(request.asid, va / PAGE_SIZE));
+                    tlb.drop_walks(request.asid, va, request.tables_freed);
                 }
                 self.counters
                     .page_invalidations
@@ -644,6 +699,13 @@ unsafe impl Platform for SimMachine {
                 entry.frame
             );
         }
+        for (&(tag, _, base), &(table, _)) in tlb.walks.iter() {
+            assert!(
+                tag != asid || allocator.is_used(self.frame_index(table)),
+                "CPU {cpu} switched to tag {asid} with a cached walk for {base:#x} through freed \
+                 page-table page {table:?}"
+            );
+        }
     }
 }
 
@@ -787,10 +849,29 @@ impl SimCpu {
                 let walked = if cached {
                     None
                 } else {
+                    let root = tlb.root.ok_or(FaultError::NotMapped)?;
+                    let format = aspace.format();
+                    // The walk starts at the deepest cached entry that covers the address.
+                    let (table, level) = match tlb.cached_walk(tag, va) {
+                        Some((table, level, _)) => (table, level),
+                        None => (root, 3),
+                    };
+                    let mut seen = [(0usize, PhysAddr(0)); 3];
+                    let mut count = 0;
                     // SAFETY: the simulated memory is never unmapped, so every table stays
                     // readable; a table freed under the walk reads as stale or poisoned data, as
                     // on hardware.
-                    unsafe { aspace.translate(va) }
+                    let result = unsafe {
+                        walk_format(format, &*self.machine, table, level, va, &mut |l, t| {
+                            seen[count] = (l, t);
+                            count += 1;
+                        })
+                    };
+                    for &(level, table) in &seen[..count] {
+                        let base = va & !(entry_span(level + 1) - 1);
+                        tlb.walks.insert((tag, level, base), (table, format));
+                    }
+                    result
                 };
                 if let Some((frame, flags)) = walked {
                     if flags.contains(needed) {
