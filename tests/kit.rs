@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use zx_vm::abi::*;
-use zx_vm::arch::Format;
+use zx_vm::arch::{Format, MemoryAttributes, Shareability};
 use zx_vm::kit::aarch64_esr::{self, FaultClass};
 use zx_vm::kit::frames::{DirectMap, FrameSource, FreeListFrames, PhysMapper};
 use zx_vm::kit::single_cpu::{
@@ -20,7 +20,7 @@ use zx_vm::sim::SimMachine;
 use zx_vm::syscall::*;
 use zx_vm::tlb::TlbConfigError;
 use zx_vm::vmar::{Access, USER_ASPACE_BASE, USER_ASPACE_SIZE};
-use zx_vm::{AddressSpace, PhysAddr, Platform, Process};
+use zx_vm::{AddressSpace, PhysAddr, Platform, Process, VmOptions};
 
 /// Host memory standing in for physical memory: frame `n` is at `base + n * 4096`.
 #[repr(C, align(4096))]
@@ -372,6 +372,89 @@ fn single_cpu_refuses_bad_configurations_with_errors() {
         }),
         Ok(())
     );
+    // An x86_64 kernel entry left out of the slots (here 511) would vanish under every process.
+    let only_256 = KernelSlots::range(256..=256).unwrap();
+    let refused = make(SingleCpuConfig {
+        format: Format::X86_64,
+        kernel_slots: only_256,
+        ..config(0)
+    });
+    assert_eq!(
+        refused,
+        Err(SingleCpuError::KernelEntriesOutsideSlots { slot: 511 })
+    );
+    assert!(refused.unwrap_err().to_string().contains("slot 511"));
+    assert_eq!(
+        make(SingleCpuConfig {
+            memory_attributes: MemoryAttributes {
+                mair_index: 8,
+                shareability: Shareability::Inner
+            },
+            ..config(0)
+        }),
+        Err(SingleCpuError::BadMemoryAttributes)
+    );
+}
+
+/// The memory attributes a kernel configures are the ones its address spaces' leaves carry.
+#[test]
+fn single_cpu_hands_its_memory_attributes_to_the_page_tables() {
+    let arena = kernel_arena(16);
+    let attrs = MemoryAttributes {
+        mair_index: 1,
+        shareability: Shareability::Inner,
+    };
+    // SAFETY: the arena maps the bump's frames and the kernel root.
+    let piece = unsafe {
+        SingleCpu::new(
+            Bump::new(FIRST_FREE, 16),
+            RecordingCpu::default(),
+            arena.base,
+            SingleCpuConfig {
+                format: Format::Aarch64,
+                memory_attributes: attrs,
+                ..config(0)
+            },
+        )
+    }
+    .unwrap();
+    assert_eq!(piece.memory_attributes(), attrs);
+    let platform: Arc<dyn Platform> = Arc::new(piece);
+    let process = Process::new(platform, Format::Aarch64).unwrap();
+    let vmo = zx_vm::Vmo::create(process.platform().clone(), PAGE_SIZE).unwrap();
+    let (root, _) = process.vmar(process.root_vmar_handle()).unwrap();
+    let addr = root
+        .map(
+            VmOptions::PERM_READ | VmOptions::PERM_WRITE | VmOptions::MAP_RANGE,
+            0,
+            &vmo,
+            0,
+            PAGE_SIZE,
+            VmOptions::CAN_MAP_PERMS,
+        )
+        .unwrap();
+    vmo.write(0, &[1]).unwrap();
+    process
+        .aspace()
+        .page_fault(addr, zx_vm::vmar::Access::Read)
+        .unwrap();
+    // The leaf's AttrIndx (bits 4:2) is the kernel's index.
+    let (frame, _) = process.aspace().query(addr).unwrap();
+    let root_table = process.aspace().root_table();
+    let read = |pa: PhysAddr, index: usize| {
+        let table = process.platform().phys_to_virt(pa) as *const u64;
+        // SAFETY: a live table of the address space, reached through the platform's mapper.
+        unsafe { table.add(index).read() }
+    };
+    let mut table = root_table;
+    for level in (1..4).rev() {
+        let entry = read(table, ((addr >> (12 + 9 * level)) & 0x1ff) as usize);
+        table = PhysAddr(entry & 0x0000_ffff_ffff_f000);
+    }
+    let entry = read(table, ((addr >> 12) & 0x1ff) as usize);
+    assert_eq!(entry & 0x0000_ffff_ffff_f000, frame.0);
+    assert_eq!((entry >> 2) & 7, 1, "AttrIndx");
+    assert_eq!((entry >> 8) & 3, 0b11, "SH: inner shareable");
 }
 
 /// The whole path on the single-CPU platform: a process, a VMO mapped and faulted in, context

@@ -601,7 +601,9 @@ pub unsafe fn walk_format(
     }
 }
 
-/// A new, empty page table of `format` owning the whole lower half.
+/// A new, empty page table of `format` owning the whole lower half, with the default memory
+/// attributes (aarch64 MAIR index 0): a kernel whose index 0 is not normal memory uses
+/// [`new_page_table_for`] with its `Platform::memory_attributes()`.
 pub fn new_page_table(
     platform: &dyn Platform,
     format: Format,

@@ -78,7 +78,7 @@ pub enum FaultClass {
     /// The descriptor at `level` (1-3) does not allow the access. Route to
     /// [`AddressSpace::page_fault`](crate::vmar::AddressSpace::page_fault), which answers
     /// `AccessDenied` when the mapping does not allow it either, and otherwise upgrades the entry
-    /// (then see the module docs: a local `TLBI VALE1` is needed).
+    /// (the crate then drops the narrower cached translation itself: see the module docs).
     Permission {
         /// The table level.
         level: u8,

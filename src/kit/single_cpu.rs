@@ -40,7 +40,7 @@
 
 use super::frames::{DirectMap, FrameSource, FrameStats, FreeListFrames, PhysMapper};
 use crate::abi::PAGE_SIZE;
-use crate::arch::{Format, ENTRIES, USER_ADDRESS_LIMIT};
+use crate::arch::{Format, MemoryAttributes, ENTRIES, USER_ADDRESS_LIMIT};
 use crate::platform::{PhysAddr, Platform, TlbInvalidate};
 use crate::tlb::{Tlb, TlbConfigError};
 use core::fmt;
@@ -303,8 +303,16 @@ pub struct SingleCpuConfig {
     /// `kernel_slots` entries are copied into every new root. Unused (any aligned address) when
     /// `kernel_slots` is empty.
     pub kernel_root: PhysAddr,
-    /// The root slots to copy: see the module docs.
+    /// The root slots to copy: see the module docs. On x86_64 every present entry of the kernel
+    /// root must be among them (`SingleCpuError::KernelEntriesOutsideSlots` otherwise): an entry
+    /// left out is a kernel mapping (bootloader 0.9's identity map of low memory, a heap in the
+    /// lower half) that vanishes while a process runs.
     pub kernel_slots: KernelSlots,
+    /// aarch64: the MAIR_EL1 index the kernel programmed as normal write-back memory, and the
+    /// shareability ([`Platform::memory_attributes`]). Default index 0, inner shareable; a kernel
+    /// whose index 0 is Device memory must set it, or address spaces are refused
+    /// (`ZX_ERR_BAD_STATE`).
+    pub memory_attributes: MemoryAttributes,
 }
 
 impl SingleCpuConfig {
@@ -315,6 +323,7 @@ impl SingleCpuConfig {
             tags: 0,
             kernel_root,
             kernel_slots,
+            memory_attributes: MemoryAttributes::DEFAULT,
         }
     }
 }
@@ -329,6 +338,14 @@ pub enum SingleCpuError {
     /// x86_64 format: none of the kernel slots holds a present entry in the kernel root, so every
     /// address space would unmap the kernel (the crate would refuse to make one).
     NoKernelEntries,
+    /// x86_64 format: the kernel root has a present entry in `slot`, which is not among the
+    /// kernel slots: that kernel mapping would vanish whenever a process runs.
+    KernelEntriesOutsideSlots {
+        /// The first such slot.
+        slot: usize,
+    },
+    /// The memory-attribute index is above 7.
+    BadMemoryAttributes,
     /// No frame for the setup (aarch64: the empty table of `NativeCpu`).
     NoMemory,
 }
@@ -346,6 +363,15 @@ impl fmt::Display for SingleCpuError {
             SingleCpuError::UnalignedKernelRoot(pa) => {
                 write!(f, "the kernel root table {pa:?} is not 4 KiB aligned")
             }
+            SingleCpuError::KernelEntriesOutsideSlots { slot } => write!(
+                f,
+                "the kernel root has an entry in slot {slot}, outside the kernel slots: that \
+                 mapping would vanish while a process runs (add the slot, and keep user ranges \
+                 clear of it)"
+            ),
+            SingleCpuError::BadMemoryAttributes => {
+                f.write_str("the MAIR_EL1 attribute index is above 7")
+            }
             SingleCpuError::NoKernelEntries => f.write_str(
                 "none of the kernel slots holds a present entry in the kernel's root table",
             ),
@@ -362,6 +388,7 @@ pub struct SingleCpu<S, C, M = DirectMap> {
     format: Format,
     kernel_root: PhysAddr,
     kernel_slots: KernelSlots,
+    memory_attributes: MemoryAttributes,
 }
 
 /// The x86_64 present bit, the same bit as aarch64's valid bit.
@@ -457,6 +484,9 @@ impl<S: FrameSource, C: CpuOps, M: PhysMapper> SingleCpu<S, C, M> {
         if config.kernel_root.0 % PAGE_SIZE != 0 {
             return Err(SingleCpuError::UnalignedKernelRoot(config.kernel_root));
         }
+        if !config.memory_attributes.is_valid() {
+            return Err(SingleCpuError::BadMemoryAttributes);
+        }
         let piece = SingleCpu {
             frames,
             cpu,
@@ -464,6 +494,7 @@ impl<S: FrameSource, C: CpuOps, M: PhysMapper> SingleCpu<S, C, M> {
             format: config.format,
             kernel_root: config.kernel_root,
             kernel_slots: config.kernel_slots,
+            memory_attributes: config.memory_attributes,
         };
         if config.format == Format::X86_64
             && !config
@@ -472,6 +503,14 @@ impl<S: FrameSource, C: CpuOps, M: PhysMapper> SingleCpu<S, C, M> {
                 .any(|slot| piece.kernel_entry(slot) & PRESENT != 0)
         {
             return Err(SingleCpuError::NoKernelEntries);
+        }
+        if config.format == Format::X86_64 {
+            let outside = (0..512).find(|&slot| {
+                !config.kernel_slots.contains(slot) && piece.kernel_entry(slot) & PRESENT != 0
+            });
+            if let Some(slot) = outside {
+                return Err(SingleCpuError::KernelEntriesOutsideSlots { slot });
+            }
         }
         Ok(piece)
     }
@@ -555,6 +594,10 @@ unsafe impl<S: FrameSource, C: CpuOps, M: PhysMapper> Platform for SingleCpu<S, 
 
     fn invalidation_is_broadcast(&self) -> bool {
         false
+    }
+
+    fn memory_attributes(&self) -> MemoryAttributes {
+        self.memory_attributes
     }
 
     unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {

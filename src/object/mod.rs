@@ -14,7 +14,7 @@ use crate::abi::{
 };
 use crate::arch::Format;
 use crate::platform::Platform;
-use crate::vmar::{AddressSpace, Vmar};
+use crate::vmar::{AddressSpace, AspaceError, Vmar};
 use crate::vmo::Vmo;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -93,8 +93,19 @@ impl Process {
         base: u64,
         size: u64,
     ) -> ZxResult<Arc<Process>> {
-        let aspace = AddressSpace::with_user_range(platform.clone(), format, base, size)?;
-        Self::with_aspace(platform, aspace, DEFAULT_MAX_HANDLES)
+        Self::create(platform, format, base, size).map_err(Status::from)
+    }
+
+    /// As [`Process::with_user_range`], with the reason for a refusal in words
+    /// ([`AddressSpace::create`]): for a kernel's bring-up log.
+    pub fn create(
+        platform: Arc<dyn Platform>,
+        format: Format,
+        base: u64,
+        size: u64,
+    ) -> Result<Arc<Process>, AspaceError> {
+        let aspace = AddressSpace::create(platform.clone(), format, base, size)?;
+        Ok(Self::with_aspace(platform, aspace, DEFAULT_MAX_HANDLES)?)
     }
 
     fn with_aspace(
