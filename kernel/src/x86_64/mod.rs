@@ -311,6 +311,7 @@ extern "C" fn x86_64_boot_main(
         );
         exit_skipped();
     }
+    check_translation_regime(pcid_tags);
 
     // Memory: the hvm_start_info's memory map (version 1), RAM above the kernel image.
     let info = |offset: u64| -> u64 {
@@ -357,6 +358,37 @@ extern "C" fn x86_64_boot_main(
     PERCPU[0].online.store(true, Ordering::Release);
     start_secondaries(boot_pml4, trampoline, trampoline_len);
     crate::kmain()
+}
+
+/// Checks, before the first address space, that the boot CPU's paging set-up is what the crate's
+/// entries need (`zx_vm::arch::regime::check_translation_regime`: CR0.WP, EFER.NXE, and CR4.PCIDE
+/// when `tags` PCIDs are asked for), and stops the boot, failed, on a problem. QEMU would pass
+/// with some of these wrong (its TCG has no PCIDs to mis-tag); hardware would not. The secondary
+/// CPUs take the same CR0/EFER values from the trampoline and set CR4.PCIDE in `paging`.
+fn check_translation_regime(tags: u16) {
+    use zx_vm::arch::regime;
+    let (cr0, cr4) = (cpu::cr0(), cpu::cr4());
+    // SAFETY: IA32_EFER exists on every x86_64 CPU (long mode runs on it); reading it has no
+    // side effect.
+    let efer = unsafe { cpu::rdmsr(cpu::IA32_EFER) };
+    match regime::check_translation_regime(tags) {
+        Ok(()) => println!(
+            "translation regime: OK (check_translation_regime({tags}): CR0 {cr0:#x} WP, EFER \
+             {efer:#x} NXE, CR4 {cr4:#x}{})",
+            if tags > 0 {
+                " PCIDE"
+            } else {
+                ", PCIDE not needed"
+            }
+        ),
+        Err(problems) => {
+            println!(
+                "translation regime: {problems} (CR0 {cr0:#x}, CR4 {cr4:#x}, EFER {efer:#x})\n\
+                 RESULT: FAIL"
+            );
+            exit(false);
+        }
+    }
 }
 
 /// The kernel command line (QEMU `-append`): the hvm_start_info's `cmdline_paddr` (offset 24), a
