@@ -23,7 +23,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use zx_vm::abi::*;
-use zx_vm::arch::{Format, MmuFlags};
+use zx_vm::arch::{Format, MemoryAttributes, MmuFlags, USER_ADDRESS_LIMIT};
 use zx_vm::platform::{CpuSet, TlbInvalidate};
 use zx_vm::syscall::*;
 use zx_vm::tlb::{PendingFlush, Tlb};
@@ -139,6 +139,21 @@ fn decommit_while_reading() -> bool {
         n / 2,
         n / 2
     );
+    // aarch64: the crate's leaf descriptors carry the AttrIndx of `Platform::memory_attributes`
+    // (MAIR_EL1 attribute 1 here); the MMU must apply normal write-back memory to user pages.
+    #[cfg(target_arch = "aarch64")]
+    let attributes_ok = {
+        mm::store(addr_a, 1).expect("store");
+        let attr = arch::attribute_of(addr_a);
+        println!(
+            "decommit ({}): user page {addr_a:#x}: AT S1E1R attribute {}",
+            mode_name(),
+            arch::attribute_name(attr)
+        );
+        attr == Some(0xff)
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let attributes_ok = true;
 
     let failures = Failures {
         count: AtomicU64::new(0),
@@ -281,7 +296,7 @@ fn decommit_while_reading() -> bool {
     if !ipis_as_expected {
         println!("  unexpected IPI counts for {}", mode_name());
     }
-    bad == 0 && leaked == 0 && ipis_as_expected
+    bad == 0 && leaked == 0 && ipis_as_expected && attributes_ok
 }
 
 // =================================================================================================
@@ -328,6 +343,10 @@ unsafe impl Platform for Recording {
         KernelPlatform.invalidate_local(request)
     }
 
+    fn memory_attributes(&self) -> MemoryAttributes {
+        KernelPlatform.memory_attributes()
+    }
+
     unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
         // SAFETY: forwarded under the same contract.
         unsafe { KernelPlatform.load_root(root, asid, flush) }
@@ -351,7 +370,8 @@ fn fill(frame: PhysAddr, value: u64) {
     }
 }
 
-/// Builds a page table with the crate's walker (`zx_vm::arch::new_page_table`), maps a page to
+/// Builds a page table with the crate's walker (`zx_vm::arch::new_page_table_for`, with the
+/// platform's memory attributes, as an address space would), maps a page to
 /// frame OLD, lets every other CPU read it through its TLB, then points the entry at frame NEW
 /// with no invalidation at all. Each CPU must still read OLD (the stale translation), and NEW
 /// once it invalidated the page itself.
@@ -364,7 +384,14 @@ fn stale_tlb_negative_control() -> bool {
     let recording = Recording {
         frames: IrqSpinLock::new(Vec::new()),
     };
-    let mut table = zx_vm::arch::new_page_table(&recording, Format::NATIVE).expect("page table");
+    let mut table = zx_vm::arch::new_page_table_for(
+        &recording,
+        Format::NATIVE,
+        0,
+        USER_ADDRESS_LIMIT,
+        recording.memory_attributes(),
+    )
+    .expect("page table");
     let root = table.root();
     // As `AddressSpace::new` does: the kernel's mappings go in before the table is used.
     recording.prepare_root(root);

@@ -36,6 +36,10 @@ pub use paging::PHYS_OFFSET;
 /// The architecture's name, for messages.
 pub const NAME: &str = "x86_64";
 
+/// The memory attributes of the crate's user pages: the crate's default (x86_64 ignores them:
+/// user pages use PAT entry 0, write-back).
+pub const MEMORY_ATTRIBUTES: zx_vm::arch::MemoryAttributes = zx_vm::arch::MemoryAttributes::DEFAULT;
+
 /// A line about the TLB tags, for the kernel's banner.
 pub fn tags_summary() -> alloc::string::String {
     let (pcid, invpcid) = paging::pcid_support();
