@@ -292,14 +292,6 @@ pub fn publish_table_stores() {
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
 }
 
-/// The ASID in the calling CPU's TTBR0_EL1.
-pub fn current_asid() -> u16 {
-    let ttbr0: u64;
-    // SAFETY: reading TTBR0_EL1 has no side effect.
-    unsafe { asm!("mrs {}, ttbr0_el1", out(reg) ttbr0, options(nomem, nostack, preserves_flags)) };
-    (ttbr0 >> 48) as u16
-}
-
 /// `Platform::prepare_root`: nothing, the kernel's mappings are in TTBR1_EL1.
 pub fn prepare_root(_root: PhysAddr) {}
 
