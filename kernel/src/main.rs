@@ -30,6 +30,7 @@ mod console;
 mod contract;
 mod frames;
 mod heap;
+mod kit_scenario;
 mod mm;
 mod platform;
 mod scenarios;

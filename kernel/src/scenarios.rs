@@ -7,7 +7,9 @@
 //!    (and never a freed frame's poison); at the end every frame is back in the allocator.
 //! 2. [`stale_tlb_negative_control`]: a page-table entry changed with no invalidation is still
 //!    read through on another CPU: the harness can see a stale TLB entry (the test expects it).
-//! 3. The host's contract tests, on real CPUs ([`crate::contract`]).
+//! 3. [`crate::kit_scenario`]: the crate's single-CPU integration kit (`SingleCpu`, `NativeCpu`,
+//!    `FreeListFrames` over a bump source) on the boot CPU, with a user range of its own.
+//! 4. The host's contract tests, on real CPUs ([`crate::contract`]).
 //!
 //! Scenario 1 runs in every invalidation mode the architecture has: x86_64 by IPI; aarch64 by
 //! `TLBI ...IS` broadcast (the crate sends no IPIs) and by IPI with local `TLBI`.
@@ -44,6 +46,7 @@ pub fn run_all() -> bool {
     // aarch64 runs the rest in its default mode, broadcast (unless the broken build asks for IPIs).
     KernelPlatform::set_ipi_mode(cfg!(feature = "break-remote-flush"));
     passed &= report("stale TLB negative control", stale_tlb_negative_control());
+    passed &= report("single-CPU kit", crate::kit_scenario::run());
     let tests = contract::run();
     println!("contract: {tests} tests of tests/contract.rs passed (native format)");
     passed

@@ -292,6 +292,25 @@ pub fn publish_table_stores() {
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
 }
 
+/// The calling CPU's TTBR0_EL1: the user root table and its ASID.
+pub fn ttbr0() -> (PhysAddr, u16) {
+    let ttbr0: u64;
+    // SAFETY: reading TTBR0_EL1 has no side effect.
+    unsafe { asm!("mrs {}, ttbr0_el1", out(reg) ttbr0, options(nomem, nostack, preserves_flags)) };
+    (
+        PhysAddr(ttbr0 & 0x0000_ffff_ffff_f000),
+        (ttbr0 >> 48) as u16,
+    )
+}
+
+/// The kernel's root table (TTBR1_EL1's).
+pub fn kernel_root() -> PhysAddr {
+    let ttbr1: u64;
+    // SAFETY: reading TTBR1_EL1 has no side effect.
+    unsafe { asm!("mrs {}, ttbr1_el1", out(reg) ttbr1, options(nomem, nostack, preserves_flags)) };
+    PhysAddr(ttbr1 & 0x0000_ffff_ffff_f000)
+}
+
 /// `Platform::prepare_root`: nothing, the kernel's mappings are in TTBR1_EL1.
 pub fn prepare_root(_root: PhysAddr) {}
 

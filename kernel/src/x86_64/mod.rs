@@ -211,6 +211,16 @@ pub fn prepare_root(root: PhysAddr) {
     paging::prepare_root(root);
 }
 
+/// The kernel's own root table (no user mappings).
+pub fn kernel_root() -> PhysAddr {
+    PhysAddr(paging::kernel_root())
+}
+
+/// The kernel's root slots: those its own PML4 fills (slot 511).
+pub fn kernel_slots() -> zx_vm::kit::single_cpu::KernelSlots {
+    paging::kernel_slots()
+}
+
 /// Loads the kernel's own root table (no user mappings).
 pub fn load_kernel_root() {
     paging::load_kernel_root();
