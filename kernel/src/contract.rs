@@ -18,6 +18,7 @@ pub mod sim {
     use crate::smp;
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicU64, Ordering};
+    use zx_vm::arch::MemoryAttributes;
     use zx_vm::platform::{CpuSet, TlbInvalidate};
     use zx_vm::tlb::Tlb;
     use zx_vm::vmar::FaultError;
@@ -187,6 +188,10 @@ pub mod sim {
 
         fn invalidation_is_broadcast(&self) -> bool {
             KernelPlatform.invalidation_is_broadcast()
+        }
+
+        fn memory_attributes(&self) -> MemoryAttributes {
+            KernelPlatform.memory_attributes()
         }
 
         unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {

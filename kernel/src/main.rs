@@ -3,8 +3,10 @@
 //! It boots on QEMU (x86_64 through PVH, aarch64 on the `virt` machine) with several CPUs, gives the
 //! crate a real [`zx_vm::Platform`], and runs the scenarios in [`scenarios`]: a VMO mapped in two
 //! address spaces on different CPUs, decommitted while the other CPUs keep reading; a negative
-//! control that shows the harness can see a stale TLB entry; and the host's contract tests, run on
-//! real CPUs. The run ends with QEMU's exit status: success only if every check passed.
+//! control that shows the harness can see a stale TLB entry; the crate's single-CPU integration
+//! kit on the boot CPU ([`kit_scenario`]); and the host's contract tests, run on real CPUs. Before
+//! them the boot CPU checks the translation regime with the crate's `arch::regime`. The run ends
+//! with QEMU's exit status: success only if every check passed.
 //!
 //! Where the crate meets the kernel (search for "INTEGRATION POINT"):
 //! 1. [`platform`]: the `Platform` implementation (frames, direct map, CPU id, IPIs, TLB).
@@ -30,6 +32,7 @@ mod console;
 mod contract;
 mod frames;
 mod heap;
+mod kit_scenario;
 mod mm;
 mod platform;
 mod scenarios;

@@ -11,8 +11,11 @@
 //! when the crate made it, on x86_64; on aarch64 the kernel runs from TTBR1_EL1.)
 //!
 //! INTEGRATION POINT 3, page faults: the architecture's fault handler (x86_64 #PF, aarch64 data
-//! abort) calls [`page_fault`] with the faulting address and access; it forwards to the current
-//! address space's `AddressSpace::page_fault`, which commits the VMO page and maps it.
+//! abort) decodes the fault with the crate's kit (`kit::x86`, `kit::aarch64_esr`) and calls
+//! [`page_fault`] with the faulting address and access; it forwards to the current address
+//! space's `AddressSpace::page_fault`, which commits the VMO page and maps it. On CPU 0 the
+//! current address space may also be the single-CPU kit scenario's, on a platform of its own
+//! ([`set_single_cpu_platform`]).
 //!
 //! The scenarios run at kernel privilege on the user mappings (see `arch` for why that works:
 //! x86_64 leaves CR4.SMAP off, aarch64 leaves PSTATE.PAN off); [`load`] and [`store`] are their
@@ -21,11 +24,38 @@
 
 use crate::arch;
 use crate::platform::{KernelPlatform, COUNTERS};
+use crate::sync::IrqSpinLock;
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use zx_vm::platform::CpuPin;
 use zx_vm::vmar::{Access, FaultError};
-use zx_vm::AddressSpace;
+use zx_vm::{AddressSpace, Platform};
+
+/// A second platform, for CPU 0 only: the single-CPU kit scenario's `SingleCpu`, whose `Tlb` (and
+/// so whose record of the address space CPU 0 runs) is its own. While it is set, a fault on CPU 0
+/// that `KernelPlatform`'s record does not claim goes to the address space this platform records.
+static SINGLE_CPU: IrqSpinLock<Option<Arc<dyn Platform>>> = IrqSpinLock::new(None);
+
+/// The faults resolved through [`SINGLE_CPU`]'s address space.
+pub static SINGLE_CPU_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets (or clears) the single-CPU platform whose address space CPU 0 may run.
+pub fn set_single_cpu_platform(platform: Option<Arc<dyn Platform>>) {
+    let previous = core::mem::replace(&mut *SINGLE_CPU.lock(), platform);
+    // Dropped outside the lock (the scenario still holds the platform: never the last one).
+    drop(previous);
+}
+
+/// The address space CPU 0 runs on the single-CPU platform, if any, when `va` is in its range.
+fn single_cpu_current(va: u64) -> Option<Arc<AddressSpace>> {
+    if arch::cpu_index() != 0 {
+        return None;
+    }
+    let platform = SINGLE_CPU.lock().clone()?;
+    let aspace = AddressSpace::current(&CpuPin::new(&*platform))?;
+    let (base, size) = aspace.user_range();
+    (base..base + size).contains(&va).then_some(aspace)
+}
 
 /// Switches the calling CPU to `next` (or to no user address space).
 pub fn switch_to(next: Option<&Arc<AddressSpace>>) {
@@ -70,10 +100,19 @@ pub fn page_fault(va: u64, access: Access) -> Result<(), FaultError> {
     // Lock-free: the crate's per-CPU record is an atomic pointer that only this CPU changes, so
     // the fault handler may read it whatever it interrupted. The reference it takes cannot be
     // the last (the record holds one), so dropping it here tears nothing down.
-    let aspace = current().ok_or(FaultError::NotMapped)?;
+    if let Some(aspace) = current() {
+        let result = aspace.page_fault(va, access);
+        if result.is_ok() {
+            COUNTERS.page_faults.fetch_add(1, Ordering::Relaxed);
+        }
+        return result;
+    }
+    // The single-CPU platform's address space (the same references argument holds: its platform
+    // and its record each keep one).
+    let aspace = single_cpu_current(va).ok_or(FaultError::NotMapped)?;
     let result = aspace.page_fault(va, access);
     if result.is_ok() {
-        COUNTERS.page_faults.fetch_add(1, Ordering::Relaxed);
+        SINGLE_CPU_FAULTS.fetch_add(1, Ordering::Relaxed);
     }
     result
 }

@@ -21,6 +21,8 @@
 //!   the no-flush bit when PCIDs are on; TTBR0_EL1 with the ASID);
 //! - `load_kernel_root`: x86_64 loads the kernel's own PML4 (`x86_64/paging.rs`: no user
 //!   mappings, PCID 0); aarch64 loads the empty table into TTBR0_EL1;
+//! - `memory_attributes`: aarch64 user pages take MAIR_EL1 attribute 1 (normal write-back;
+//!   attribute 0 is the devices' Device-nGnRnE); x86_64 ignores it;
 //! - `prepare_root`: x86_64 copies the kernel's upper-half PML4 entries into every new root table
 //!   (see `x86_64/paging.rs`); aarch64 needs nothing (the kernel runs from TTBR1_EL1).
 //!
@@ -31,7 +33,7 @@ use crate::arch;
 use crate::frames::FRAMES;
 use crate::sync::Once;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use zx_vm::arch::Format;
+use zx_vm::arch::{Format, MemoryAttributes};
 use zx_vm::platform::{CpuPin, CpuSet, TlbInvalidate, TlbScope};
 use zx_vm::tlb::{Tlb, TlbConfigError};
 use zx_vm::{PhysAddr, Platform};
@@ -168,7 +170,7 @@ impl KernelPlatform {
 // - `phys_to_virt`: the direct map covers all RAM the allocator manages as normal write-back
 //   memory, the type the table walks use, and is never unmapped (x86_64: physical 0-3 GiB in
 //   1 GiB pages, and the allocator takes no RAM above 3 GiB, whose GiB is mapped uncached for the
-//   local APIC; aarch64: physical 1-4 GiB, MAIR attribute 0 = write-back, and the allocator takes
+//   local APIC; aarch64: physical 1-4 GiB, MAIR attribute 1 = write-back, and the allocator takes
 //   no RAM above 4 GiB);
 // - `current_cpu`: the index in the per-CPU block that the CPU's own register points at (x86_64
 //   GS base, aarch64 TPIDR_EL1), set once per CPU at boot and below the count given to
@@ -230,6 +232,12 @@ unsafe impl Platform for KernelPlatform {
 
     fn invalidation_is_broadcast(&self) -> bool {
         !Self::ipi_mode()
+    }
+
+    fn memory_attributes(&self) -> MemoryAttributes {
+        // aarch64: MAIR_EL1 attribute 1, normal write-back (attribute 0 is Device-nGnRnE, see
+        // `aarch64/boot.rs`); x86_64: the default, which it ignores.
+        arch::MEMORY_ATTRIBUTES
     }
 
     fn prepare_root(&self, root: PhysAddr) {

@@ -7,7 +7,9 @@
 //!    (and never a freed frame's poison); at the end every frame is back in the allocator.
 //! 2. [`stale_tlb_negative_control`]: a page-table entry changed with no invalidation is still
 //!    read through on another CPU: the harness can see a stale TLB entry (the test expects it).
-//! 3. The host's contract tests, on real CPUs ([`crate::contract`]).
+//! 3. [`crate::kit_scenario`]: the crate's single-CPU integration kit (`SingleCpu`, `NativeCpu`,
+//!    `FreeListFrames` over a bump source) on the boot CPU, with a user range of its own.
+//! 4. The host's contract tests, on real CPUs ([`crate::contract`]).
 //!
 //! Scenario 1 runs in every invalidation mode the architecture has: x86_64 by IPI; aarch64 by
 //! `TLBI ...IS` broadcast (the crate sends no IPIs) and by IPI with local `TLBI`.
@@ -23,7 +25,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use zx_vm::abi::*;
-use zx_vm::arch::{Format, MmuFlags};
+use zx_vm::arch::{Format, MemoryAttributes, MmuFlags, USER_ADDRESS_LIMIT};
 use zx_vm::platform::{CpuSet, TlbInvalidate};
 use zx_vm::syscall::*;
 use zx_vm::tlb::{PendingFlush, Tlb};
@@ -44,6 +46,7 @@ pub fn run_all() -> bool {
     // aarch64 runs the rest in its default mode, broadcast (unless the broken build asks for IPIs).
     KernelPlatform::set_ipi_mode(cfg!(feature = "break-remote-flush"));
     passed &= report("stale TLB negative control", stale_tlb_negative_control());
+    passed &= report("single-CPU kit", crate::kit_scenario::run());
     let tests = contract::run();
     println!("contract: {tests} tests of tests/contract.rs passed (native format)");
     passed
@@ -139,6 +142,21 @@ fn decommit_while_reading() -> bool {
         n / 2,
         n / 2
     );
+    // aarch64: the crate's leaf descriptors carry the AttrIndx of `Platform::memory_attributes`
+    // (MAIR_EL1 attribute 1 here); the MMU must apply normal write-back memory to user pages.
+    #[cfg(target_arch = "aarch64")]
+    let attributes_ok = {
+        mm::store(addr_a, 1).expect("store");
+        let attr = arch::attribute_of(addr_a);
+        println!(
+            "decommit ({}): user page {addr_a:#x}: AT S1E1R attribute {}",
+            mode_name(),
+            arch::attribute_name(attr)
+        );
+        attr == Some(0xff)
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let attributes_ok = true;
 
     let failures = Failures {
         count: AtomicU64::new(0),
@@ -281,7 +299,7 @@ fn decommit_while_reading() -> bool {
     if !ipis_as_expected {
         println!("  unexpected IPI counts for {}", mode_name());
     }
-    bad == 0 && leaked == 0 && ipis_as_expected
+    bad == 0 && leaked == 0 && ipis_as_expected && attributes_ok
 }
 
 // =================================================================================================
@@ -328,6 +346,10 @@ unsafe impl Platform for Recording {
         KernelPlatform.invalidate_local(request)
     }
 
+    fn memory_attributes(&self) -> MemoryAttributes {
+        KernelPlatform.memory_attributes()
+    }
+
     unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
         // SAFETY: forwarded under the same contract.
         unsafe { KernelPlatform.load_root(root, asid, flush) }
@@ -351,7 +373,8 @@ fn fill(frame: PhysAddr, value: u64) {
     }
 }
 
-/// Builds a page table with the crate's walker (`zx_vm::arch::new_page_table`), maps a page to
+/// Builds a page table with the crate's walker (`zx_vm::arch::new_page_table_for`, with the
+/// platform's memory attributes, as an address space would), maps a page to
 /// frame OLD, lets every other CPU read it through its TLB, then points the entry at frame NEW
 /// with no invalidation at all. Each CPU must still read OLD (the stale translation), and NEW
 /// once it invalidated the page itself.
@@ -364,7 +387,14 @@ fn stale_tlb_negative_control() -> bool {
     let recording = Recording {
         frames: IrqSpinLock::new(Vec::new()),
     };
-    let mut table = zx_vm::arch::new_page_table(&recording, Format::NATIVE).expect("page table");
+    let mut table = zx_vm::arch::new_page_table_for(
+        &recording,
+        Format::NATIVE,
+        0,
+        USER_ADDRESS_LIMIT,
+        recording.memory_attributes(),
+    )
+    .expect("page table");
     let root = table.root();
     // As `AddressSpace::new` does: the kernel's mappings go in before the table is used.
     recording.prepare_root(root);

@@ -8,18 +8,42 @@
 //! - TTBR1_EL1 (the kernel's, for ever): L0[0] -> L1[0] = devices 0..1 GiB (Device-nGnRnE),
 //!   L1[1..4] = RAM 1..4 GiB (normal write-back).
 //!
-//! MAIR_EL1: attribute 0 = 0xff (normal write-back, what the crate's descriptors use), attribute 1
-//! = 0x00 (Device-nGnRnE). TCR_EL1: 4 KiB granule and 48-bit VAs in both halves, inner-shareable
+//! MAIR_EL1 ([`MAIR_VALUE`]): attribute 0 ([`ATTR_DEVICE`]) = 0x00, Device-nGnRnE, for the
+//! devices; attribute 1 ([`ATTR_NORMAL`]) = 0xff, normal write-back, for RAM: the kernel's own
+//! blocks and the crate's user pages, whose index the kernel gives the crate through
+//! `Platform::memory_attributes` (so the crate's default, index 0, would be Device memory here,
+//! and the crate refuses it on bare metal). The descriptors below take their AttrIndx from the
+//! same constants. TCR_EL1: 4 KiB granule and 48-bit VAs in both halves, inner-shareable
 //! write-back walks, 8-bit ASIDs taken from TTBR0_EL1. CPACR_EL1.FPEN enables FP/SIMD at EL1
 //! (the compiler uses the vector registers; the exception entry saves them).
 
 use core::arch::global_asm;
 
+/// MAIR_EL1 attribute index of the devices: Device-nGnRnE (0x00).
+pub const ATTR_DEVICE: u64 = 0;
+/// MAIR_EL1 attribute index of RAM: normal write-back, inner and outer, read/write-allocate
+/// (0xff). What `Platform::memory_attributes` names for the crate's user pages.
+pub const ATTR_NORMAL: u64 = 1;
+/// MAIR_EL1.
+pub const MAIR_VALUE: u64 = (0x00 << (8 * ATTR_DEVICE)) | (0xff << (8 * ATTR_NORMAL));
+
+/// Block descriptor bits: valid (bit 0, bit 1 clear: a block), AttrIndx (bits 4:2), SH (9:8),
+/// AF (10), PXN (53), UXN (54).
+const VALID_BLOCK: u64 = 1;
+const INNER_SHAREABLE: u64 = 0b11 << 8;
+const ACCESS_FLAG: u64 = 1 << 10;
+const PXN: u64 = 1 << 53;
+const UXN: u64 = 1 << 54;
+/// RAM: normal write-back, inner shareable, never executable at EL0.
+const NORMAL_BLOCK: u64 = VALID_BLOCK | (ATTR_NORMAL << 2) | INNER_SHAREABLE | ACCESS_FLAG | UXN;
+/// Devices: Device-nGnRnE, never executable.
+const DEVICE_BLOCK: u64 = VALID_BLOCK | (ATTR_DEVICE << 2) | ACCESS_FLAG | PXN | UXN;
+
 global_asm!(
     r#"
-    .equ NORMAL_BLOCK, 0x0040000000000701   // valid block, attr 0, inner shareable, AF, UXN
-    .equ DEVICE_BLOCK, 0x0060000000000405   // valid block, attr 1, AF, PXN, UXN
-    .equ MAIR_VALUE, 0x00ff
+    .equ NORMAL_BLOCK, {normal_block}
+    .equ DEVICE_BLOCK, {device_block}
+    .equ MAIR_VALUE, {mair}
     .equ TCR_VALUE, 0x2B5103510              // T0SZ=T1SZ=16, 4K/4K, WB inner shareable walks, IPS 40 bits
 
     .section .boot.text, "ax"
@@ -115,5 +139,8 @@ boot_l1_hi: .skip 4096
     .balign 16
 bsp_stack:  .skip 65536
 bsp_stack_top:
-"#
+"#,
+    normal_block = const NORMAL_BLOCK,
+    device_block = const DEVICE_BLOCK,
+    mair = const MAIR_VALUE,
 );

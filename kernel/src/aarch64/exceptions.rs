@@ -12,7 +12,7 @@ use crate::smp::this_cpu;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::Ordering;
 use zx_vm::arch::USER_ADDRESS_LIMIT;
-use zx_vm::vmar::Access;
+use zx_vm::kit::aarch64_esr::decode_esr;
 
 global_asm!(
     r#"
@@ -187,32 +187,29 @@ fn esr_far() -> (u64, u64) {
 }
 
 /// INTEGRATION POINT 3 on aarch64: a data abort from EL1 on a user address is a page fault.
+/// `ESR_EL1` is decoded with the crate's kit (`kit::aarch64_esr::decode_esr`): the access (WnR,
+/// and CM for cache maintenance) and the fault class; only translation and permission faults
+/// with a valid FAR go to the crate.
 fn synchronous(frame: &mut Frame) {
     let (esr, va) = esr_far();
-    let class = esr >> 26;
-    let status = esr & 0x3f;
-    // EC 0x25: data abort from the current EL. DFSC 0b0001xx translation, 0b0010xx access flag,
-    // 0b0011xx permission fault.
-    let is_fault = class == 0x25 && (0x04..0x10).contains(&status);
-    if !is_fault || va >= USER_ADDRESS_LIMIT {
+    let routed = decode_esr(esr).filter(|kind| {
+        kind.routes_to_page_fault() && !kind.from_lower_el && va < USER_ADDRESS_LIMIT
+    });
+    let Some(kind) = routed else {
         panic!(
-            "unexpected synchronous exception on CPU {}: ESR {esr:#x}, FAR {va:#x}: {frame:#x?}",
-            super::cpu_index()
+            "unexpected synchronous exception on CPU {}: ESR {esr:#x} ({:?}), FAR {va:#x}: {frame:#x?}",
+            super::cpu_index(),
+            decode_esr(esr)
         );
-    }
-    let access = if esr & (1 << 6) != 0 {
-        Access::Write
-    } else {
-        Access::Read
     };
+    let access = kind.access;
     match mm::page_fault(va, access) {
-        Ok(()) => {
-            // The crate's new entry must be visible to this CPU's walker before the access is
-            // retried, and a translation the TLB may still hold for the page (a permission fault
-            // on a read-only entry that is now writable) must go: architecturally the TLB may
-            // cache it, unlike x86_64's #PF.
-            super::invalidate_page_local(va & !0xfff, super::current_asid());
-        }
+        // Nothing to invalidate: a translation fault's invalid descriptor was never cached, and
+        // when the crate finds the entry already valid (a permission fault on a narrower
+        // translation this CPU may still cache) it drops that translation here itself
+        // (`AddressSpace::page_fault`, see `kit::aarch64_esr`). It also published the new entry
+        // (DSB ISHST; ISB) before returning.
+        Ok(()) => {}
         Err(error) => {
             let fixup = this_cpu().fixup.swap(0, Ordering::Relaxed);
             if fixup == 0 {

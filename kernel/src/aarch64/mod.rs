@@ -16,7 +16,15 @@
 //! scenarios run both, and the `break-remote-flush` build uses IPI mode, where there is a remote
 //! flush for the broken crate to skip.
 //!
-//! TAGS. 8-bit ASIDs (TCR_EL1.AS = 0): `Tlb::new(cpus, 255, Format::Aarch64)`.
+//! MEMORY ATTRIBUTES. MAIR_EL1 attribute 0 is Device-nGnRnE and attribute 1 normal write-back
+//! (`boot.rs`): RAM, the kernel's and the crate's user pages alike, is attribute 1, which
+//! [`MEMORY_ATTRIBUTES`] gives the crate through `Platform::memory_attributes`. The boot CPU
+//! checks the translation regime with the crate's `arch::regime::check_translation_regime` before
+//! the first address space, and shows the attributes the MMU really applies (`AT S1E1R`, PAR_EL1).
+//!
+//! TAGS. 8-bit ASIDs (TCR_EL1.AS = 0): the crate's `arch::regime::detect_asid_tags()` reads
+//! ID_AA64MMFR0_EL1 and TCR_EL1 and answers 255, capped at [`MAX_TAGS`]:
+//! `Tlb::new(cpus, tags, Format::Aarch64)`.
 
 mod boot;
 mod exceptions;
@@ -30,18 +38,81 @@ use crate::smp::{self, PERCPU};
 use alloc::vec;
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use zx_vm::arch::{MemoryAttributes, Shareability};
 use zx_vm::platform::{TlbInvalidate, TlbScope, MAX_CPUS};
 use zx_vm::vmar::FaultError;
 use zx_vm::PhysAddr;
 
 /// The architecture's name, for messages.
 pub const NAME: &str = "aarch64";
-/// ASIDs given to the crate: 8-bit ASIDs, 0 kept for "untagged".
-pub const TAGS: u16 = 255;
-/// A line about the TLB tags, for the kernel's banner.
+/// The most ASIDs the kernel gives the crate, whatever `detect_asid_tags` answers: 8-bit ASIDs
+/// (TCR_EL1.AS = 0, so the hardware answer is 255 anyway; with AS set it would be 65535).
+pub const MAX_TAGS: u16 = 255;
+/// The ASIDs given to the crate (set once, at boot).
+static TAGS: AtomicU16 = AtomicU16::new(0);
+/// The memory attributes of the crate's user pages: MAIR_EL1 attribute 1 (normal write-back,
+/// see `boot.rs`), inner shareable like the kernel's RAM.
+pub const MEMORY_ATTRIBUTES: MemoryAttributes = MemoryAttributes {
+    mair_index: boot::ATTR_NORMAL as u8,
+    shareability: Shareability::Inner,
+};
+
+/// A line about the TLB tags and memory attributes, for the kernel's banner.
 pub fn tags_summary() -> alloc::string::String {
-    alloc::format!("8-bit ASIDs: {TAGS} tags")
+    let asid_bits = if (sysreg_id_aa64mmfr0() >> 4) & 0xf == 0b0010 {
+        16
+    } else {
+        8
+    };
+    alloc::format!(
+        "{} ASIDs (detect_asid_tags: {}, capped at {MAX_TAGS}; ID_AA64MMFR0_EL1.ASIDBits: \
+         {asid_bits} bits, TCR_EL1.AS = {}); user pages: MAIR_EL1 attribute index {} \
+         (Platform::memory_attributes)",
+        TAGS.load(Ordering::Relaxed),
+        zx_vm::arch::regime::detect_asid_tags(),
+        (sysreg_tcr() >> 36) & 1,
+        MEMORY_ATTRIBUTES.mair_index,
+    )
+}
+
+fn sysreg_tcr() -> u64 {
+    let value: u64;
+    // SAFETY: reading TCR_EL1 has no side effect.
+    unsafe { asm!("mrs {}, tcr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+fn sysreg_mair() -> u64 {
+    let value: u64;
+    // SAFETY: reading MAIR_EL1 has no side effect.
+    unsafe { asm!("mrs {}, mair_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+fn sysreg_id_aa64mmfr0() -> u64 {
+    let value: u64;
+    // SAFETY: reading ID_AA64MMFR0_EL1 has no side effect.
+    unsafe {
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// The MAIR_EL1 attribute byte the MMU applies to a read of `va` at EL1 (`AT S1E1R`, PAR_EL1
+/// bits 63:56), or `None` if the translation faults.
+pub fn attribute_of(va: u64) -> Option<u8> {
+    let par: u64;
+    // SAFETY: AT only translates (it never faults: a failed walk sets PAR_EL1.F) and writes
+    // PAR_EL1, which nothing else uses; IRQs are masked so that no handler's AT (there is none)
+    // could overwrite PAR_EL1 before it is read.
+    unsafe {
+        let irqs = interrupts_disable();
+        asm!("at s1e1r, {va}", "isb", "mrs {par}, par_el1", va = in(reg) va, par = out(reg) par,
+             options(nostack, preserves_flags));
+        interrupts_restore(irqs);
+    }
+    (par & 1 == 0).then_some((par >> 56) as u8)
 }
 
 /// Where the direct map (and the kernel image, at its physical address) starts in TTBR1_EL1.
@@ -221,12 +292,23 @@ pub fn publish_table_stores() {
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
 }
 
-/// The ASID in the calling CPU's TTBR0_EL1.
-pub fn current_asid() -> u16 {
+/// The calling CPU's TTBR0_EL1: the user root table and its ASID.
+pub fn ttbr0() -> (PhysAddr, u16) {
     let ttbr0: u64;
     // SAFETY: reading TTBR0_EL1 has no side effect.
     unsafe { asm!("mrs {}, ttbr0_el1", out(reg) ttbr0, options(nomem, nostack, preserves_flags)) };
-    (ttbr0 >> 48) as u16
+    (
+        PhysAddr(ttbr0 & 0x0000_ffff_ffff_f000),
+        (ttbr0 >> 48) as u16,
+    )
+}
+
+/// The kernel's root table (TTBR1_EL1's).
+pub fn kernel_root() -> PhysAddr {
+    let ttbr1: u64;
+    // SAFETY: reading TTBR1_EL1 has no side effect.
+    unsafe { asm!("mrs {}, ttbr1_el1", out(reg) ttbr1, options(nomem, nostack, preserves_flags)) };
+    PhysAddr(ttbr1 & 0x0000_ffff_ffff_f000)
 }
 
 /// `Platform::prepare_root`: nothing, the kernel's mappings are in TTBR1_EL1.
@@ -356,8 +438,11 @@ extern "C" fn aarch64_boot_main(dtb: u64, secondary_entry: u64) -> ! {
     for (index, &mpidr) in machine.cpus.iter().take(cpus).enumerate() {
         PERCPU[index].hw_id.store(mpidr as usize, Ordering::Relaxed);
     }
-    if let Err(error) = KernelPlatform::init(cpus, TAGS) {
-        panic!("zx-vm refused the TLB configuration ({cpus} CPUs, {TAGS} ASIDs): {error}");
+    let tags = zx_vm::arch::regime::detect_asid_tags().min(MAX_TAGS);
+    TAGS.store(tags, Ordering::Relaxed);
+    check_translation_regime(tags);
+    if let Err(error) = KernelPlatform::init(cpus, tags) {
+        panic!("zx-vm refused the TLB configuration ({cpus} CPUs, {tags} ASIDs): {error}");
     }
     interrupts_restore(true);
     PERCPU[0].online.store(true, Ordering::Release);
@@ -376,6 +461,61 @@ extern "C" fn aarch64_boot_main(dtb: u64, secondary_entry: u64) -> ! {
         }
     }
     crate::kmain()
+}
+
+/// Checks, before the first address space, that TCR_EL1 and MAIR_EL1 are what the crate's tables
+/// need for `tags` ASIDs and user pages of [`MEMORY_ATTRIBUTES`]
+/// (`zx_vm::arch::regime::check_translation_regime`), and stops the boot, failed, on a problem:
+/// QEMU's TCG ignores memory types, so a Device attribute on RAM would pass here and break on
+/// hardware. Also shows what the MMU applies (`AT S1E1R`): normal memory for the kernel's RAM,
+/// Device for the UART; and, as a negative control, that the check names the Device attribute
+/// at index 0 (the crate's default index, which this kernel must not use).
+fn check_translation_regime(tags: u16) {
+    use zx_vm::arch::regime;
+    let (tcr, mair) = (sysreg_tcr(), sysreg_mair());
+    if let Err(problems) = regime::check_translation_regime(MEMORY_ATTRIBUTES, tags) {
+        println!(
+            "translation regime: {problems} (TCR_EL1 {tcr:#x}, MAIR_EL1 {mair:#x})\nRESULT: FAIL"
+        );
+        exit(false);
+    }
+    let ram = attribute_of(&raw const TAGS as u64);
+    let uart = attribute_of(PHYS_OFFSET + UART);
+    let default_index = regime::check_translation_regime(MemoryAttributes::DEFAULT, tags);
+    let refused = matches!(
+        default_index.map_err(|problems| problems.iter().next()),
+        Err(Some(regime::RegimeProblem::DeviceMemoryAttribute {
+            index: 0,
+            attr: 0
+        }))
+    );
+    println!(
+        "translation regime: OK (check_translation_regime(MAIR index {}, {tags} ASIDs): TCR_EL1 \
+         {tcr:#x}, MAIR_EL1 {mair:#x}); AT S1E1R: kernel RAM attribute {}, UART {}; index 0 (the \
+         crate's default) {}",
+        MEMORY_ATTRIBUTES.mair_index,
+        attribute_name(ram),
+        attribute_name(uart),
+        if refused {
+            "refused as Device memory, as expected"
+        } else {
+            "NOT refused"
+        }
+    );
+    if ram != Some(0xff) || uart != Some(0x00) || !refused {
+        println!("translation regime: the attributes are not as programmed\nRESULT: FAIL");
+        exit(false);
+    }
+}
+
+/// An attribute byte from [`attribute_of`], for messages.
+pub fn attribute_name(attr: Option<u8>) -> alloc::string::String {
+    match attr {
+        Some(0xff) => "0xff (normal write-back)".into(),
+        Some(0x00) => "0x00 (Device-nGnRnE)".into(),
+        Some(other) => alloc::format!("{other:#04x}"),
+        None => "none (the translation faults)".into(),
+    }
 }
 
 /// PSCI `CPU_ON` (SMC Calling Convention, through HVC on QEMU's `virt` without EL2/EL3).

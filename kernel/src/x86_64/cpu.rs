@@ -62,6 +62,16 @@ pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
 pub const IA32_GS_BASE: u32 = 0xC000_0101;
 /// The IA32_APIC_BASE MSR.
 pub const IA32_APIC_BASE: u32 = 0x1B;
+/// The IA32_EFER MSR (LME, NXE).
+pub const IA32_EFER: u32 = 0xC000_0080;
+
+/// Reads CR0.
+pub fn cr0() -> u64 {
+    let value: u64;
+    // SAFETY: reading CR0 has no side effect.
+    unsafe { asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
 
 /// Reads CR2 (the faulting address of the last #PF).
 pub fn cr2() -> u64 {

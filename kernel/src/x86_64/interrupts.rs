@@ -13,7 +13,7 @@ use crate::smp::this_cpu;
 use core::arch::global_asm;
 use core::sync::atomic::Ordering;
 use zx_vm::arch::USER_ADDRESS_LIMIT;
-use zx_vm::vmar::Access;
+use zx_vm::kit::x86;
 
 /// The TLB-shootdown IPI.
 pub const SHOOTDOWN_VECTOR: u8 = 0xF0;
@@ -136,19 +136,17 @@ extern "C" fn x86_64_interrupt(frame: &mut Frame) {
     }
 }
 
-/// INTEGRATION POINT 3 on x86_64: #PF. Error code bit 1: write; bit 4: instruction fetch.
+/// INTEGRATION POINT 3 on x86_64: #PF, decoded with the crate's kit (`kit::x86`): the error
+/// code's W/R and I/D bits give the access, and a fault whose code names something the crate's
+/// entries never cause (a reserved bit set in a paging entry, protection keys, shadow stacks, SGX)
+/// is not routed to the crate.
 fn page_fault(frame: &mut Frame) {
     let va = cpu::cr2();
-    let access = if frame.error & (1 << 4) != 0 {
-        Access::Execute
-    } else if frame.error & (1 << 1) != 0 {
-        Access::Write
-    } else {
-        Access::Read
-    };
-    if va >= USER_ADDRESS_LIMIT {
+    let access = x86::decode_page_fault(frame.error);
+    if va >= USER_ADDRESS_LIMIT || !x86::routes_to_page_fault(frame.error) {
         panic!(
-            "kernel page fault at {va:#x} ({access:?}) on CPU {}: {frame:#x?}",
+            "kernel page fault at {va:#x} ({access:?}, error code {:#x}) on CPU {}: {frame:#x?}",
+            frame.error,
             super::cpu_index()
         );
     }

@@ -36,6 +36,10 @@ pub use paging::PHYS_OFFSET;
 /// The architecture's name, for messages.
 pub const NAME: &str = "x86_64";
 
+/// The memory attributes of the crate's user pages: the crate's default (x86_64 ignores them:
+/// user pages use PAT entry 0, write-back).
+pub const MEMORY_ATTRIBUTES: zx_vm::arch::MemoryAttributes = zx_vm::arch::MemoryAttributes::DEFAULT;
+
 /// A line about the TLB tags, for the kernel's banner.
 pub fn tags_summary() -> alloc::string::String {
     let (pcid, invpcid) = paging::pcid_support();
@@ -207,6 +211,16 @@ pub fn prepare_root(root: PhysAddr) {
     paging::prepare_root(root);
 }
 
+/// The kernel's own root table (no user mappings).
+pub fn kernel_root() -> PhysAddr {
+    PhysAddr(paging::kernel_root())
+}
+
+/// The kernel's root slots: those its own PML4 fills (slot 511).
+pub fn kernel_slots() -> zx_vm::kit::single_cpu::KernelSlots {
+    paging::kernel_slots()
+}
+
 /// Loads the kernel's own root table (no user mappings).
 pub fn load_kernel_root() {
     paging::load_kernel_root();
@@ -311,6 +325,7 @@ extern "C" fn x86_64_boot_main(
         );
         exit_skipped();
     }
+    check_translation_regime(pcid_tags);
 
     // Memory: the hvm_start_info's memory map (version 1), RAM above the kernel image.
     let info = |offset: u64| -> u64 {
@@ -357,6 +372,37 @@ extern "C" fn x86_64_boot_main(
     PERCPU[0].online.store(true, Ordering::Release);
     start_secondaries(boot_pml4, trampoline, trampoline_len);
     crate::kmain()
+}
+
+/// Checks, before the first address space, that the boot CPU's paging set-up is what the crate's
+/// entries need (`zx_vm::arch::regime::check_translation_regime`: CR0.WP, EFER.NXE, and CR4.PCIDE
+/// when `tags` PCIDs are asked for), and stops the boot, failed, on a problem. QEMU would pass
+/// with some of these wrong (its TCG has no PCIDs to mis-tag); hardware would not. The secondary
+/// CPUs take the same CR0/EFER values from the trampoline and set CR4.PCIDE in `paging`.
+fn check_translation_regime(tags: u16) {
+    use zx_vm::arch::regime;
+    let (cr0, cr4) = (cpu::cr0(), cpu::cr4());
+    // SAFETY: IA32_EFER exists on every x86_64 CPU (long mode runs on it); reading it has no
+    // side effect.
+    let efer = unsafe { cpu::rdmsr(cpu::IA32_EFER) };
+    match regime::check_translation_regime(tags) {
+        Ok(()) => println!(
+            "translation regime: OK (check_translation_regime({tags}): CR0 {cr0:#x} WP, EFER \
+             {efer:#x} NXE, CR4 {cr4:#x}{})",
+            if tags > 0 {
+                " PCIDE"
+            } else {
+                ", PCIDE not needed"
+            }
+        ),
+        Err(problems) => {
+            println!(
+                "translation regime: {problems} (CR0 {cr0:#x}, CR4 {cr4:#x}, EFER {efer:#x})\n\
+                 RESULT: FAIL"
+            );
+            exit(false);
+        }
+    }
 }
 
 /// The kernel command line (QEMU `-append`): the hvm_start_info's `cmdline_paddr` (offset 24), a

@@ -62,6 +62,19 @@ pub fn kernel_root() -> u64 {
     kernel_virt_to_phys(KERNEL_PML4.0.get() as u64)
 }
 
+/// The root slots the kernel's own PML4 fills (slot 511), as the kit's `KernelSlots`.
+pub fn kernel_slots() -> zx_vm::kit::single_cpu::KernelSlots {
+    // SAFETY: the kernel PML4 is only written by `init`, at boot.
+    let kernel = unsafe { &*KERNEL_PML4.0.get() };
+    let mut slots = zx_vm::kit::single_cpu::KernelSlots::NONE;
+    for (slot, &entry) in kernel.iter().enumerate() {
+        if entry & PRESENT != 0 {
+            slots.insert(slot).expect("a slot below 512");
+        }
+    }
+    slots
+}
+
 /// Builds the kernel's tables and switches the boot CPU to them (dropping the identity map).
 pub fn init() {
     // CPUID.80000001h:EDX bit 26: 1 GiB pages.
