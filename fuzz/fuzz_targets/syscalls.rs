@@ -163,7 +163,7 @@ fn run(data: &[u8]) {
     let cpus = [machine.cpu(0), machine.cpu(1)];
     let mut running: [Option<usize>; 2] = [None, None];
 
-    for _ in 0..96 {
+    for _ in 0..MAX_STEPS {
         if b.is_empty() {
             break;
         }
@@ -285,6 +285,38 @@ fn run(data: &[u8]) {
                     let _ = cpus[c].store(va, u64::from(b.u8()) + 1);
                 }
             }
+            15 if b.u8() % 2 == 0 => {
+                // A chain of nested VMARs, each as large as its parent, keeping only the
+                // innermost's handle: depth a caller chooses, as deep as a user could make it.
+                let mut vmar = world.handle(p, &mut b);
+                let depth = usize::from(b.u8()) * 16 + 1;
+                let size = world.size(&mut b);
+                let options = ZX_VM_CAN_MAP_READ | ZX_VM_CAN_MAP_WRITE | ZX_VM_CAN_MAP_SPECIFIC;
+                for level in 0..depth {
+                    let (mut child, mut addr) = (0, 0);
+                    let specific = if level == 0 { 0 } else { ZX_VM_SPECIFIC };
+                    if zx_vmar_allocate(
+                        &process,
+                        vmar,
+                        options | specific,
+                        0,
+                        size,
+                        &mut child,
+                        &mut addr,
+                    ) != ZX_OK
+                    {
+                        break;
+                    }
+                    if level > 0 {
+                        zx_handle_close(&process, vmar);
+                    }
+                    if level == 0 {
+                        world.addrs.push(addr);
+                    }
+                    vmar = child;
+                }
+                world.remember(p, vmar);
+            }
             _ => match b.u8() % 4 {
                 // Kernel-side: allocation failures from here on, or none.
                 0 => machine.set_allocation_budget(Some(u64::from(b.u8() % 8))),
@@ -317,4 +349,21 @@ fn run(data: &[u8]) {
     // Dropping the world drops every object; the machine then checks that every frame came back.
 }
 
-fuzz_target!(|data: &[u8]| run(data));
+/// At most this many calls per input: enough for deep VMAR chains and long sequences.
+const MAX_STEPS: usize = 1024;
+
+/// A kernel's stack: every call runs on a thread this small, so that recursion a caller can
+/// deepen (nested VMARs) overflows here as it would in a kernel, instead of hiding in the
+/// fuzzer's 8 MiB.
+const KERNEL_STACK: usize = 32 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    let data = data.to_vec();
+    let worker = std::thread::Builder::new()
+        .stack_size(KERNEL_STACK)
+        .spawn(move || run(&data))
+        .expect("a fuzz thread");
+    if let Err(panic) = worker.join() {
+        std::panic::resume_unwind(panic);
+    }
+});
