@@ -521,26 +521,8 @@ pub unsafe fn translate<F: PteFormat>(
     root: PhysAddr,
     va: u64,
 ) -> Option<(PhysAddr, MmuFlags)> {
-    if va >= super::USER_ADDRESS_LIMIT {
-        return None;
-    }
-    let mut table_pa = root;
-    for level in (0..LEVELS).rev() {
-        // SAFETY: the caller keeps every table reachable from `root` readable for the walk.
-        let table = unsafe { entries(platform, table_pa) };
-        let entry = table[table_index(va, level)].load(Ordering::Acquire);
-        if !F::is_valid(entry) {
-            return None;
-        }
-        if level == 0 {
-            return Some((F::address(entry), F::page_flags(entry)));
-        }
-        if !F::is_table(entry, level) {
-            return None;
-        }
-        table_pa = F::address(entry);
-    }
-    None
+    // SAFETY: forwarded from the caller.
+    unsafe { walk::<F>(platform, root, ROOT_LEVEL, va, &mut |_, _| {}) }
 }
 
 /// Walks for `va` from the table at `table_pa`, which sits at `level` (3: the root), as an MMU

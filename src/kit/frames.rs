@@ -225,23 +225,7 @@ mod tests {
     use alloc::vec;
     use alloc::vec::Vec;
 
-    /// A page-aligned arena of frames; "physical" addresses are offsets into it. The mapper
-    /// keeps the arena's pointer provenance, so the tests are clean under Miri.
-    #[repr(C, align(4096))]
-    struct Frame([u8; 4096]);
-
-    struct Arena(*mut Frame);
-    // SAFETY: test-only: the arena outlives every use, and the tests touch each frame from one
-    // thread at a time.
-    unsafe impl Send for Arena {}
-    // SAFETY: as above.
-    unsafe impl Sync for Arena {}
-
-    impl PhysMapper for Arena {
-        fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-            self.0.cast::<u8>().wrapping_add(pa.0 as usize)
-        }
-    }
+    use crate::kit::test_arena::{Arena, Frame};
 
     /// Hands out frames 1, 2, ... of the arena once each, and counts its calls.
     struct Bump {

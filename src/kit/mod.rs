@@ -122,3 +122,29 @@ pub mod frames;
 pub mod single_cpu;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+/// What the kit's unit tests share: frames in a host arena, reached through a mapper that keeps
+/// the arena's pointer provenance (clean under Miri).
+#[cfg(test)]
+pub(crate) mod test_arena {
+    use super::frames::PhysMapper;
+    use crate::platform::PhysAddr;
+
+    /// One 4 KiB frame.
+    #[repr(C, align(4096))]
+    pub(crate) struct Frame(pub(crate) [u8; 4096]);
+
+    /// Frames whose "physical" addresses are offsets into the arena.
+    pub(crate) struct Arena(pub(crate) *mut Frame);
+    // SAFETY: test-only: the arena outlives every use, and the tests touch each frame from one
+    // thread at a time.
+    unsafe impl Send for Arena {}
+    // SAFETY: as above.
+    unsafe impl Sync for Arena {}
+
+    impl PhysMapper for Arena {
+        fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+            self.0.cast::<u8>().wrapping_add(pa.0 as usize)
+        }
+    }
+}

@@ -629,21 +629,7 @@ mod tests {
     use alloc::vec::Vec;
     use core::sync::atomic::{AtomicUsize, Ordering};
 
-    #[repr(C, align(4096))]
-    struct Frame([u8; 4096]);
-
-    /// An arena of frames reached with its own pointer's provenance (clean under Miri).
-    struct Arena(*mut Frame);
-    // SAFETY: test-only: the arena is leaked, and one thread uses it.
-    unsafe impl Send for Arena {}
-    // SAFETY: as above.
-    unsafe impl Sync for Arena {}
-
-    impl PhysMapper for Arena {
-        fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-            self.0.cast::<u8>().wrapping_add(pa.0 as usize)
-        }
-    }
+    use crate::kit::test_arena::{Arena, Frame};
 
     struct Bump(u64, u64);
     // SAFETY: frames 2.. of the arena, once each (frame 1 is the kernel root).
