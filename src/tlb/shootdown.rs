@@ -399,6 +399,7 @@ impl Drop for Tlb {
 mod loom_model {
     use super::*;
     use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
     use loom::thread;
 
     /// What both simulated CPUs share.
