@@ -181,3 +181,49 @@ fn faults_are_reported() {
         assert_eq!(machine.frames_in_use(), 0);
     }
 }
+
+/// An invalidation drops cached walks only when the operation freed page-table pages: a
+/// decommit that leaves the leaf table in use asks for leaf-only invalidations (`TLBI VALE1IS`),
+/// one that empties it for walk-dropping ones (`TLBI VAE1IS`).
+#[test]
+fn walk_invalidations_only_when_tables_were_freed() {
+    for format in Format::ALL {
+        let machine = common::machine(1);
+        let p = common::process(&machine, format);
+        let vmo = common::patterned_vmo(&p, 2);
+        let addr = common::map_rw(&p, p.root_vmar_handle(), vmo, 0, 2);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        cpu.load(addr).unwrap();
+        cpu.load(addr + PAGE_SIZE).unwrap();
+        let decommit = |pages: u64| {
+            let before = machine.counters();
+            let status = zx_vmar_op_range(
+                &p,
+                p.root_vmar_handle(),
+                ZX_VMAR_OP_DECOMMIT,
+                addr,
+                pages * PAGE_SIZE,
+                0,
+                0,
+            );
+            assert_eq!(status, ZX_OK);
+            machine.counters().since(&before)
+        };
+        // Page 1 keeps the leaf table alive.
+        let one = decommit(1);
+        assert_eq!(
+            (one.page_invalidations, one.table_invalidations),
+            (1, 0),
+            "{format:?}"
+        );
+        // Now the last page of the table goes, and with it the tables.
+        let both = decommit(2);
+        assert_eq!(
+            (both.page_invalidations, both.table_invalidations),
+            (1, 1),
+            "{format:?}"
+        );
+        cpu.switch_to(None);
+    }
+}

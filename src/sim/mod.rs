@@ -98,6 +98,9 @@ pub struct Counters {
     pub page_invalidations: AtomicU64,
     /// Whole-address-space invalidations carried out, summed over CPUs.
     pub full_invalidations: AtomicU64,
+    /// Single-page invalidations that also dropped cached walks (requests with `tables_freed`:
+    /// `TLBI VAE1IS` rather than `VALE1IS`), summed over CPUs.
+    pub table_invalidations: AtomicU64,
     /// Translations found in a TLB.
     pub tlb_hits: AtomicU64,
     /// Translations walked.
@@ -116,6 +119,7 @@ pub struct CounterSnapshot {
     pub ipis: u64,
     pub page_invalidations: u64,
     pub full_invalidations: u64,
+    pub table_invalidations: u64,
     pub tlb_hits: u64,
     pub tlb_misses: u64,
     pub page_faults: u64,
@@ -131,6 +135,7 @@ impl CounterSnapshot {
             ipis: self.ipis - earlier.ipis,
             page_invalidations: self.page_invalidations - earlier.page_invalidations,
             full_invalidations: self.full_invalidations - earlier.full_invalidations,
+            table_invalidations: self.table_invalidations - earlier.table_invalidations,
             tlb_hits: self.tlb_hits - earlier.tlb_hits,
             tlb_misses: self.tlb_misses - earlier.tlb_misses,
             page_faults: self.page_faults - earlier.page_faults,
@@ -362,6 +367,7 @@ impl SimMachine {
             ipis: c.ipis.load(Ordering::SeqCst),
             page_invalidations: c.page_invalidations.load(Ordering::SeqCst),
             full_invalidations: c.full_invalidations.load(Ordering::SeqCst),
+            table_invalidations: c.table_invalidations.load(Ordering::SeqCst),
             tlb_hits: c.tlb_hits.load(Ordering::SeqCst),
             tlb_misses: c.tlb_misses.load(Ordering::SeqCst),
             page_faults: c.page_faults.load(Ordering::SeqCst),
@@ -471,6 +477,11 @@ impl SimMachine {
                 for &va in pages {
                     tlb.entries.remove(&(request.asid, va / PAGE_SIZE));
                     tlb.drop_walks(request.asid, va, request.tables_freed);
+                }
+                if request.tables_freed {
+                    self.counters
+                        .table_invalidations
+                        .fetch_add(pages.len() as u64, Ordering::SeqCst);
                 }
                 self.counters
                     .page_invalidations

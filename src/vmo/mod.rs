@@ -586,7 +586,11 @@ mod tests {
         vmo.pin(0, 2 * PAGE_SIZE).unwrap();
         *vmo.lock().pins.get_mut(&1).unwrap() = u32::MAX;
         assert_eq!(vmo.pin(0, 2 * PAGE_SIZE), Err(Status::Unavailable));
-        assert_eq!(vmo.lock().pins.get(&0), Some(&1), "page 0 was not pinned again");
+        assert_eq!(
+            vmo.lock().pins.get(&0),
+            Some(&1),
+            "page 0 was not pinned again"
+        );
         assert_eq!(vmo.pin(0, PAGE_SIZE), Ok(()));
         assert_eq!(vmo.lock().pins.get(&0), Some(&2));
         *vmo.lock().pins.get_mut(&1).unwrap() = 1;
