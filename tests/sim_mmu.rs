@@ -227,3 +227,26 @@ fn walk_invalidations_only_when_tables_were_freed() {
         cpu.switch_to(None);
     }
 }
+
+/// An operation that changed no translation sends no shootdown: unmapping a mapping that was
+/// never touched, while the address space runs on two CPUs, costs no round and no IPI.
+#[test]
+fn nothing_changed_means_no_shootdown() {
+    for format in Format::ALL {
+        let machine = common::machine(2);
+        let p = common::process(&machine, format);
+        let vmo = common::patterned_vmo(&p, 4);
+        let addr = common::map_rw(&p, p.root_vmar_handle(), vmo, 0, 4);
+        machine.cpu(1).switch_to(Some(p.aspace()));
+        machine.cpu(0).switch_to(Some(p.aspace()));
+        let before = machine.counters();
+        assert_eq!(
+            zx_vmar_unmap(&p, p.root_vmar_handle(), addr, 4 * PAGE_SIZE),
+            ZX_OK
+        );
+        let after = machine.counters().since(&before);
+        assert_eq!((after.shootdowns, after.ipis), (0, 0), "{format:?}");
+        machine.cpu(0).switch_to(None);
+        machine.cpu(1).switch_to(None);
+    }
+}
