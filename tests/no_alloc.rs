@@ -240,3 +240,14 @@ fn the_counter_counts() {
     let count = allocations(|| drop(std::hint::black_box(vec![1u8; 16])));
     assert_eq!(count, 1);
 }
+
+/// A kernel may make its `Tlb` before its heap works: making one allocates nothing.
+#[test]
+fn making_a_tlb_needs_no_heap() {
+    let count = allocations(|| {
+        let tlb = zx_vm::tlb::Tlb::new(64, 4095, Format::X86_64).unwrap();
+        assert_eq!(tlb.cpu_count(), 64);
+        drop(std::hint::black_box(tlb));
+    });
+    assert_eq!(count, 0);
+}

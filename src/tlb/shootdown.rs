@@ -206,12 +206,15 @@ impl fmt::Display for TlbConfigError {
 /// CPU runs, the ASID/PCID allocator, and spare scratch space for operations. A kernel makes one
 /// at boot and returns it from [`Platform::tlb`].
 pub struct Tlb {
-    mailboxes: Box<[Mailbox]>,
+    /// The CPU count given to [`Tlb::new`]; the arrays below have room for [`MAX_CPUS`], so that
+    /// making a `Tlb` needs no heap (a kernel may make one before its heap works).
+    cpus: usize,
+    mailboxes: [Mailbox; MAX_CPUS],
     /// Per CPU: the address space it runs (an `Arc` turned into a raw pointer by
     /// [`crate::vmar::AddressSpace::activate`]), or null.
-    current: Box<[AtomicPtr<()>]>,
+    current: [AtomicPtr<()>; MAX_CPUS],
     /// Per CPU: a spare operation scratch space, kept warm so operations need no allocation.
-    spare: Box<[AtomicPtr<super::Scratch>]>,
+    spare: [AtomicPtr<super::Scratch>; MAX_CPUS],
     asids: AsidAllocator,
     rounds: AtomicU64,
 }
@@ -237,9 +240,10 @@ impl Tlb {
             return Err(TlbConfigError::TooManyTags { tags, max });
         }
         Ok(Tlb {
-            mailboxes: (0..cpus).map(|_| Mailbox::new()).collect(),
-            current: (0..cpus).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
-            spare: (0..cpus).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+            cpus,
+            mailboxes: core::array::from_fn(|_| Mailbox::new()),
+            current: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            spare: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             asids: AsidAllocator::new(tags),
             rounds: AtomicU64::new(0),
         })
@@ -247,7 +251,7 @@ impl Tlb {
 
     /// How many CPUs the machine has: the one source of that number.
     pub fn cpu_count(&self) -> usize {
-        self.mailboxes.len()
+        self.cpus
     }
 
     /// The ASID/PCID allocator.
@@ -267,7 +271,7 @@ impl Tlb {
 
     /// A scratch space: the calling CPU's spare one if it has one, else a new one.
     pub(crate) fn take_scratch(&self, platform: &dyn Platform) -> Box<super::Scratch> {
-        let spare = match self.spare.get(platform.current_cpu()) {
+        let spare = match self.spare[..self.cpus].get(platform.current_cpu()) {
             Some(slot) => slot.swap(ptr::null_mut(), Ordering::Acquire),
             None => ptr::null_mut(),
         };
@@ -282,7 +286,7 @@ impl Tlb {
 
     /// Keeps `scratch` (emptied, with its capacity) as the calling CPU's spare.
     pub(crate) fn put_scratch(&self, platform: &dyn Platform, scratch: Box<super::Scratch>) {
-        let Some(slot) = self.spare.get(platform.current_cpu()) else {
+        let Some(slot) = self.spare[..self.cpus].get(platform.current_cpu()) else {
             return;
         };
         let raw = Box::into_raw(scratch);
