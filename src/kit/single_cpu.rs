@@ -682,9 +682,9 @@ mod tests {
 
     #[test]
     fn prepare_root_copies_the_kernel_slots_and_frames_recycle() {
-        let arena: &mut [Frame] =
-            alloc::vec::Vec::from_iter((0..16).map(|_| Frame([0; 4096]))).leak();
-        let arena = Arena(arena.as_mut_ptr());
+        // Declared first, so dropped last: after every user of the arena.
+        let mut memory: Vec<Frame> = (0..16).map(|_| Frame([0; 4096])).collect();
+        let arena = Arena(memory.as_mut_ptr());
         let kernel_root = PhysAddr(0x1000);
         // SAFETY: frame 1 of the arena.
         unsafe {

@@ -83,8 +83,10 @@ mod tests {
         assert_eq!(asids.alloc(), (1, CpuSet(0b101)));
     }
 
-    /// Every 16-bit ASID is handed out once, then untagged; the count never underflows.
+    /// Every 16-bit ASID is handed out once, then untagged; the count never underflows. (No
+    /// unsafe code runs here: skipped under Miri, where 65,535 lock round-trips take minutes.)
     #[test]
+    #[cfg_attr(miri, ignore)]
     fn all_65535_asids() {
         let asids = AsidAllocator::new(u16::MAX);
         for expected in 1..=u16::MAX {
