@@ -230,6 +230,19 @@ fn bad_tlb_configurations_are_errors() {
             max: 4095
         })
     );
+    // The errors say what is wrong, in words a kernel can log.
+    let words = |e: TlbConfigError| e.to_string();
+    assert_eq!(
+        words(TlbConfigError::CpuCount { cpus: 65 }),
+        "65 CPUs: the crate handles 1 to 64"
+    );
+    assert_eq!(
+        words(TlbConfigError::TooManyTags {
+            tags: 4096,
+            max: 4095
+        }),
+        "4096 tags: this page-table format has at most 4095"
+    );
     let tlb = Tlb::new(64, 4095, Format::X86_64).unwrap();
     assert_eq!(tlb.cpu_count(), 64);
     // Every 16-bit ASID.
