@@ -32,9 +32,12 @@ impl Chunk {
     }
 }
 
-/// Pages taken out of a [`PageList`]: whole chunks, and single frames from partial ones.
+/// Pages taken out of a [`PageList`]: whole lists, whole chunks, and single frames from partial
+/// chunks.
 #[derive(Default)]
 pub struct RemovedPages {
+    /// Whole lists' chunk maps, when a range took every page of a list: moved in one step.
+    pub maps: Vec<BTreeMap<u64, Box<Chunk>>>,
     /// Chunks that left whole.
     pub chunks: Vec<Box<Chunk>>,
     /// Frames that left one by one.
@@ -53,7 +56,8 @@ impl RemovedPages {
             unsafe { platform.free_frames(&self.frames) };
         }
         let mut batch = [PhysAddr(0); CHUNK_PAGES as usize];
-        for chunk in &self.chunks {
+        let whole = self.maps.iter().flat_map(|map| map.values());
+        for chunk in self.chunks.iter().chain(whole) {
             let mut count = 0;
             for frame in chunk.frames() {
                 batch[count] = frame;
@@ -66,21 +70,25 @@ impl RemovedPages {
 
     /// Every frame taken out.
     pub fn frames(&self) -> impl Iterator<Item = PhysAddr> + '_ {
-        self.frames
-            .iter()
-            .copied()
-            .chain(self.chunks.iter().flat_map(|chunk| chunk.frames()))
+        let whole = self.maps.iter().flat_map(|map| map.values());
+        self.frames.iter().copied().chain(
+            self.chunks
+                .iter()
+                .chain(whole)
+                .flat_map(|chunk| chunk.frames()),
+        )
     }
 
     /// Forgets what was taken out (after it was freed), keeping the lists' capacity.
     pub fn clear(&mut self) {
+        self.maps.clear();
         self.chunks.clear();
         self.frames.clear();
     }
 
     /// Whether nothing was taken out.
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty() && self.frames.is_empty()
+        self.maps.is_empty() && self.chunks.is_empty() && self.frames.is_empty()
     }
 }
 
@@ -159,6 +167,16 @@ impl PageList {
         // The chunks wholly inside: [first_full, end_full).
         let first_full = start.div_ceil(CHUNK_PAGES);
         let end_full = end / CHUNK_PAGES;
+        // The range takes every chunk: the whole map moves out in one step (no per-chunk work,
+        // no allocation; the common case of a decommit of a whole VMO).
+        let first_key = self.chunks.keys().next().copied().unwrap_or(0);
+        let last_key = self.chunks.keys().next_back().copied().unwrap_or(0);
+        if first_full <= first_key && last_key < end_full {
+            let removed = self.committed;
+            out.maps.push(core::mem::take(&mut self.chunks));
+            self.committed = 0;
+            return removed;
+        }
         let mut removed = 0;
         if first_full < end_full {
             // One removal per chunk: unlike `split_off`, removing from a B-tree never allocates.
@@ -262,6 +280,30 @@ mod tests {
         assert_eq!(list.iter_range(0, 2000).count(), 2);
         // The chunk holding 63 and 64 emptied is gone; page 0's chunk stays.
         assert_eq!(list.chunks.len(), 2);
+    }
+
+    /// A range that takes every chunk moves the whole map out at once; one that leaves a chunk
+    /// takes chunk by chunk. Both give back every frame once.
+    #[test]
+    fn whole_lists_move_out_at_once() {
+        let mut list = PageList::new();
+        for i in 64..4 * 64 {
+            list.insert(i, PhysAddr::from_frame_number(i));
+        }
+        let mut removed = RemovedPages::default();
+        assert_eq!(list.remove_range(64, 4 * 64, &mut removed), 192);
+        assert_eq!((removed.maps.len(), removed.chunks.len()), (1, 0));
+        assert_eq!(removed.frames().count(), 192);
+        assert_eq!(list.committed_pages(), 0);
+        assert!(list.chunks.is_empty());
+        list.insert(0, PhysAddr::from_frame_number(1));
+        list.insert(64, PhysAddr::from_frame_number(2));
+        let mut removed = RemovedPages::default();
+        assert_eq!(list.remove_range(64, 128, &mut removed), 1);
+        assert_eq!((removed.maps.len(), removed.chunks.len()), (0, 1));
+        assert_eq!(list.get(0), Some(PhysAddr::from_frame_number(1)));
+        removed.clear();
+        assert!(removed.is_empty());
     }
 
     #[test]
