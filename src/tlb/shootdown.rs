@@ -316,11 +316,12 @@ impl Tlb {
             return;
         }
         let me = pin.cpu();
+        // Every target is below the CPU count: CPUs join active sets only through a `CpuPin`,
+        // which checks its index.
         let remote = items
             .iter()
             .fold(CpuSet::EMPTY, |set, item| set.union(item.targets))
             .without(me);
-        let remote = CpuSet(remote.0 & cpu_mask(self.cpu_count()));
         let request = Request {
             items,
             pending: AtomicUsize::new(remote.len()),
@@ -371,15 +372,6 @@ impl Tlb {
             request.pending.fetch_sub(1, Ordering::Release);
             node = next;
         }
-    }
-}
-
-/// The CPUs below `count`.
-fn cpu_mask(count: usize) -> u64 {
-    if count >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << count) - 1
     }
 }
 
