@@ -865,3 +865,63 @@ fn map_range_maps_committed_pages_or_nothing() {
         assert_eq!(machine.frames_in_use(), 0);
     }
 }
+
+/// Gaps mutation testing found: `zx_vmo_op_range` refuses a buffer or a buffer size alone
+/// (INVALID_ARGS, nothing committed), `ZX_VMO_RESIZABLE` is NOT_SUPPORTED rather than
+/// INVALID_ARGS, and `zx_vmar_map` refuses each `ZX_VM_CAN_MAP_*` bit.
+#[test]
+fn refusals_mutation_testing_asked_for() {
+    let machine = common::machine(1);
+    let p = common::process(&machine, Format::X86_64);
+    let mut vmo = 0;
+    assert_eq!(zx_vmo_create(&p, 4 * PAGE_SIZE, 0, &mut vmo), ZX_OK);
+    for (buffer, buffer_size) in [(0x1000, 0), (0, 8), (0x1000, 8)] {
+        assert_eq!(
+            zx_vmo_op_range(&p, vmo, ZX_VMO_OP_COMMIT, 0, PAGE_SIZE, buffer, buffer_size),
+            ZX_ERR_INVALID_ARGS,
+            "buffer {buffer:#x}, size {buffer_size}"
+        );
+    }
+    assert_eq!(common::committed(&p, vmo), 0);
+    let mut other = 0;
+    assert_eq!(
+        zx_vmo_create(&p, PAGE_SIZE, ZX_VMO_RESIZABLE, &mut other),
+        ZX_ERR_NOT_SUPPORTED
+    );
+    assert_eq!(
+        zx_vmo_create(&p, PAGE_SIZE, ZX_VMO_DISCARDABLE, &mut other),
+        ZX_ERR_NOT_SUPPORTED
+    );
+    assert_eq!(
+        zx_vmo_create(
+            &p,
+            PAGE_SIZE,
+            ZX_VMO_RESIZABLE | ZX_VMO_DISCARDABLE,
+            &mut other
+        ),
+        ZX_ERR_NOT_SUPPORTED
+    );
+    let root = p.root_vmar_handle();
+    for can_map in [
+        ZX_VM_CAN_MAP_READ,
+        ZX_VM_CAN_MAP_WRITE,
+        ZX_VM_CAN_MAP_EXECUTE,
+        ZX_VM_CAN_MAP_SPECIFIC,
+    ] {
+        let mut addr = 0;
+        assert_eq!(
+            zx_vmar_map(
+                &p,
+                root,
+                ZX_VM_PERM_READ | can_map,
+                0,
+                vmo,
+                0,
+                PAGE_SIZE,
+                &mut addr
+            ),
+            ZX_ERR_INVALID_ARGS,
+            "{can_map:#x}"
+        );
+    }
+}
