@@ -924,4 +924,24 @@ fn refusals_mutation_testing_asked_for() {
             "{can_map:#x}"
         );
     }
+    // Refused before the rights are looked at: a VMO handle without READ still gets INVALID_ARGS.
+    let mut map_only = 0;
+    assert_eq!(
+        zx_handle_duplicate(&p, vmo, ZX_RIGHT_MAP, &mut map_only),
+        ZX_OK
+    );
+    let mut addr = 0;
+    assert_eq!(
+        zx_vmar_map(
+            &p,
+            root,
+            ZX_VM_PERM_READ | ZX_VM_CAN_MAP_READ,
+            0,
+            map_only,
+            0,
+            PAGE_SIZE,
+            &mut addr
+        ),
+        ZX_ERR_INVALID_ARGS
+    );
 }
