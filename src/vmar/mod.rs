@@ -795,12 +795,16 @@ impl AddressSpace {
             // The entry was there already: this CPU faulted on a narrower translation it caches
             // (another CPU's fault or a protect upgraded the entry meanwhile). aarch64 keeps such
             // an entry in the TLB after the fault, and the access would fault forever: drop it
-            // here, so that the kernel's handler need not.
+            // here, so that the kernel's handler need not. The walk is dropped too
+            // (`tables_freed`: TLBI VAE1 rather than VALE1 on aarch64; INVLPG drops it anyway):
+            // the CPU may have faulted through a cached walk to a table that another CPU's
+            // decommit unlinked and has not invalidated yet, while this fault mapped the page
+            // through a new table; keeping that walk would fault again until then.
             self.platform.invalidate_local(&TlbInvalidate {
                 asid: self.asid,
                 root: self.root_table,
                 scope: TlbScope::Pages(&[va]),
-                tables_freed: false,
+                tables_freed: true,
             });
         }
         Ok(())
