@@ -379,6 +379,14 @@ pub const fn is_page_aligned(value: u64) -> bool {
     value & (PAGE_SIZE - 1) == 0
 }
 
+static NEXT_KOID: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1024);
+
+/// A fresh kernel object id (from 1024 up; ids below are left for the kernel's own objects).
+/// Every object of the crate takes its id here, at the bottom of the layers.
+pub(crate) fn next_koid() -> zx_koid_t {
+    NEXT_KOID.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,21 +9,23 @@
 //! target of their own architecture (`cfg(target_arch)` and `cfg(target_os = "none")`).
 
 mod aarch64;
+mod flush;
 mod page_table;
 pub mod regime;
 mod x86_64;
 
 pub use self::aarch64::Aarch64;
+pub use self::flush::{PendingFlush, FULL_FLUSH_THRESHOLD};
 pub use self::page_table::{
     check_prepared_root, new_page_table, new_page_table_for, translate, translate_format,
     valid_user_range, walk, walk_format, PageTable, PageTableOps, RootProblem,
 };
 pub use self::x86_64::X86_64;
 
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
-pub use self::aarch64::tlb as native_tlb;
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
-pub use self::x86_64::tlb as native_tlb;
+/// The local CPU's TLB instructions (bare metal only), under their old name.
+#[cfg(target_os = "none")]
+pub use crate::platform::native as native_tlb;
+pub use crate::platform::{MemoryAttributes, Shareability};
 
 use crate::platform::PhysAddr;
 use bitflags::bitflags;
@@ -86,46 +88,6 @@ pub trait PteFormat: Send + Sync + 'static {
 
     /// The permissions of a valid level-0 entry.
     fn page_flags(entry: u64) -> MmuFlags;
-}
-
-/// How normal memory (user pages) is described to the MMU. aarch64 only: x86_64 pages use PAT
-/// entry 0, write-back after reset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryAttributes {
-    /// The MAIR_EL1 attribute index (0-7) that the kernel programmed as normal write-back memory.
-    pub mair_index: u8,
-    /// The shareability of user pages.
-    pub shareability: Shareability,
-}
-
-impl MemoryAttributes {
-    /// Attribute index 0, inner shareable: what the crate used before it asked.
-    pub const DEFAULT: MemoryAttributes = MemoryAttributes {
-        mair_index: 0,
-        shareability: Shareability::Inner,
-    };
-
-    /// Whether the values can be encoded (an index below 8).
-    pub const fn is_valid(self) -> bool {
-        self.mair_index < 8
-    }
-}
-
-impl Default for MemoryAttributes {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-/// The shareability domain of normal memory (aarch64 SH bits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shareability {
-    /// SH = 0b00.
-    Non,
-    /// SH = 0b10.
-    Outer,
-    /// SH = 0b11: every CPU of an SMP system.
-    Inner,
 }
 
 /// The page-table formats, for choosing one at run time.

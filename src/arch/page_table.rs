@@ -8,12 +8,12 @@
 //! the pages to invalidate and the table pages to free in a [`PendingFlush`], and the caller hands
 //! that to [`crate::tlb`], which invalidates first and frees after.
 
+use super::PendingFlush;
 use super::{
     entry_span, table_index, Format, MemoryAttributes, MmuFlags, PteFormat, ENTRIES, LEVELS,
 };
 use crate::abi::Status;
 use crate::platform::{PhysAddr, Platform};
-use crate::tlb::PendingFlush;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 

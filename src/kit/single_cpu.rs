@@ -206,7 +206,7 @@ pub unsafe trait CpuOps: Send + Sync {
     fn invalidate_local(&self, request: &TlbInvalidate<'_>);
 }
 
-/// The real instructions, through the crate's `arch::native_tlb`: CR3 and INVLPG/INVPCID on
+/// The real instructions, through the crate's `platform::native`: CR3 and INVLPG/INVPCID on
 /// x86_64, TTBR0_EL1 and TLBI on aarch64. Bare metal only.
 ///
 /// Without user address space, x86_64 runs on the kernel's own root table (given at
@@ -272,21 +272,21 @@ impl NativeCpu {
 unsafe impl CpuOps for NativeCpu {
     unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
         // SAFETY: forwarded from the caller (`Platform::load_root`'s contract).
-        unsafe { crate::arch::native_tlb::load_root(root, asid, flush) }
+        unsafe { crate::platform::native::load_root(root, asid, flush) }
     }
 
     unsafe fn load_kernel_root(&self) {
         // SAFETY: the idle root maps the kernel (x86_64: it is the kernel's own root, `new`'s
         // contract) or is an empty lower-half table while the kernel runs from TTBR1_EL1
         // (aarch64, `with_empty_table`'s contract); the caller touches no user address next.
-        unsafe { crate::arch::native_tlb::load_root(self.idle_root, 0, true) }
+        unsafe { crate::platform::native::load_root(self.idle_root, 0, true) }
     }
 
     fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
         #[cfg(target_arch = "x86_64")]
-        crate::arch::native_tlb::invalidate_local(request);
+        crate::platform::native::invalidate_local(request);
         #[cfg(target_arch = "aarch64")]
-        crate::arch::native_tlb::invalidate_broadcast(request);
+        crate::platform::native::invalidate_broadcast(request);
     }
 }
 

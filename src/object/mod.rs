@@ -17,15 +17,7 @@ use crate::platform::Platform;
 use crate::vmar::{AddressSpace, AspaceError, Vmar};
 use crate::vmo::Vmo;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
-
-static NEXT_KOID: AtomicU64 = AtomicU64::new(1024);
-
-/// A fresh kernel object id.
-pub(crate) fn next_koid() -> zx_koid_t {
-    NEXT_KOID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// An object a handle can name.
 #[derive(Clone)]

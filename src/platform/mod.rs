@@ -8,6 +8,59 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+/// The TLB and translation-register instructions of the architecture the crate is compiled for:
+/// what the default [`Platform::invalidate_local`] and [`Platform::load_root`] run. Only on bare
+/// metal (`target_os = "none"`).
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[path = "native_x86_64.rs"]
+pub mod native;
+/// The TLB and translation-register instructions of the architecture the crate is compiled for:
+/// what the default [`Platform::invalidate_local`] and [`Platform::load_root`] run. Only on bare
+/// metal (`target_os = "none"`).
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[path = "native_aarch64.rs"]
+pub mod native;
+
+/// How normal memory (user pages) is described to the MMU. aarch64 only: x86_64 pages use PAT
+/// entry 0, write-back after reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryAttributes {
+    /// The MAIR_EL1 attribute index (0-7) that the kernel programmed as normal write-back memory.
+    pub mair_index: u8,
+    /// The shareability of user pages.
+    pub shareability: Shareability,
+}
+
+impl MemoryAttributes {
+    /// Attribute index 0, inner shareable: what the crate used before it asked.
+    pub const DEFAULT: MemoryAttributes = MemoryAttributes {
+        mair_index: 0,
+        shareability: Shareability::Inner,
+    };
+
+    /// Whether the values can be encoded (an index below 8).
+    pub const fn is_valid(self) -> bool {
+        self.mair_index < 8
+    }
+}
+
+impl Default for MemoryAttributes {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The shareability domain of normal memory (aarch64 SH bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shareability {
+    /// SH = 0b00.
+    Non,
+    /// SH = 0b10.
+    Outer,
+    /// SH = 0b11: every CPU of an SMP system.
+    Inner,
+}
+
 /// A physical address.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
@@ -231,8 +284,8 @@ pub unsafe trait Platform: Send + Sync {
     /// normal write-back memory, and the shareability). Optional: the default is index 0, inner
     /// shareable. On bare-metal aarch64 the crate reads MAIR_EL1 when it makes an address space
     /// and refuses an index that holds a Device attribute.
-    fn memory_attributes(&self) -> crate::arch::MemoryAttributes {
-        crate::arch::MemoryAttributes::DEFAULT
+    fn memory_attributes(&self) -> MemoryAttributes {
+        MemoryAttributes::DEFAULT
     }
 
     /// Keeps the calling thread on its CPU until the matching [`Platform::preempt_enable`]; calls
@@ -257,14 +310,14 @@ pub unsafe trait Platform: Send + Sync {
 
     /// Carries out `request` in the calling CPU's TLB, whether or not the address space is the
     /// current one there. On bare metal the default runs the architecture's instructions
-    /// (`arch::native_tlb::invalidate_local` on x86_64, `invalidate_broadcast` on aarch64); a host
+    /// (`platform::native::invalidate_local` on x86_64, `invalidate_broadcast` on aarch64); a host
     /// platform (the simulation) must provide it.
     #[cfg(target_os = "none")]
     fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
         #[cfg(target_arch = "x86_64")]
-        crate::arch::native_tlb::invalidate_local(request);
+        self::native::invalidate_local(request);
         #[cfg(target_arch = "aarch64")]
-        crate::arch::native_tlb::invalidate_broadcast(request);
+        self::native::invalidate_broadcast(request);
     }
 
     /// Carries out `request` in the calling CPU's TLB (see the bare-metal default).
@@ -287,7 +340,7 @@ pub unsafe trait Platform: Send + Sync {
     /// Makes `root`, tagged `asid`, the calling CPU's user address space; with `flush`, first
     /// drops every translation the CPU holds under that tag. The crate calls it only from
     /// [`crate::vmar::AddressSpace::activate`]. On bare metal the default loads CR3 or
-    /// TTBR0_EL1 itself (`arch::native_tlb::load_root`); a host platform must provide it.
+    /// TTBR0_EL1 itself (`platform::native::load_root`); a host platform must provide it.
     ///
     /// # Safety
     /// `root` is the root table of a live address space, prepared by [`Platform::prepare_root`],
@@ -298,7 +351,7 @@ pub unsafe trait Platform: Send + Sync {
         // holds the kernel's own mappings (`prepare_root`); on aarch64 the kernel runs from
         // TTBR1_EL1, untouched by the switch. A non-zero tag exists only when the kernel made the
         // `Tlb` with tags, which it does only with PCIDs (x86_64) or ASIDs enabled.
-        unsafe { crate::arch::native_tlb::load_root(root, asid, flush) }
+        unsafe { self::native::load_root(root, asid, flush) }
     }
 
     /// Makes `root`, tagged `asid`, the calling CPU's user address space (see the bare-metal

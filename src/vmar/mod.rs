@@ -27,16 +27,16 @@ mod region;
 pub use self::region::{Mapping, Region};
 pub(crate) use self::region::{RegionKind, TreeAdapter, VmoListAdapter};
 
+use crate::abi::next_koid;
 use crate::abi::{
     is_page_aligned, page_round_up, zx_koid_t, Status, VmOptions, ZxResult, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::arch::{
     check_prepared_root, new_page_table_for, translate_format, Format, MmuFlags, PageTableOps,
-    RootProblem, USER_ADDRESS_LIMIT,
+    PendingFlush, RootProblem, USER_ADDRESS_LIMIT,
 };
-use crate::object::next_koid;
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
-use crate::tlb::{Item, PendingFlush, TlbBatch, ITEM_PAGES};
+use crate::tlb::{Item, TlbBatch, ITEM_PAGES};
 use crate::vmo::{Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;

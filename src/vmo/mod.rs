@@ -11,12 +11,12 @@ mod page_list;
 
 pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT};
 
+use crate::abi::next_koid;
 use crate::abi::{
     is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, zx_rights_t, Status, ZxResult,
     PAGE_SHIFT, PAGE_SIZE, ZX_CACHE_POLICY_CACHED, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_TYPE_PAGED,
     ZX_INFO_VMO_VIA_HANDLE,
 };
-use crate::object::next_koid;
 use crate::platform::{PhysAddr, Platform};
 use crate::tlb::TlbBatch;
 use crate::vmar::{Region, VmoListAdapter};
