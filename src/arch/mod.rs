@@ -25,7 +25,7 @@ pub use self::x86_64::X86_64;
 /// The local CPU's TLB instructions (bare metal only), under their old name.
 #[cfg(target_os = "none")]
 pub use crate::platform::native as native_tlb;
-pub use crate::platform::{MemoryAttributes, Shareability};
+pub use crate::platform::{Format, MemoryAttributes, Shareability};
 
 use crate::platform::PhysAddr;
 use bitflags::bitflags;
@@ -88,45 +88,6 @@ pub trait PteFormat: Send + Sync + 'static {
 
     /// The permissions of a valid level-0 entry.
     fn page_flags(entry: u64) -> MmuFlags;
-}
-
-/// The page-table formats, for choosing one at run time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Format {
-    /// [`X86_64`].
-    X86_64,
-    /// [`Aarch64`].
-    Aarch64,
-}
-
-impl Format {
-    /// Both formats, for tests that run on each.
-    pub const ALL: [Format; 2] = [Format::X86_64, Format::Aarch64];
-
-    /// The format of the architecture the crate is compiled for (x86_64 on other hosts).
-    pub const NATIVE: Format = if cfg!(target_arch = "aarch64") {
-        Format::Aarch64
-    } else {
-        Format::X86_64
-    };
-
-    /// The most ASIDs or PCIDs the format's TLBs can tell apart (tags 1..=max; 0 is untagged):
-    /// 4095 PCIDs on x86_64, 65535 ASIDs on aarch64 (16-bit ASIDs, TCR_EL1.AS = 1; a kernel with
-    /// 8-bit ASIDs passes at most 255).
-    pub const fn max_tags(self) -> u16 {
-        match self {
-            Format::X86_64 => 4095,
-            Format::Aarch64 => u16::MAX,
-        }
-    }
-
-    /// The format's name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Format::X86_64 => X86_64::NAME,
-            Format::Aarch64 => Aarch64::NAME,
-        }
-    }
 }
 
 /// Makes entries just made valid visible to this CPU's MMU before the faulting access is

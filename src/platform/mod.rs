@@ -4,9 +4,25 @@
 //! reaches physical memory, which CPU is running, and how the TLBs of a set of CPUs are invalidated.
 //! The host simulation (`sim` feature) is another implementation, and the one the tests use.
 
+mod asid;
+mod machine;
+
+pub use self::asid::AsidAllocator;
+pub(crate) use self::machine::{Node, Spare};
+pub use self::machine::{Tlb, TlbConfigError};
+
 use core::fmt;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+/// The atomics of the shootdown protocol: `loom`'s under `cfg(loom)`, so that the
+/// handshake can be model-checked, and `core`'s otherwise.
+pub(crate) mod sync {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+}
 
 /// The TLB and translation-register instructions of the architecture the crate is compiled for:
 /// what the default [`Platform::invalidate_local`] and [`Platform::load_root`] run. Only on bare
@@ -20,6 +36,45 @@ pub mod native;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[path = "native_aarch64.rs"]
 pub mod native;
+
+/// The page-table formats, for choosing one at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// x86_64's 4-level paging ([`crate::arch::X86_64`]).
+    X86_64,
+    /// VMSAv8-64, 4 KiB granule, 48-bit addresses ([`crate::arch::Aarch64`]).
+    Aarch64,
+}
+
+impl Format {
+    /// Both formats, for tests that run on each.
+    pub const ALL: [Format; 2] = [Format::X86_64, Format::Aarch64];
+
+    /// The format of the architecture the crate is compiled for (x86_64 on other hosts).
+    pub const NATIVE: Format = if cfg!(target_arch = "aarch64") {
+        Format::Aarch64
+    } else {
+        Format::X86_64
+    };
+
+    /// The most ASIDs or PCIDs the format's TLBs can tell apart (tags 1..=max; 0 is untagged):
+    /// 4095 PCIDs on x86_64, 65535 ASIDs on aarch64 (16-bit ASIDs, TCR_EL1.AS = 1; a kernel with
+    /// 8-bit ASIDs passes at most 255).
+    pub const fn max_tags(self) -> u16 {
+        match self {
+            Format::X86_64 => 4095,
+            Format::Aarch64 => u16::MAX,
+        }
+    }
+
+    /// The format's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Format::X86_64 => "x86_64",
+            Format::Aarch64 => "aarch64",
+        }
+    }
+}
 
 /// How normal memory (user pages) is described to the MMU. aarch64 only: x86_64 pages use PAT
 /// entry 0, write-back after reset.
@@ -242,10 +297,10 @@ pub struct TlbInvalidate<'a> {
 ///   mapping of the same memory type the MMU uses for page tables and user pages (normal
 ///   write-back memory). Page-table pages are reached through it too.
 /// - [`Platform::current_cpu`] answers the index of the calling CPU, below the CPU count given
-///   to [`crate::tlb::Tlb::new`], and keeps answering the same index between
+///   to [`Tlb::new`], and keeps answering the same index between
 ///   [`Platform::preempt_disable`] and [`Platform::preempt_enable`] (the thread does not migrate).
-/// - [`Platform::tlb`] always returns the same [`crate::tlb::Tlb`].
-/// - [`Platform::send_ipi`] makes every target CPU run [`crate::tlb::Tlb::handle_ipi`] once its
+/// - [`Platform::tlb`] always returns the same [`Tlb`].
+/// - [`Platform::send_ipi`] makes every target CPU run [`Tlb::handle_ipi`] once its
 ///   interrupts are enabled, and the heap is usable from that handler's context (the crate's
 ///   handler does not allocate, but a kernel's own handler code may).
 /// - [`Platform::invalidate_local`] carries out the request on the calling CPU (on every CPU, when
@@ -277,7 +332,7 @@ pub unsafe trait Platform: Send + Sync {
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8;
 
     /// The index of the CPU running the caller, below the CPU count given to
-    /// [`crate::tlb::Tlb::new`] (the crate's one source for the number of CPUs).
+    /// [`Tlb::new`] (the crate's one source for the number of CPUs).
     fn current_cpu(&self) -> usize;
 
     /// The memory attributes of user pages (aarch64: the MAIR_EL1 index the kernel programmed as
@@ -297,11 +352,11 @@ pub unsafe trait Platform: Send + Sync {
     /// Undoes one [`Platform::preempt_disable`]. Optional, as that is.
     fn preempt_enable(&self) {}
 
-    /// The machine's TLB-maintenance state, made once by the kernel with [`crate::tlb::Tlb::new`].
-    fn tlb(&self) -> &crate::tlb::Tlb;
+    /// The machine's TLB-maintenance state, made once by the kernel with [`Tlb::new`].
+    fn tlb(&self) -> &Tlb;
 
     /// Sends the TLB-shootdown IPI to every CPU in `targets` (never the caller). The kernel's
-    /// handler for it calls [`crate::tlb::Tlb::handle_ipi`]. Called with no crate lock held.
+    /// handler for it calls [`Tlb::handle_ipi`]. Called with no crate lock held.
     /// Never called when [`Platform::invalidation_is_broadcast`] answers true; the default, for
     /// such a platform (and a single-CPU one, which has no other CPU to send to), does nothing.
     fn send_ipi(&self, targets: CpuSet) {
@@ -401,7 +456,7 @@ impl<'a> CpuPin<'a> {
     ///
     /// # Panics
     /// If [`Platform::current_cpu`] answers an index at or above the CPU count of the platform's
-    /// [`crate::tlb::Tlb`]: a broken `Platform` implementation, never a caller's argument.
+    /// [`Tlb`]: a broken `Platform` implementation, never a caller's argument.
     pub fn new(platform: &'a dyn Platform) -> Self {
         platform.preempt_disable();
         let cpu = platform.current_cpu();

@@ -7,29 +7,18 @@
 //! [`TlbBatch::finish`], which invalidates first. A batch is `#[must_use]`, and one dropped without
 //! `finish` leaks its frames rather than freeing them early (and fails a debug assertion).
 
-mod asid;
 mod shootdown;
 
-pub use self::asid::AsidAllocator;
 pub(crate) use self::shootdown::{Item, ITEM_PAGES};
-pub use self::shootdown::{Tlb, TlbConfigError};
+pub use crate::platform::{AsidAllocator, Tlb, TlbConfigError};
 
 pub use crate::arch::{PendingFlush, FULL_FLUSH_THRESHOLD};
-use crate::platform::{CpuPin, Platform};
+use crate::platform::{CpuPin, Platform, Spare};
 use crate::vmar::{AddressSpace, Region};
 use crate::vmo::{RemovedPages, Vmo};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-
-/// The atomics of the shootdown protocol: `loom`'s under `cfg(loom)`, so that the
-/// handshake can be model-checked, and `core`'s otherwise.
-mod sync {
-    #[cfg(not(loom))]
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-    #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-}
 
 /// The heap space one operation works in: its records, and the lists the VMAR layer walks and
 /// collects into. Kept warm between operations (one spare per CPU in the [`Tlb`]), so that a
@@ -51,21 +40,30 @@ pub(crate) struct Scratch {
 /// Everything one operation must invalidate and then free.
 #[must_use = "frames taken out of use are freed only by TlbBatch::finish, after the invalidation"]
 pub struct TlbBatch {
-    /// `None` only after `finish` took it.
-    scratch: Option<Box<Scratch>>,
+    /// A [`Scratch`]; `None` only after `finish` took it.
+    scratch: Option<Box<Spare>>,
+}
+
+/// The calling CPU's spare scratch space, or a new one.
+fn take_scratch(platform: &dyn Platform) -> Box<Spare> {
+    match platform.tlb().take_spare(platform.current_cpu()) {
+        Some(spare) if spare.is::<Scratch>() => spare,
+        _ => Box::new(Box::new(Scratch::default())),
+    }
 }
 
 impl TlbBatch {
     /// An empty batch, in the calling CPU's spare scratch space when it has one.
     pub fn new(platform: &dyn Platform) -> Self {
         TlbBatch {
-            scratch: Some(platform.tlb().take_scratch(platform)),
+            scratch: Some(take_scratch(platform)),
         }
     }
 
     fn scratch(&mut self) -> &mut Scratch {
         self.scratch
             .as_deref_mut()
+            .and_then(|spare| spare.downcast_mut())
             .expect("a batch holds its scratch until finish")
     }
 
@@ -111,10 +109,11 @@ impl TlbBatch {
     /// round for the whole operation, waits for that to complete, and only then frees the frames
     /// and table pages. Called with no crate lock held.
     pub fn finish(mut self, platform: &dyn Platform) {
-        let mut scratch = self
+        let mut spare = self
             .scratch
             .take()
             .expect("a batch holds its scratch until finish");
+        let scratch: &mut Scratch = spare.downcast_mut().expect("made by take_scratch");
         let used = scratch.used;
         {
             let pin = CpuPin::new(platform);
@@ -158,13 +157,17 @@ impl TlbBatch {
         }
         scratch.used = 0;
         scratch.items.clear();
-        platform.tlb().put_scratch(platform, scratch);
+        platform.tlb().put_spare(platform.current_cpu(), spare);
     }
 }
 
 impl Drop for TlbBatch {
     fn drop(&mut self) {
-        if let Some(scratch) = &self.scratch {
+        if let Some(scratch) = self
+            .scratch
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<Scratch>())
+        {
             debug_assert!(
                 scratch.removed.is_empty()
                     && scratch.spaces[..scratch.used]

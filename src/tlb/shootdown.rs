@@ -48,14 +48,10 @@
 //! read, in which case it is marked stale and flushes the tag before its next use
 //! ([`crate::vmar::AddressSpace::activate`]), or it never ran it.
 
-use super::sync::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use super::AsidAllocator;
-use crate::arch::Format;
-use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope, MAX_CPUS};
-use alloc::boxed::Box;
-use core::fmt;
-use core::ptr;
-use core::sync::atomic::AtomicPtr as CoreAtomicPtr;
+use crate::platform::sync::{AtomicUsize, Ordering};
+use crate::platform::{
+    CpuPin, CpuSet, Node, PhysAddr, Platform, Tlb, TlbInvalidate, TlbScope, MAX_CPUS,
+};
 
 /// The most single pages one [`Item`] names; past that it names the whole address space.
 pub(crate) const ITEM_PAGES: usize = super::FULL_FLUSH_THRESHOLD;
@@ -111,194 +107,7 @@ impl Request<'_> {
     }
 }
 
-/// A link in a CPU's mailbox, inside the [`Request`] it belongs to. Its fields are written before
-/// the node is published (release) and read after it is taken (acquire), by one thread each time,
-/// so relaxed atomics (core's, even under loom: the mailbox head orders them) are enough.
-struct Node {
-    /// The request (type-erased lifetime: valid until the node's CPU acknowledges).
-    request: CoreAtomicPtr<Request<'static>>,
-    next: CoreAtomicPtr<Node>,
-}
-
-impl Node {
-    #[allow(clippy::declare_interior_mutable_const)] // only used to initialise fresh arrays
-    const EMPTY: Node = Node {
-        request: CoreAtomicPtr::new(ptr::null_mut()),
-        next: CoreAtomicPtr::new(ptr::null_mut()),
-    };
-}
-
-/// A CPU's incoming shootdown requests: a lock-free stack of nodes that live in their requests.
-struct Mailbox {
-    head: AtomicPtr<Node>,
-}
-
-impl Mailbox {
-    fn new() -> Self {
-        Mailbox {
-            head: AtomicPtr::new(ptr::null_mut()),
-        }
-    }
-
-    /// Queues `node`, which no other thread can reach yet.
-    fn push(&self, node: &Node) {
-        let node = node as *const Node as *mut Node;
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `node` points into a live request (the caller's borrow); it is not shared
-            // until the CAS below publishes it (each node is pushed once, onto its own CPU's
-            // mailbox).
-            unsafe { (*node).next.store(head, Ordering::Relaxed) };
-            match self
-                .head
-                .compare_exchange(head, node, Ordering::Release, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(current) => head = current,
-            }
-        }
-    }
-
-    /// Takes every queued node. Only whole lists are taken, so pushes never race with a partial
-    /// take (no ABA).
-    fn take_all(&self) -> *mut Node {
-        // Look before writing: a wait loop polls this often, and an empty mailbox should not
-        // bounce its cache line between CPUs.
-        if self.head.load(Ordering::Relaxed).is_null() {
-            return ptr::null_mut();
-        }
-        self.head.swap(ptr::null_mut(), Ordering::Acquire)
-    }
-}
-
-/// Why [`Tlb::new`] refused a configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlbConfigError {
-    /// The CPU count is 0 or above [`MAX_CPUS`].
-    CpuCount {
-        /// The count given.
-        cpus: usize,
-    },
-    /// More tags than the format's TLBs can hold: x86_64 PCIDs are 1..=4095, aarch64 ASIDs
-    /// 1..=255 (8-bit) or 1..=65535 (16-bit, TCR_EL1.AS = 1).
-    TooManyTags {
-        /// The count given.
-        tags: u16,
-        /// The most the format allows.
-        max: u16,
-    },
-}
-
-impl fmt::Display for TlbConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            TlbConfigError::CpuCount { cpus } => {
-                write!(f, "{cpus} CPUs: the crate handles 1 to {MAX_CPUS}")
-            }
-            TlbConfigError::TooManyTags { tags, max } => {
-                write!(f, "{tags} tags: this page-table format has at most {max}")
-            }
-        }
-    }
-}
-
-/// The machine's TLB-maintenance state: one shootdown mailbox per CPU, the address space each
-/// CPU runs, the ASID/PCID allocator, and spare scratch space for operations. A kernel makes one
-/// at boot and returns it from [`Platform::tlb`].
-pub struct Tlb {
-    /// The CPU count given to [`Tlb::new`]; the arrays below have room for [`MAX_CPUS`], so that
-    /// making a `Tlb` needs no heap (a kernel may make one before its heap works).
-    cpus: usize,
-    mailboxes: [Mailbox; MAX_CPUS],
-    /// Per CPU: the address space it runs (an `Arc` turned into a raw pointer by
-    /// [`crate::vmar::AddressSpace::activate`]), or null.
-    current: [AtomicPtr<()>; MAX_CPUS],
-    /// Per CPU: a spare operation scratch space, kept warm so operations need no allocation.
-    spare: [AtomicPtr<super::Scratch>; MAX_CPUS],
-    asids: AsidAllocator,
-    rounds: AtomicU64,
-}
-
-// SAFETY: the node pointers in the mailboxes point into requests whose initiators wait until
-// every node was taken and acknowledged; a node is only read by the one thread that took it.
-// The `current` and `spare` pointers are owned `Arc`/`Box` values handed over atomically.
-unsafe impl Send for Tlb {}
-// SAFETY: as above: all shared access goes through atomics.
-unsafe impl Sync for Tlb {}
-
 impl Tlb {
-    /// State for `cpus` CPUs and `tags` usable ASIDs or PCIDs (1..=tags; 0 means untagged, the
-    /// fallback when they run out) for page tables in `format`. x86_64 without PCIDs and aarch64
-    /// without ASIDs pass 0. Errors, rather than panics, for a CPU count outside 1..=[`MAX_CPUS`]
-    /// and for more tags than `format` has.
-    pub fn new(cpus: usize, tags: u16, format: Format) -> Result<Self, TlbConfigError> {
-        if !(1..=MAX_CPUS).contains(&cpus) {
-            return Err(TlbConfigError::CpuCount { cpus });
-        }
-        let max = format.max_tags();
-        if tags > max {
-            return Err(TlbConfigError::TooManyTags { tags, max });
-        }
-        Ok(Tlb {
-            cpus,
-            mailboxes: core::array::from_fn(|_| Mailbox::new()),
-            current: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-            spare: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-            asids: AsidAllocator::new(tags),
-            rounds: AtomicU64::new(0),
-        })
-    }
-
-    /// How many CPUs the machine has: the one source of that number.
-    pub fn cpu_count(&self) -> usize {
-        self.cpus
-    }
-
-    /// The ASID/PCID allocator.
-    pub fn asids(&self) -> &AsidAllocator {
-        &self.asids
-    }
-
-    /// How many shootdown rounds have run.
-    pub fn rounds(&self) -> u64 {
-        self.rounds.load(Ordering::Relaxed)
-    }
-
-    /// The slot that records which address space `cpu` runs.
-    pub(crate) fn current_slot(&self, cpu: usize) -> &AtomicPtr<()> {
-        &self.current[cpu]
-    }
-
-    /// A scratch space: the calling CPU's spare one if it has one, else a new one.
-    pub(crate) fn take_scratch(&self, platform: &dyn Platform) -> Box<super::Scratch> {
-        let spare = match self.spare[..self.cpus].get(platform.current_cpu()) {
-            Some(slot) => slot.swap(ptr::null_mut(), Ordering::Acquire),
-            None => ptr::null_mut(),
-        };
-        if spare.is_null() {
-            Box::default()
-        } else {
-            // SAFETY: the pointer came from `Box::into_raw` in `put_scratch` and the swap made
-            // this thread its only owner.
-            unsafe { Box::from_raw(spare) }
-        }
-    }
-
-    /// Keeps `scratch` (emptied, with its capacity) as the calling CPU's spare.
-    pub(crate) fn put_scratch(&self, platform: &dyn Platform, scratch: Box<super::Scratch>) {
-        let Some(slot) = self.spare[..self.cpus].get(platform.current_cpu()) else {
-            return;
-        };
-        let raw = Box::into_raw(scratch);
-        if slot
-            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
-            .is_err()
-        {
-            // SAFETY: the exchange failed, so `raw` was not published: we still own it.
-            drop(unsafe { Box::from_raw(raw) });
-        }
-    }
-
     /// Runs one shootdown round for `items` and returns when every targeted CPU has completed it.
     /// Called with no crate lock held. Allocates nothing: the request lives on this stack frame,
     /// which outlives every target's use of it.
@@ -307,7 +116,7 @@ impl Tlb {
             return;
         }
         let platform = pin.platform();
-        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.count_round();
         if platform.invalidation_is_broadcast() {
             // One broadcast per item reaches every CPU and completes before it returns.
             for item in items {
@@ -328,10 +137,10 @@ impl Tlb {
             nodes: [Node::EMPTY; MAX_CPUS],
         };
         if !remote.is_empty() {
-            let erased = &request as *const Request<'_> as *mut Request<'static>;
+            let erased = &request as *const Request<'_> as *mut ();
             for cpu in remote.iter() {
                 request.nodes[cpu].request.store(erased, Ordering::Relaxed);
-                self.mailboxes[cpu].push(&request.nodes[cpu]);
+                self.mailbox(cpu).push(&request.nodes[cpu]);
             }
             platform.send_ipi(remote);
         }
@@ -353,14 +162,14 @@ impl Tlb {
     }
 
     fn serve(&self, platform: &dyn Platform, me: usize) {
-        let mut node = self.mailboxes[me].take_all();
+        let mut node = self.mailbox(me).take_all();
         while !node.is_null() {
             // SAFETY: `node` was queued by `shoot` and unlinked by our `take_all`; its request's
             // initiator waits for our acknowledgement below, so the node and the request are
             // alive until then, and no other thread reads this node.
             let (request, next) = unsafe {
                 (
-                    &*(*node).request.load(Ordering::Relaxed),
+                    &*((*node).request.load(Ordering::Relaxed) as *const Request<'_>),
                     (*node).next.load(Ordering::Relaxed),
                 )
             };
@@ -375,25 +184,13 @@ impl Tlb {
     }
 }
 
-impl Drop for Tlb {
-    fn drop(&mut self) {
-        for slot in self.spare.iter() {
-            let spare = slot.swap(ptr::null_mut(), Ordering::Acquire);
-            if !spare.is_null() {
-                // SAFETY: made by `Box::into_raw` in `put_scratch`, owned by the slot.
-                drop(unsafe { Box::from_raw(spare) });
-            }
-        }
-        // A `current` slot still set holds its address space alive, which holds the platform
-        // (and this Tlb) alive: a Tlb is dropped only when no CPU runs an address space.
-    }
-}
-
 /// The handshake, model-checked with loom: every interleaving (up to loom's bounds) of an
 /// initiator and its targets. Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
 #[cfg(all(test, loom))]
 mod loom_model {
     use super::*;
+    use crate::platform::Format;
+    use core::ptr;
     use loom::sync::atomic::AtomicBool;
     use loom::sync::Arc;
     use loom::thread;
