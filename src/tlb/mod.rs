@@ -14,27 +14,49 @@ pub use crate::platform::{AsidAllocator, Tlb, TlbConfigError};
 
 pub use crate::arch::{PendingFlush, FULL_FLUSH_THRESHOLD};
 use crate::platform::{CpuPin, Platform, Spare};
-use crate::vmar::{AddressSpace, Region};
-use crate::vmo::{RemovedPages, Vmo};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::any::Any;
 
-/// The heap space one operation works in: its records, and the lists the VMAR layer walks and
-/// collects into. Kept warm between operations (one spare per CPU in the [`Tlb`]), so that a
-/// decommit, an unmap or a protect allocates nothing once its lists have grown to its size.
+/// Something whose translations a batch invalidates: an address space of the layer above. It
+/// names its part of a shootdown round for what `pending` records (the CPUs to reach, its tag
+/// and root, the pages); the batch keeps it alive until the round completed.
+pub(crate) trait FlushTarget: Send + Sync {
+    /// This target's part of the round.
+    fn shootdown_item(&self, pending: &PendingFlush) -> Item;
+}
+
+/// Work that must wait for an operation's shootdown round: frames to free, lists to update.
+/// The layers above define it; this layer knows only that it waits. One value of each type per
+/// scratch space, made on first use and kept warm with it.
+pub(crate) trait Deferred: Any + Send {
+    /// Carries the work out, and empties the value (keeping its capacity).
+    ///
+    /// # Safety
+    /// Called only once every invalidation that covers the work completed: no page table or
+    /// TLB refers to the frames it frees.
+    unsafe fn after_flush(&mut self, platform: &dyn Platform);
+    /// Whether it holds frames (which a batch dropped without `finish` leaks).
+    fn holds_frames(&self) -> bool;
+    /// `self`, for finding a value by type.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// How many kinds of deferred work one batch can carry.
+const DEFERRED_KINDS: usize = 2;
+
+/// The heap space one operation works in: its records and its deferred work. Kept warm between
+/// operations (one spare per CPU in the [`Tlb`]), so that a decommit, an unmap or a protect
+/// allocates nothing once its lists have grown to its size.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    /// Per address space touched: its record. Only the first `used` are in use; the rest keep
-    /// their capacity for later operations.
-    spaces: Vec<(Option<Arc<AddressSpace>>, PendingFlush)>,
+    /// Per target touched: its record. Only the first `used` are in use; the rest keep their
+    /// capacity for later operations.
+    spaces: Vec<(Option<Arc<dyn FlushTarget>>, PendingFlush)>,
     used: usize,
-    removed: RemovedPages,
-    /// Unmapped mappings, taken off their VMOs' lists after the shootdown.
-    retired: Vec<Arc<Region>>,
     items: Vec<Item>,
-    /// Lists for the VMAR layer's range walks (taken out and put back by it).
-    pub(crate) vmar: crate::vmar::RangeScratch,
+    deferred: [Option<Box<dyn Deferred>>; DEFERRED_KINDS],
 }
 
 /// Everything one operation must invalidate and then free.
@@ -67,25 +89,22 @@ impl TlbBatch {
             .expect("a batch holds its scratch until finish")
     }
 
-    /// The VMAR layer's lists.
-    pub(crate) fn vmar_scratch(&mut self) -> &mut crate::vmar::RangeScratch {
-        &mut self.scratch().vmar
-    }
-
-    /// The record for `aspace`, made on first use.
-    pub(crate) fn space(&mut self, aspace: &Arc<AddressSpace>) -> &mut PendingFlush {
+    /// The record for `target`, made on first use.
+    pub(crate) fn space<T: FlushTarget + 'static>(&mut self, target: &Arc<T>) -> &mut PendingFlush {
         let scratch = self.scratch();
         let used = scratch.used;
-        let found = scratch.spaces[..used]
-            .iter()
-            .position(|(a, _)| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, aspace)));
+        let key = Arc::as_ptr(target) as *const ();
+        let found = scratch.spaces[..used].iter().position(|(t, _)| {
+            t.as_ref()
+                .is_some_and(|t| core::ptr::eq(Arc::as_ptr(t) as *const (), key))
+        });
         let index = match found {
             Some(index) => index,
             None => {
                 if used == scratch.spaces.len() {
                     scratch.spaces.push((None, PendingFlush::new()));
                 }
-                scratch.spaces[used].0 = Some(aspace.clone());
+                scratch.spaces[used].0 = Some(target.clone());
                 scratch.used += 1;
                 used
             }
@@ -93,21 +112,26 @@ impl TlbBatch {
         &mut scratch.spaces[index].1
     }
 
-    /// Where the pages that leave VMOs go, to be freed after the invalidation.
-    pub(crate) fn removed(&mut self) -> &mut RemovedPages {
-        &mut self.scratch().removed
-    }
-
-    /// Takes over an unmapped mapping: it leaves its VMO's list only after the shootdown, so that
-    /// a decommit meanwhile still flushes its address space, and its VMO (which it holds alive)
-    /// cannot free frames while a TLB may still map them.
-    pub(crate) fn retire(&mut self, region: Arc<Region>) {
-        self.scratch().retired.push(region);
+    /// The batch's deferred work of type `W`, made on first use.
+    pub(crate) fn deferred<W: Deferred + Default>(&mut self) -> &mut W {
+        let slots = &mut self.scratch().deferred;
+        let index = slots
+            .iter_mut()
+            .position(|slot| match slot {
+                Some(work) => work.as_any_mut().is::<W>(),
+                None => true,
+            })
+            .expect("more kinds of deferred work than DEFERRED_KINDS");
+        slots[index]
+            .get_or_insert_with(|| Box::new(W::default()))
+            .as_any_mut()
+            .downcast_mut()
+            .expect("found by type")
     }
 
     /// Invalidates every recorded translation on the CPUs that may hold it, in one shootdown
-    /// round for the whole operation, waits for that to complete, and only then frees the frames
-    /// and table pages. Called with no crate lock held.
+    /// round for the whole operation, waits for that to complete, and only then frees the table
+    /// pages and runs the deferred work. Called with no crate lock held.
     pub fn finish(mut self, platform: &dyn Platform) {
         let mut spare = self
             .scratch
@@ -119,9 +143,9 @@ impl TlbBatch {
             let pin = CpuPin::new(platform);
             let Scratch { spaces, items, .. } = &mut *scratch;
             items.clear();
-            for (aspace, pending) in &spaces[..used] {
-                if let (Some(aspace), false) = (aspace, pending.is_empty()) {
-                    items.push(aspace.shootdown_item(pending));
+            for (target, pending) in &spaces[..used] {
+                if let (Some(target), false) = (target, pending.is_empty()) {
+                    items.push(target.shootdown_item(pending));
                 }
             }
             platform.tlb().shoot(&pin, items);
@@ -135,25 +159,15 @@ impl TlbBatch {
                 unsafe { platform.free_frames(pending.freed_tables()) };
             }
         }
-        // SAFETY: as for the tables: these frames left their page lists under the VMOs' locks,
-        // every entry mapping them was cleared and is covered by the shootdown that completed.
-        unsafe { scratch.removed.free(platform) };
-        scratch.removed.clear();
-        // No CPU holds a translation through the retired mappings any more.
-        for region in scratch.retired.drain(..) {
-            let vmo = region
-                .mapping()
-                .expect("only mappings retire")
-                .vmo()
-                .clone();
-            Vmo::remove_mapping_locked(&mut vmo.lock(), &region);
-            // Dropping the region may drop the VMO, which frees its frames: safe now.
+        for work in scratch.deferred.iter_mut().flatten() {
+            // SAFETY: `shoot` returned: every invalidation of this operation completed.
+            unsafe { work.after_flush(platform) };
         }
-        for (aspace, pending) in &mut scratch.spaces[..used] {
+        for (target, pending) in &mut scratch.spaces[..used] {
             pending.clear();
             // May drop the last reference to the address space, which tears it down (with a
             // round of its own, in another scratch space).
-            *aspace = None;
+            *target = None;
         }
         scratch.used = 0;
         scratch.items.clear();
@@ -169,7 +183,7 @@ impl Drop for TlbBatch {
             .and_then(|s| s.downcast_ref::<Scratch>())
         {
             debug_assert!(
-                scratch.removed.is_empty()
+                scratch.deferred.iter().flatten().all(|w| !w.holds_frames())
                     && scratch.spaces[..scratch.used]
                         .iter()
                         .all(|(_, p)| p.freed_tables().is_empty()),
@@ -182,7 +196,38 @@ impl Drop for TlbBatch {
 #[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
+    use crate::platform::PhysAddr;
     use crate::sim::SimMachine;
+
+    /// Frames to free after the round.
+    #[derive(Default)]
+    struct Frames(Vec<PhysAddr>);
+
+    impl Deferred for Frames {
+        unsafe fn after_flush(&mut self, platform: &dyn Platform) {
+            // SAFETY: forwarded from the caller.
+            unsafe { platform.free_frames(&self.0) };
+            self.0.clear();
+        }
+        fn holds_frames(&self) -> bool {
+            !self.0.is_empty()
+        }
+        fn as_any_mut(&mut self) -> &mut dyn Any {
+            self
+        }
+    }
+
+    /// Deferred work runs after the round: the frames are free once `finish` returned.
+    #[test]
+    fn deferred_work_runs_at_finish() {
+        let machine = SimMachine::with_frames(8);
+        let frame = machine.alloc_frame().unwrap();
+        let freed = machine.counters().frames_freed;
+        let mut batch = TlbBatch::new(&*machine);
+        batch.deferred::<Frames>().0.push(frame);
+        batch.finish(&*machine);
+        assert_eq!(machine.counters().frames_freed, freed + 1);
+    }
 
     /// A batch dropped while it holds frames, without `finish`, is a bug the debug build names
     /// (its frames leak rather than being freed before the invalidation).
@@ -192,7 +237,7 @@ mod tests {
         let machine = SimMachine::with_frames(8);
         let frame = machine.alloc_frame().unwrap();
         let mut batch = TlbBatch::new(&*machine);
-        batch.removed().frames.push(frame);
+        batch.deferred::<Frames>().0.push(frame);
         drop(batch);
     }
 

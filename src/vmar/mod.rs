@@ -36,7 +36,7 @@ use crate::arch::{
     PendingFlush, RootProblem, USER_ADDRESS_LIMIT,
 };
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
-use crate::tlb::{Item, TlbBatch, ITEM_PAGES};
+use crate::tlb::{Deferred, FlushTarget, Item, TlbBatch, ITEM_PAGES};
 use crate::vmo::{Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -232,6 +232,8 @@ impl VmarNode {
 pub(crate) struct AspaceTree {
     vmars: BTreeMap<VmarId, VmarNode>,
     next_id: VmarId,
+    /// The lists range operations walk and collect into, kept warm under the tree lock.
+    scratch: RangeScratch,
 }
 
 impl AspaceTree {
@@ -337,9 +339,9 @@ pub(crate) struct WalkFrame {
     end: u64,
 }
 
-/// The lists a range operation walks and collects into: kept in the operation's
-/// [`TlbBatch`] scratch space, so that they keep their capacity from one operation to the next
-/// and a warm decommit, unmap or protect allocates nothing.
+/// The lists a range operation walks and collects into: kept in the address space's tree (used
+/// only under its lock), so that they keep their capacity from one operation to the next and a
+/// warm decommit, unmap or protect allocates nothing.
 #[derive(Default)]
 pub(crate) struct RangeScratch {
     walk: Vec<WalkFrame>,
@@ -351,19 +353,19 @@ pub(crate) struct RangeScratch {
 }
 
 impl RangeScratch {
-    /// Takes the lists out of `batch` (so that `batch` can be used beside them).
-    fn take(batch: &mut TlbBatch) -> RangeScratch {
-        core::mem::take(batch.vmar_scratch())
+    /// Takes the lists out of `tree` (so that the tree can be used beside them).
+    fn take(tree: &mut AspaceTree) -> RangeScratch {
+        core::mem::take(&mut tree.scratch)
     }
 
-    /// Empties the lists and puts them back into `batch`, keeping their capacity.
-    fn put(mut self, batch: &mut TlbBatch) {
+    /// Empties the lists and puts them back into `tree`, keeping their capacity.
+    fn put(mut self, tree: &mut AspaceTree) {
         self.walk.clear();
         self.covered.clear();
         self.vmos.clear();
         self.regions.clear();
         self.vmar_ids.clear();
-        *batch.vmar_scratch() = self;
+        tree.scratch = self;
     }
 }
 
@@ -498,6 +500,7 @@ impl AddressSpace {
             stale: AtomicCpuSet::from(dirty),
             weak_self: weak_self.clone(),
             tree: Mutex::new(AspaceTree {
+                scratch: RangeScratch::default(),
                 vmars,
                 next_id: root_vmar + 1,
             }),
@@ -729,11 +732,13 @@ impl AddressSpace {
     pub(crate) fn unmap_pages(&self, start: u64, end: u64, pending: &mut PendingFlush) {
         self.mmu.lock().unmap(&*self.platform, start, end, pending);
     }
+}
 
+impl FlushTarget for AddressSpace {
     /// This address space's part of a shootdown for what `pending` records: the CPUs to
     /// interrupt are those where it is active; those that ran it but are elsewhere now are marked
     /// stale instead, and flush the tag when they come back ([`AddressSpace::activate`]).
-    pub(crate) fn shootdown_item(&self, pending: &PendingFlush) -> Item {
+    fn shootdown_item(&self, pending: &PendingFlush) -> Item {
         let mut targets = self.active.load();
         if self.asid != 0 && !self.platform.invalidation_is_broadcast() {
             self.stale.insert_all(self.ran.load().difference(targets));
@@ -753,7 +758,9 @@ impl AddressSpace {
             tables_freed: pending.tables_freed() && !cfg!(feature = "break-table-flush"),
         }
     }
+}
 
+impl AddressSpace {
     /// Resolves a page fault at `va`: commits the VMO page if needed and maps it with the
     /// mapping's permissions.
     pub fn page_fault(&self, va: u64, access: Access) -> Result<(), FaultError> {
@@ -821,7 +828,7 @@ impl AddressSpace {
             self.unmap_pages(region.base(), region.end(), batch.space(&self.arc()));
             mapping.set_unmapped();
         }
-        batch.retire(region.clone());
+        batch.deferred::<Retired>().0.push(region.clone());
     }
 
     /// Splits the mapping `region` of VMAR `id` at `va` (page aligned, strictly inside it). The
@@ -1197,7 +1204,7 @@ impl Vmar {
             return Err(Status::InvalidArgs);
         }
         self.aspace.split_at_bounds(tree, self.id, start, end)?;
-        let mut scratch = RangeScratch::take(batch);
+        let mut scratch = RangeScratch::take(tree);
         tree.node(self.id)?
             .children_in(start, end, &mut scratch.regions);
         for region in scratch.regions.drain(..) {
@@ -1209,7 +1216,7 @@ impl Vmar {
                 RegionKind::Mapping(_) => self.aspace.unlink_mapping(&region, batch),
             }
         }
-        scratch.put(batch);
+        scratch.put(tree);
         Ok(())
     }
 
@@ -1249,11 +1256,11 @@ impl Vmar {
         }
         let platform = &**self.aspace.platform();
         let mut batch = TlbBatch::new(platform);
-        let mut scratch = RangeScratch::take(&mut batch);
         let mut tree = self.aspace.lock_tree();
+        let mut scratch = RangeScratch::take(&mut tree);
         let result = self.protect_locked(&mut tree, options, addr, len, &mut scratch, &mut batch);
+        scratch.put(&mut tree);
         drop(tree);
-        scratch.put(&mut batch);
         batch.finish(platform);
         result
     }
@@ -1340,9 +1347,9 @@ impl Vmar {
                 }
             }
         }
-        let mut scratch = RangeScratch::take(&mut batch);
+        let mut scratch = RangeScratch::take(&mut tree);
         tree.destroy_subtree(&self.aspace, self.id, &mut scratch.vmar_ids, &mut batch);
-        scratch.put(&mut batch);
+        scratch.put(&mut tree);
         drop(tree);
         batch.finish(platform);
         Ok(())
@@ -1360,11 +1367,11 @@ impl Vmar {
         }
         let platform = &**self.aspace.platform();
         let mut batch = TlbBatch::new(platform);
-        let mut scratch = RangeScratch::take(&mut batch);
-        let tree = self.aspace.lock_tree();
+        let mut tree = self.aspace.lock_tree();
+        let mut scratch = RangeScratch::take(&mut tree);
         let result = self.decommit_locked(&tree, addr, size, &mut scratch, &mut batch);
+        scratch.put(&mut tree);
         drop(tree);
-        scratch.put(&mut batch);
         batch.finish(platform);
         result
     }
@@ -1424,6 +1431,35 @@ impl Vmar {
             vmo.decommit_locked(locked.inner(vmo), first, last, batch);
         }
         Ok(())
+    }
+}
+
+/// Mappings unmapped by an operation: each leaves its VMO's list only after the operation's
+/// shootdown round, so that a decommit meanwhile still flushes its address space, and its VMO
+/// (which it holds alive) cannot free frames while a TLB may still map them.
+#[derive(Default)]
+struct Retired(Vec<Arc<Region>>);
+
+impl Deferred for Retired {
+    unsafe fn after_flush(&mut self, _platform: &dyn Platform) {
+        for region in self.0.drain(..) {
+            let vmo = region
+                .mapping()
+                .expect("only mappings retire")
+                .vmo()
+                .clone();
+            Vmo::remove_mapping_locked(&mut vmo.lock(), &region);
+            // Dropping the region may drop the VMO, which frees its frames: safe now (the
+            // caller's promise).
+        }
+    }
+
+    fn holds_frames(&self) -> bool {
+        false
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
     }
 }
 

@@ -18,11 +18,12 @@ use crate::abi::{
     ZX_INFO_VMO_VIA_HANDLE,
 };
 use crate::platform::{PhysAddr, Platform};
-use crate::tlb::TlbBatch;
+use crate::tlb::{Deferred, TlbBatch};
 use crate::vmar::{Region, VmoListAdapter};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::any::Any;
 use intrusive_collections::LinkedList;
 use spin::mutex::{SpinMutex as Mutex, SpinMutexGuard as MutexGuard};
 
@@ -506,7 +507,11 @@ impl Vmo {
     ) {
         debug_assert!(self.supports_decommit());
         let last = last.min(self.size >> PAGE_SHIFT);
-        if inner.pages.remove_range(first, last, batch.removed()) == 0 {
+        if inner
+            .pages
+            .remove_range(first, last, batch.deferred::<RemovedPages>())
+            == 0
+        {
             // No page was committed, so no translation to one can exist.
             return;
         }
@@ -551,6 +556,24 @@ impl Vmo {
         let mut cursor = unsafe { inner.mappings.cursor_mut_from_ptr(Arc::as_ptr(region)) };
         cursor.remove();
         inner.mapping_count -= 1;
+    }
+}
+
+/// Pages taken out of VMOs wait in their operation's batch for its shootdown round.
+impl Deferred for RemovedPages {
+    unsafe fn after_flush(&mut self, platform: &dyn Platform) {
+        // SAFETY: forwarded: the frames left their page lists under the VMOs' locks, and every
+        // entry that mapped them was cleared and is covered by the round that completed.
+        unsafe { self.free(platform) };
+        self.clear();
+    }
+
+    fn holds_frames(&self) -> bool {
+        !self.is_empty()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
