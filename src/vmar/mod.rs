@@ -24,8 +24,9 @@
 
 mod region;
 
-pub use self::region::{Mapping, Region};
-pub(crate) use self::region::{RegionKind, TreeAdapter, VmoListAdapter};
+pub use self::region::Region;
+pub(crate) use self::region::{RegionKind, TreeAdapter};
+pub use crate::vmo::Mapping;
 
 use crate::abi::next_koid;
 use crate::abi::{
@@ -37,7 +38,7 @@ use crate::arch::{
 };
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
 use crate::tlb::{Deferred, FlushTarget, Item, TlbBatch, ITEM_PAGES};
-use crate::vmo::{Vmo, VmoInner};
+use crate::vmo::{MappedSpace, Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};
@@ -734,6 +735,16 @@ impl AddressSpace {
     }
 }
 
+impl MappedSpace for AddressSpace {
+    fn unmap_pages(self: Arc<Self>, start: u64, end: u64, batch: &mut TlbBatch) {
+        AddressSpace::unmap_pages(&self, start, end, batch.space(&self));
+    }
+
+    fn flush_all(self: Arc<Self>, batch: &mut TlbBatch) {
+        batch.space(&self).add_all();
+    }
+}
+
 impl FlushTarget for AddressSpace {
     /// This address space's part of a shootdown for what `pending` records: the CPUs to
     /// interrupt are those where it is active; those that ran it but are elsewhere now are marked
@@ -828,7 +839,7 @@ impl AddressSpace {
             self.unmap_pages(region.base(), region.end(), batch.space(&self.arc()));
             mapping.set_unmapped();
         }
-        batch.deferred::<Retired>().0.push(region.clone());
+        batch.deferred::<Retired>().0.push(mapping.clone());
     }
 
     /// Splits the mapping `region` of VMAR `id` at `va` (page aligned, strictly inside it). The
@@ -837,18 +848,19 @@ impl AddressSpace {
         let mapping = region.mapping().expect("a mapping");
         debug_assert!(va > region.base() && va < region.end() && is_page_aligned(va));
         let delta = va - region.base();
-        let upper = Region::new_mapping(
-            mapping.aspace_weak().clone(),
+        let upper = Mapping::new(
+            self.weak_self.clone(),
             va,
-            region.size() - delta,
+            mapping.size() - delta,
             mapping.vmo().clone(),
             mapping.vmo_offset() + delta,
             mapping.flags(),
             mapping.can_map(),
         );
         let mut inner = mapping.vmo().lock();
-        region.set_size(delta);
+        mapping.set_size(delta);
         Vmo::add_mapping_locked(&mut inner, upper.clone());
+        let upper = Region::new_mapping(upper);
         node.children.insert(upper.clone());
         upper
     }
@@ -881,7 +893,7 @@ impl Drop for AddressSpace {
             while let Some(region) = cursor.remove() {
                 if let Some(mapping) = region.mapping() {
                     let mut inner = mapping.vmo().lock();
-                    Vmo::remove_mapping_locked(&mut inner, &region);
+                    Vmo::remove_mapping_locked(&mut inner, mapping);
                     drop(inner);
                     vmos.push(mapping.vmo().clone());
                 }
@@ -1133,19 +1145,13 @@ impl Vmar {
             node.find_gap(len).ok_or(Status::NoResources)?
         };
         let flags = perms_to_mmu(options);
-        let region = Region::new_mapping(
-            Arc::downgrade(&self.aspace),
-            start,
-            len,
-            vmo.clone(),
-            vmo_offset,
-            flags,
-            can_map,
-        );
+        let space: Weak<dyn MappedSpace> = Arc::downgrade(&self.aspace) as Weak<AddressSpace>;
+        let mapping = Mapping::new(space, start, len, vmo.clone(), vmo_offset, flags, can_map);
+        let region = Region::new_mapping(mapping.clone());
         let mut result = Ok(start);
         let mapped = {
             let mut inner = vmo.lock();
-            Vmo::add_mapping_locked(&mut inner, region.clone());
+            Vmo::add_mapping_locked(&mut inner, mapping);
             tree.node_mut(self.id)?.children.insert(region.clone());
             if options.contains(VmOptions::MAP_RANGE) && flags.contains(MmuFlags::READ) {
                 self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)
@@ -1438,17 +1444,13 @@ impl Vmar {
 /// shootdown round, so that a decommit meanwhile still flushes its address space, and its VMO
 /// (which it holds alive) cannot free frames while a TLB may still map them.
 #[derive(Default)]
-struct Retired(Vec<Arc<Region>>);
+struct Retired(Vec<Arc<Mapping>>);
 
 impl Deferred for Retired {
     unsafe fn after_flush(&mut self, _platform: &dyn Platform) {
-        for region in self.0.drain(..) {
-            let vmo = region
-                .mapping()
-                .expect("only mappings retire")
-                .vmo()
-                .clone();
-            Vmo::remove_mapping_locked(&mut vmo.lock(), &region);
+        for mapping in self.0.drain(..) {
+            let vmo = mapping.vmo().clone();
+            Vmo::remove_mapping_locked(&mut vmo.lock(), &mapping);
             // Dropping the region may drop the VMO, which frees its frames: safe now (the
             // caller's promise).
         }

@@ -1,26 +1,22 @@
 //! The children of a VMAR: sub-VMARs and mappings, as nodes of an intrusive red-black tree.
 //!
-//! A [`Region`] sits in its parent VMAR's tree, keyed by base address. A mapping's region is also
-//! linked into its VMO's mapping list, so one `Arc<Region>` is shared by both collections.
+//! A [`Region`] sits in its parent VMAR's tree, keyed by base address. A mapping's region holds
+//! the [`Mapping`], which is also linked into its VMO's mapping list ([`crate::vmo::Mapping`]).
 //!
-//! A region's base (its tree key) and a mapping's VMO offset never change. Its size shrinks when a
-//! mapping is split; that is written only with both the address space's tree lock and the VMO's
-//! lock held, and read with either, so it is atomic.
+//! A region's base (its tree key) never changes, nor does a VMAR's size; a mapping's size is the
+//! mapping's own.
 
-use super::{AddressSpace, VmarId};
-use crate::abi::VmOptions;
-use crate::arch::MmuFlags;
-use crate::vmo::Vmo;
-use alloc::sync::{Arc, Weak};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use intrusive_collections::{intrusive_adapter, linked_list, rbtree, KeyAdapter};
+use super::VmarId;
+use crate::vmo::Mapping;
+use alloc::sync::Arc;
+use intrusive_collections::{intrusive_adapter, rbtree, KeyAdapter};
 
 /// A child of a VMAR.
 pub struct Region {
     tree_link: rbtree::AtomicLink,
-    vmo_link: linked_list::AtomicLink,
     base: u64,
-    size: AtomicU64,
+    /// A VMAR's size (a mapping's is the mapping's).
+    size: u64,
     kind: RegionKind,
 }
 
@@ -29,27 +25,10 @@ pub(crate) enum RegionKind {
     /// A sub-VMAR, whose own children live in the address space's tree under this id.
     Vmar(VmarId),
     /// A mapping of a VMO range.
-    Mapping(Mapping),
-}
-
-/// A mapping of part of a VMO into an address space.
-pub struct Mapping {
-    aspace: Weak<AddressSpace>,
-    vmo: Arc<Vmo>,
-    vmo_offset: u64,
-    /// The current permissions ([`MmuFlags`] bits, without `USER`). Guarded by the tree lock.
-    flags: AtomicU8,
-    /// The `ZX_VM_CAN_MAP_*` permissions the mapping may ever have: those that both the VMO
-    /// handle and the VMAR handle granted when it was made.
-    can_map: VmOptions,
-    /// Unmapped: out of its VMAR and its page-table entries cleared, but still on its VMO's list
-    /// until the shootdown for those entries completes (see [`crate::tlb::TlbBatch::retire`]).
-    /// Written under the VMO lock.
-    unmapped: AtomicBool,
+    Mapping(Arc<Mapping>),
 }
 
 intrusive_adapter!(pub(crate) TreeAdapter = Arc<Region>: Region { tree_link => rbtree::AtomicLink });
-intrusive_adapter!(pub(crate) VmoListAdapter = Arc<Region>: Region { vmo_link => linked_list::AtomicLink });
 
 impl<'a> KeyAdapter<'a> for TreeAdapter {
     type Key = u64;
@@ -62,35 +41,19 @@ impl Region {
     pub(crate) fn new_vmar(id: VmarId, base: u64, size: u64) -> Arc<Region> {
         Arc::new(Region {
             tree_link: rbtree::AtomicLink::new(),
-            vmo_link: linked_list::AtomicLink::new(),
             base,
-            size: AtomicU64::new(size),
+            size,
             kind: RegionKind::Vmar(id),
         })
     }
 
-    pub(crate) fn new_mapping(
-        aspace: Weak<AddressSpace>,
-        base: u64,
-        size: u64,
-        vmo: Arc<Vmo>,
-        vmo_offset: u64,
-        flags: MmuFlags,
-        can_map: VmOptions,
-    ) -> Arc<Region> {
+    /// The region of `mapping`, at the mapping's base and size.
+    pub(crate) fn new_mapping(mapping: Arc<Mapping>) -> Arc<Region> {
         Arc::new(Region {
             tree_link: rbtree::AtomicLink::new(),
-            vmo_link: linked_list::AtomicLink::new(),
-            base,
-            size: AtomicU64::new(size),
-            kind: RegionKind::Mapping(Mapping {
-                aspace,
-                vmo,
-                vmo_offset,
-                flags: AtomicU8::new(flags.bits()),
-                can_map,
-                unmapped: AtomicBool::new(false),
-            }),
+            base: mapping.base(),
+            size: 0,
+            kind: RegionKind::Mapping(mapping),
         })
     }
 
@@ -99,9 +62,12 @@ impl Region {
         self.base
     }
 
-    /// The size in bytes.
+    /// The size in bytes (a mapping's own, which a split changes).
     pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
+        match &self.kind {
+            RegionKind::Mapping(mapping) => mapping.size(),
+            RegionKind::Vmar(_) => self.size,
+        }
     }
 
     /// The first address past the region.
@@ -114,59 +80,10 @@ impl Region {
     }
 
     /// The mapping, if this region is one.
-    pub fn mapping(&self) -> Option<&Mapping> {
+    pub fn mapping(&self) -> Option<&Arc<Mapping>> {
         match &self.kind {
             RegionKind::Mapping(mapping) => Some(mapping),
             RegionKind::Vmar(_) => None,
         }
-    }
-
-    /// Sets the size. Caller holds the tree lock and, for a mapping, the VMO lock.
-    pub(crate) fn set_size(&self, size: u64) {
-        self.size.store(size, Ordering::Relaxed);
-    }
-}
-
-impl Mapping {
-    /// The VMO mapped.
-    pub fn vmo(&self) -> &Arc<Vmo> {
-        &self.vmo
-    }
-
-    /// The VMO offset that the mapping's base maps.
-    pub fn vmo_offset(&self) -> u64 {
-        self.vmo_offset
-    }
-
-    /// The current permissions.
-    pub fn flags(&self) -> MmuFlags {
-        MmuFlags::from_bits_truncate(self.flags.load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn set_flags(&self, flags: MmuFlags) {
-        self.flags.store(flags.bits(), Ordering::Relaxed);
-    }
-
-    /// The permissions the mapping may ever have, as `ZX_VM_CAN_MAP_*` bits.
-    pub fn can_map(&self) -> VmOptions {
-        self.can_map
-    }
-
-    /// Whether the mapping was unmapped and only waits for its shootdown.
-    pub(crate) fn is_unmapped(&self) -> bool {
-        self.unmapped.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_unmapped(&self) {
-        self.unmapped.store(true, Ordering::Relaxed);
-    }
-
-    /// The address space, unless it is being torn down.
-    pub(crate) fn aspace(&self) -> Option<Arc<AddressSpace>> {
-        self.aspace.upgrade()
-    }
-
-    pub(crate) fn aspace_weak(&self) -> &Weak<AddressSpace> {
-        &self.aspace
     }
 }

@@ -7,7 +7,11 @@
 //! Each VMO keeps, under its lock, the list of every mapping of it in every address space, so a
 //! decommit reaches every translation of its pages. The lock order is in [`crate::vmar`].
 
+mod mapping;
 mod page_list;
+
+pub use self::mapping::Mapping;
+pub(crate) use self::mapping::{MappedSpace, VmoListAdapter};
 
 pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT};
 
@@ -19,7 +23,6 @@ use crate::abi::{
 };
 use crate::platform::{PhysAddr, Platform};
 use crate::tlb::{Deferred, TlbBatch};
-use crate::vmar::{Region, VmoListAdapter};
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -234,7 +237,6 @@ impl Vmo {
             inner
                 .mappings
                 .iter()
-                .filter_map(|region| region.mapping())
                 .filter(|mapping| !mapping.is_unmapped())
         };
         live()
@@ -242,7 +244,7 @@ impl Vmo {
             .filter(|(index, mapping)| {
                 !live()
                     .take(*index)
-                    .any(|earlier| earlier.aspace_weak().ptr_eq(mapping.aspace_weak()))
+                    .any(|earlier| earlier.same_space(mapping))
             })
             .count() as u64
     }
@@ -516,44 +518,41 @@ impl Vmo {
             return;
         }
         let (start, end) = (first << PAGE_SHIFT, last << PAGE_SHIFT);
-        for region in inner.mappings.iter() {
-            let Some(mapping) = region.mapping() else {
-                continue;
-            };
+        for mapping in inner.mappings.iter() {
             let offset = mapping.vmo_offset();
             let lo = start.max(offset);
-            let hi = end.min(offset.saturating_add(region.size()));
+            let hi = end.min(offset.saturating_add(mapping.size()));
             if lo >= hi {
                 continue;
             }
-            let Some(aspace) = mapping.aspace() else {
+            let Some(space) = mapping.space() else {
                 continue;
             };
             if mapping.is_unmapped() {
                 // Its entries are gone, but the shootdown of its unmap may still be under way:
                 // a CPU may cache a translation to one of our frames through it. Flush its
                 // address space as part of our round, so the frames outlive every such entry.
-                batch.space(&aspace).add_all();
+                space.flush_all(batch);
                 continue;
             }
-            let va = region.base() + (lo - offset);
-            aspace.unmap_pages(va, va + (hi - lo), batch.space(&aspace));
+            let va = mapping.base() + (lo - offset);
+            space.unmap_pages(va, va + (hi - lo), batch);
         }
     }
 
-    /// Adds `region`, a new mapping of this VMO, to its list.
-    pub(crate) fn add_mapping_locked(inner: &mut VmoInner, region: Arc<Region>) {
-        inner.mappings.push_back(region);
+    /// Adds `mapping`, a new mapping of this VMO, to its list.
+    pub(crate) fn add_mapping_locked(inner: &mut VmoInner, mapping: Arc<Mapping>) {
+        inner.mappings.push_back(mapping);
         inner.mapping_count += 1;
     }
 
-    /// Removes `region` from this VMO's mapping list.
-    pub(crate) fn remove_mapping_locked(inner: &mut VmoInner, region: &Arc<Region>) {
-        // SAFETY: `region` is a mapping of this VMO, and a mapping is in its VMO's list from its
+    /// Removes `mapping` from this VMO's mapping list.
+    pub(crate) fn remove_mapping_locked(inner: &mut VmoInner, mapping: &Arc<Mapping>) {
+        // SAFETY: `mapping` is a mapping of this VMO, and a mapping is in its VMO's list from its
         // creation until this call (made once, after its unmap's shootdown), so it is linked in
         // `inner.mappings` and not in any other list. The pointer comes from the `Arc`, keeping
         // the provenance of the whole allocation that `remove` turns back into an `Arc`.
-        let mut cursor = unsafe { inner.mappings.cursor_mut_from_ptr(Arc::as_ptr(region)) };
+        let mut cursor = unsafe { inner.mappings.cursor_mut_from_ptr(Arc::as_ptr(mapping)) };
         cursor.remove();
         inner.mapping_count -= 1;
     }
