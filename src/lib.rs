@@ -1,16 +1,26 @@
 //! A `no_std` virtual-memory subsystem modelled on Fuchsia's Zircon.
 //!
-//! - [`vmo`]: virtual memory objects, their pages and the list of their mappings.
+//! The modules are layers: each uses only the ones before it in this list, and
+//! `tests/layers.rs` fails the build of the tests on an import that runs up it.
+//!
+//! Layers, from the bottom: abi, platform, arch, tlb, vmo, vmar, object, syscall, kit, sim.
+//!
+//! - [`abi`]: Zircon's names and numbers (statuses, rights, options), and kernel object ids.
+//! - [`platform`]: what a kernel provides (the [`Platform`] trait, [`platform::CpuPin`]) and the
+//!   per-machine state it makes once ([`platform::Tlb`]); the bare-metal TLB instructions.
+//! - [`arch`]: page tables in the x86_64 and aarch64 formats behind one walker, which records
+//!   what it changed in an [`arch::PendingFlush`]; the translation-regime checks.
+//! - [`tlb`]: batched invalidation, the cross-CPU shootdown, and frames freed only after it. It
+//!   knows CPUs, tags, address ranges and deferred work, never VMARs or VMOs.
+//! - [`vmo`]: virtual memory objects, their pages, and the list of their mappings, which reach
+//!   their address spaces through a trait the layer above implements.
 //! - [`vmar`]: address spaces, VMARs in intrusive red-black trees, mappings, the page-fault path,
 //!   and the crate's lock order.
-//! - [`arch`]: page tables in the x86_64 and aarch64 formats behind one walker, and the TLB
-//!   instructions (bare metal only).
-//! - [`tlb`]: batched invalidation, and frames freed only after it.
 //! - [`object`]: handles, rights and processes; [`syscall`]: Zircon's syscalls over them, with
 //!   `zx_vmar_op_range` first among them.
-//! - [`platform`]: what a kernel provides; `sim` (feature `sim`): a simulated machine for the host.
 //! - [`kit`]: an integration kit for hobby kernels: a freeing frame allocator over a bump
 //!   allocator, a ready single-CPU `Platform`, fault decoding, `x86_64` crate conversions.
+//! - `sim` (feature `sim`, hosted targets): a simulated machine for the host.
 //!
 //! ```
 //! # #[cfg(feature = "sim")] {

@@ -16,7 +16,7 @@ pub const FULL_FLUSH_THRESHOLD: usize = 32;
 
 /// What one address space needs invalidated after its entries changed, and the table pages that
 /// become free once that is done. The single pages sit in a fixed array; only the list of freed
-/// table pages is on the heap, and a [`TlbBatch`] keeps its capacity from one operation to the next.
+/// table pages is on the heap, and a [`crate::tlb::TlbBatch`] keeps its capacity from one operation to the next.
 #[derive(Debug)]
 pub struct PendingFlush {
     pages: [u64; FULL_FLUSH_THRESHOLD],

@@ -111,7 +111,7 @@ impl fmt::Display for TlbConfigError {
 
 /// The machine's TLB-maintenance state: one shootdown mailbox per CPU, the address space each
 /// CPU runs, the ASID/PCID allocator, and spare scratch space for operations. A kernel makes one
-/// at boot and returns it from [`Platform::tlb`].
+/// at boot and returns it from [`super::Platform::tlb`].
 pub struct Tlb {
     /// The CPU count given to [`Tlb::new`]; the arrays below have room for [`MAX_CPUS`], so that
     /// making a `Tlb` needs no heap (a kernel may make one before its heap works).
