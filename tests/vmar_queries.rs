@@ -6,7 +6,10 @@
 mod common;
 
 use common::*;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
 use zx_vm::abi::*;
 use zx_vm::arch::{Format, MmuFlags};
 use zx_vm::sim::{SimConfig, SimMachine};
@@ -312,5 +315,159 @@ fn cpus_that_left_are_stale_only_without_broadcast() {
             assert_eq!(away.load(addr).unwrap(), 0, "{format:?}: decommitted");
             away.switch_to(None);
         }
+    }
+}
+
+/// A mapping made with `ZX_VM_MAP_RANGE` maps the VMO's committed pages at once, each at its
+/// place (also from a VMO offset), with the mapping's permissions; a protect changes the
+/// permissions of the entries and keeps them.
+#[test]
+fn map_range_and_protect_leave_the_entries_a_query_sees() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let vmo = patterned_vmo(&p, 4);
+        let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+        let root = p.root_vmar_handle();
+        // The frames, through a mapping of the whole VMO that a CPU touched.
+        let whole = map_rw(&p, root, vmo, 0, 4);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        for page in 0..4 {
+            cpu.load(whole + page * PAGE_SIZE).unwrap();
+        }
+        cpu.switch_to(None);
+        let frame = |page: u64| p.aspace().query(whole + page * PAGE_SIZE).unwrap().0;
+        let mut addr = 0;
+        let options = rw | ZX_VM_MAP_RANGE;
+        let status = zx_vmar_map(
+            &p,
+            root,
+            options,
+            0,
+            vmo,
+            PAGE_SIZE,
+            2 * PAGE_SIZE,
+            &mut addr,
+        );
+        assert_eq!(status, ZX_OK);
+        let rw_user = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        assert_eq!(
+            p.aspace().query(addr),
+            Some((frame(1), rw_user)),
+            "{format:?}"
+        );
+        assert_eq!(
+            p.aspace().query(addr + PAGE_SIZE),
+            Some((frame(2), rw_user)),
+            "{format:?}"
+        );
+        let status = zx_vmar_protect(&p, root, ZX_VM_PERM_READ, addr, 2 * PAGE_SIZE);
+        assert_eq!(status, ZX_OK);
+        let r_user = MmuFlags::READ | MmuFlags::USER;
+        assert_eq!(
+            p.aspace().query(addr),
+            Some((frame(1), r_user)),
+            "{format:?}"
+        );
+    }
+}
+
+/// Only the root VMAR is a root; a mapping needs its permissions granted by the VMO handle too
+/// (`can_map`), even where the VMAR allows everything.
+#[test]
+fn roots_and_handle_permissions() {
+    let machine = machine(1);
+    let p = process(&machine, Format::NATIVE);
+    let root = p.aspace().root_vmar();
+    assert!(root.is_root());
+    let child = root
+        .allocate(VmOptions::CAN_MAP_READ, 0, 4 * PAGE_SIZE)
+        .unwrap();
+    assert!(!child.is_root());
+    let vmo = paged_vmo(&p, 1);
+    assert_eq!(
+        root.map(
+            VmOptions::PERM_READ,
+            0,
+            &vmo,
+            0,
+            PAGE_SIZE,
+            VmOptions::empty()
+        ),
+        Err(Status::AccessDenied)
+    );
+    assert_eq!(
+        root.map(
+            VmOptions::PERM_READ | VmOptions::PERM_WRITE,
+            0,
+            &vmo,
+            0,
+            PAGE_SIZE,
+            VmOptions::CAN_MAP_READ
+        ),
+        Err(Status::AccessDenied)
+    );
+}
+
+/// A mapping that was unmapped stays on its VMO's list, marked, until its unmap's round
+/// completed: a decommit of its pages meanwhile must flush its address space too (a CPU may
+/// still cache a translation through it), so it waits for the same CPU the unmap waits for.
+#[test]
+fn a_decommit_during_an_unmaps_round_waits_for_it() {
+    for format in Format::ALL {
+        let machine = machine(2);
+        let p = process(&machine, format);
+        let vmo = patterned_vmo(&p, 1);
+        let root = p.root_vmar_handle();
+        let addr = map_rw(&p, root, vmo, 0, 1);
+        let release = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let cpu1 = {
+            let (machine, p) = (machine.clone(), p.clone());
+            let (release, done) = (release.clone(), done.clone());
+            thread::spawn(move || {
+                let cpu = machine.cpu(1);
+                let _attached = cpu.attach();
+                cpu.switch_to(Some(p.aspace()));
+                assert_eq!(cpu.load(addr).unwrap(), pattern(0, 0));
+                cpu.set_interrupts(false);
+                ready_tx.send(()).unwrap();
+                while !release.load(Ordering::SeqCst) {
+                    thread::yield_now();
+                }
+                cpu.set_interrupts(true);
+                while !done.load(Ordering::SeqCst) {
+                    cpu.poll();
+                    thread::yield_now();
+                }
+                cpu.switch_to(None);
+            })
+        };
+        ready_rx.recv().unwrap();
+        let ipis = machine.counters().ipis;
+        let unmap = {
+            let p = p.clone();
+            thread::spawn(move || zx_vmar_unmap(&p, root, addr, PAGE_SIZE))
+        };
+        while machine.counters().ipis == ipis {
+            thread::yield_now();
+        }
+        let decommit = {
+            let p = p.clone();
+            thread::spawn(move || zx_vmo_op_range(&p, vmo, ZX_VMO_OP_DECOMMIT, 0, PAGE_SIZE, 0, 0))
+        };
+        thread::sleep(Duration::from_millis(200));
+        assert!(
+            !decommit.is_finished(),
+            "{format:?}: the decommit freed the page without reaching CPU 1"
+        );
+        release.store(true, Ordering::SeqCst);
+        assert_eq!(unmap.join().unwrap(), ZX_OK);
+        assert_eq!(decommit.join().unwrap(), ZX_OK);
+        done.store(true, Ordering::SeqCst);
+        cpu1.join().unwrap();
+        assert_eq!(committed(&p, vmo), 0);
     }
 }
