@@ -7,11 +7,14 @@
 mod common;
 
 use common::*;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 use zx_vm::abi::*;
 use zx_vm::arch::{Format, MmuFlags};
 use zx_vm::sim::SimMachine;
 use zx_vm::syscall::*;
+use zx_vm::vmar::Access;
 use zx_vm::vmo::{VmoKind, MAX_VMO_SIZE};
 use zx_vm::{PhysAddr, Platform, Vmo};
 
@@ -25,7 +28,10 @@ fn platform(machine: &Arc<SimMachine>) -> Arc<dyn Platform> {
 fn size_limits_of_each_kind() {
     let machine = machine(1);
     let p = platform(&machine);
-    assert_eq!(Vmo::create(p.clone(), MAX_VMO_SIZE).unwrap().size(), MAX_VMO_SIZE);
+    assert_eq!(
+        Vmo::create(p.clone(), MAX_VMO_SIZE).unwrap().size(),
+        MAX_VMO_SIZE
+    );
     assert_eq!(
         Vmo::create(p.clone(), MAX_VMO_SIZE + PAGE_SIZE).err(),
         Some(Status::OutOfRange)
@@ -49,7 +55,7 @@ fn size_limits_of_each_kind() {
         (base, PAGE_SIZE + 8),
         (base, 0),
         (base, MAX_VMO_SIZE + PAGE_SIZE),
-        (PhysAddr(u64::MAX & !(PAGE_SIZE - 1)), PAGE_SIZE),
+        (PhysAddr(!(PAGE_SIZE - 1)), PAGE_SIZE),
     ] {
         assert_eq!(
             Vmo::create_physical(p.clone(), base, size).err(),
@@ -97,13 +103,23 @@ fn reads_and_writes_at_any_offset() {
     assert_eq!(small, data[at..at + 3]);
 }
 
-/// A pin needs a page-aligned offset and a non-zero page-aligned length, each on its own.
+/// A pin (and an unpin) needs a page-aligned offset and a non-zero page-aligned length, each
+/// on its own.
 #[test]
 fn pin_arguments() {
     let machine = machine(1);
     let vmo = Vmo::create(platform(&machine), 4 * PAGE_SIZE).unwrap();
     for (offset, len) in [(8, PAGE_SIZE), (0, PAGE_SIZE + 8), (0, 0), (PAGE_SIZE, 0)] {
-        assert_eq!(vmo.pin(offset, len), Err(Status::InvalidArgs), "{offset} {len}");
+        assert_eq!(
+            vmo.pin(offset, len),
+            Err(Status::InvalidArgs),
+            "{offset} {len}"
+        );
+        assert_eq!(
+            vmo.unpin(offset, len),
+            Err(Status::InvalidArgs),
+            "{offset} {len}"
+        );
     }
     assert_eq!(vmo.pin(0, PAGE_SIZE), Ok(()));
     assert_eq!(vmo.unpin(0, PAGE_SIZE), Ok(()));
@@ -140,7 +156,10 @@ fn info_counts_mappings_and_address_spaces() {
             .unwrap();
         map_rw(&b, b.root_vmar_handle(), vmo_b, 0, 2);
         assert_eq!((info(&vmo).num_mappings, info(&vmo).share_count), (3, 2));
-        assert_eq!(zx_vmar_unmap(&a, a.root_vmar_handle(), first, PAGE_SIZE), ZX_OK);
+        assert_eq!(
+            zx_vmar_unmap(&a, a.root_vmar_handle(), first, PAGE_SIZE),
+            ZX_OK
+        );
         assert_eq!((info(&vmo).num_mappings, info(&vmo).share_count), (2, 2));
         let flags = info(&vmo).flags;
         assert_eq!(flags, ZX_INFO_VMO_TYPE_PAGED | ZX_INFO_VMO_VIA_HANDLE);
@@ -182,4 +201,90 @@ fn map_range_of_a_contiguous_vmo_at_an_offset() {
             );
         }
     }
+}
+
+/// A platform that, once asked to, checks from another thread whether a VMO's lock is held at
+/// the moment the crate reads a page table (which a decommit does with its VMOs locked).
+struct LockProbe {
+    machine: Arc<SimMachine>,
+    vmo: Mutex<Option<Arc<Vmo>>>,
+    /// Whether another thread could read the VMO's committed bytes while the table was read.
+    unlocked: Mutex<Option<bool>>,
+}
+
+// SAFETY: forwards to the simulated machine; the probe only reads a VMO from another thread.
+unsafe impl Platform for LockProbe {
+    fn alloc_frame(&self) -> Option<PhysAddr> {
+        self.machine.alloc_frame()
+    }
+    unsafe fn free_frames(&self, frames: &[PhysAddr]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.machine.free_frames(frames) }
+    }
+    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
+        if let Some(vmo) = self.vmo.lock().unwrap().take() {
+            let (tx, rx) = mpsc::channel();
+            let reader = thread::spawn(move || tx.send(vmo.committed_bytes()).unwrap());
+            let answered = rx.recv_timeout(Duration::from_millis(200)).is_ok();
+            *self.unlocked.lock().unwrap() = Some(answered);
+            if answered {
+                reader.join().unwrap();
+            }
+            // Otherwise the reader finishes once the decommit drops the lock.
+        }
+        self.machine.phys_to_virt(pa)
+    }
+    fn current_cpu(&self) -> usize {
+        self.machine.current_cpu()
+    }
+    fn tlb(&self) -> &zx_vm::tlb::Tlb {
+        self.machine.tlb()
+    }
+    fn invalidate_local(&self, request: &zx_vm::platform::TlbInvalidate<'_>) {
+        self.machine.invalidate_local(request)
+    }
+    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.machine.load_root(root, asid, flush) }
+    }
+    unsafe fn load_kernel_root(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.machine.load_kernel_root() }
+    }
+    fn prepare_root(&self, root: PhysAddr) {
+        self.machine.prepare_root(root)
+    }
+}
+
+/// A decommit through a VMAR holds the lock of every VMO it changes while it clears their
+/// translations: no other thread reads a VMO's pages half-way through.
+#[test]
+fn a_vmar_decommit_holds_the_vmo_locks() {
+    let probe = Arc::new(LockProbe {
+        machine: machine(1),
+        vmo: Mutex::new(None),
+        unlocked: Mutex::new(None),
+    });
+    let platform: Arc<dyn Platform> = probe.clone();
+    let p = zx_vm::Process::new(platform, Format::NATIVE).unwrap();
+    let handle = patterned_vmo(&p, 2);
+    let addr = map_rw(&p, p.root_vmar_handle(), handle, 0, 2);
+    let vmo = p.vmo(handle).unwrap().0;
+    assert_eq!(p.aspace().page_fault(addr, Access::Read), Ok(()));
+    *probe.vmo.lock().unwrap() = Some(vmo);
+    let status = zx_vmar_op_range(
+        &p,
+        p.root_vmar_handle(),
+        ZX_VMAR_OP_DECOMMIT,
+        addr,
+        2 * PAGE_SIZE,
+        0,
+        0,
+    );
+    assert_eq!(status, ZX_OK);
+    assert_eq!(
+        *probe.unlocked.lock().unwrap(),
+        Some(false),
+        "another thread read the VMO while its pages were being decommitted"
+    );
 }
