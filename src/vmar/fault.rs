@@ -1,0 +1,104 @@
+//! The page-fault path, and the audit that checks every translation against the VMARs and
+//! VMOs (the fault path's invariant: a translation maps the VMO's page with at most the
+//! mapping's permissions).
+
+use super::*;
+
+impl AddressSpace {
+    /// Checks that every translation in the page table belongs to a live mapping and to the
+    /// committed page behind it, with no more than the mapping's permissions. For tests and
+    /// debugging: call it while no operation on the address space or its VMOs is under way.
+    pub fn audit(&self) -> Result<(), AuditError> {
+        let tree = self.lock_tree();
+        let mut pages = Vec::new();
+        self.mmu
+            .lock()
+            .for_each_page(&*self.platform, &mut |va, pa, flags| {
+                pages.push((va, pa, flags))
+            });
+        for (va, pa, flags) in pages {
+            let fail = |what| Err(AuditError { va, what });
+            let Ok(mut node) = tree.node(self.root_vmar) else {
+                return fail("a translation outlived the root VMAR");
+            };
+            let region = loop {
+                let Some(region) = node.child_at(va) else {
+                    return fail("a translation outside every mapping");
+                };
+                match region.kind() {
+                    RegionKind::Vmar(child) => match tree.node(*child) {
+                        Ok(child) => node = child,
+                        Err(_) => return fail("a translation in a destroyed VMAR"),
+                    },
+                    RegionKind::Mapping(_) => break region,
+                }
+            };
+            let mapping = region.mapping().expect("matched above");
+            if !mapping.flags().union(MmuFlags::USER).contains(flags) {
+                return fail("a translation with more permissions than its mapping");
+            }
+            let index = (va - region.base() + mapping.vmo_offset()) >> PAGE_SHIFT;
+            let vmo = mapping.vmo();
+            if vmo.lookup_page_locked(&vmo.lock(), index) != Some(pa) {
+                return fail("a translation to a frame that is not the VMO's page");
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a page fault at `va`: commits the VMO page if needed and maps it with the
+    /// mapping's permissions.
+    pub fn page_fault(&self, va: u64, access: Access) -> Result<(), FaultError> {
+        let va = va & !(PAGE_SIZE - 1);
+        let tree = self.lock_tree();
+        let mut node = tree
+            .node(self.root_vmar)
+            .map_err(|_| FaultError::NotMapped)?;
+        let region = loop {
+            let region = node.child_at(va).ok_or(FaultError::NotMapped)?;
+            match region.kind() {
+                RegionKind::Vmar(child) => {
+                    node = tree.node(*child).map_err(|_| FaultError::NotMapped)?;
+                }
+                RegionKind::Mapping(_) => break region,
+            }
+        };
+        let mapping = region.mapping().expect("matched above");
+        let flags = mapping.flags();
+        if !flags.contains(access.required()) || !flags.contains(MmuFlags::READ) {
+            return Err(FaultError::AccessDenied);
+        }
+        let vmo = mapping.vmo();
+        let index = (mapping.vmo_offset() + (va - region.base())) >> PAGE_SHIFT;
+        if index >= vmo.size() >> PAGE_SHIFT {
+            return Err(FaultError::OutOfRange);
+        }
+        let mut inner = vmo.lock();
+        let pa = vmo
+            .commit_page_locked(&mut inner, index)
+            .map_err(|_| FaultError::NoMemory)?;
+        let replaced = self
+            .mmu
+            .lock()
+            .map(&*self.platform, va, pa, flags | MmuFlags::USER)
+            .map_err(|_| FaultError::NoMemory)?;
+        crate::arch::publish_new_entries();
+        if replaced {
+            // The entry was there already: this CPU faulted on a narrower translation it caches
+            // (another CPU's fault or a protect upgraded the entry meanwhile). aarch64 keeps such
+            // an entry in the TLB after the fault, and the access would fault forever: drop it
+            // here, so that the kernel's handler need not. The walk is dropped too
+            // (`tables_freed`: TLBI VAE1 rather than VALE1 on aarch64; INVLPG drops it anyway):
+            // the CPU may have faulted through a cached walk to a table that another CPU's
+            // decommit unlinked and has not invalidated yet, while this fault mapped the page
+            // through a new table; keeping that walk would fault again until then.
+            self.platform.invalidate_local(&TlbInvalidate {
+                asid: self.asid,
+                root: self.root_table,
+                scope: TlbScope::Pages(&[va]),
+                tables_freed: true,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,591 @@
+//! The VMAR operations behind the syscalls: allocate, map, unmap, protect, destroy and
+//! DECOMMIT, and the permission rules they share.
+
+use super::*;
+
+/// A VMAR: a handle's view of one region of an address space.
+pub struct Vmar {
+    pub(super) koid: zx_koid_t,
+    pub(super) aspace: Arc<AddressSpace>,
+    pub(super) id: VmarId,
+    pub(super) base: u64,
+    pub(super) size: u64,
+    pub(super) flags: VmOptions,
+}
+
+/// Converts `ZX_VM_PERM_*` bits into page permissions.
+pub fn perms_to_mmu(options: VmOptions) -> MmuFlags {
+    let mut flags = MmuFlags::empty();
+    if options.contains(VmOptions::PERM_READ) {
+        flags |= MmuFlags::READ;
+    }
+    if options.contains(VmOptions::PERM_WRITE) {
+        flags |= MmuFlags::WRITE;
+    }
+    if options.contains(VmOptions::PERM_EXECUTE) {
+        flags |= MmuFlags::EXECUTE;
+    }
+    flags
+}
+
+/// The `ZX_VM_CAN_MAP_*` bits that the `ZX_VM_PERM_*` bits of `options` need.
+pub fn perms_needing_can_map(options: VmOptions) -> VmOptions {
+    let mut can_map = VmOptions::empty();
+    if options.contains(VmOptions::PERM_READ) {
+        can_map |= VmOptions::CAN_MAP_READ;
+    }
+    if options.contains(VmOptions::PERM_WRITE) {
+        can_map |= VmOptions::CAN_MAP_WRITE;
+    }
+    if options.contains(VmOptions::PERM_EXECUTE) {
+        can_map |= VmOptions::CAN_MAP_EXECUTE;
+    }
+    can_map
+}
+
+/// Whether a set of `ZX_VM_PERM_*` bits is one a mapping can have (no write without read).
+pub(super) fn valid_perms(options: VmOptions) -> bool {
+    !options.contains(VmOptions::PERM_WRITE) || options.contains(VmOptions::PERM_READ)
+}
+
+impl Vmar {
+    /// The kernel object id.
+    pub fn koid(&self) -> zx_koid_t {
+        self.koid
+    }
+
+    /// The first address.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The `ZX_VM_CAN_MAP_*` flags.
+    pub fn flags(&self) -> VmOptions {
+        self.flags
+    }
+
+    /// The address space.
+    pub fn aspace(&self) -> &Arc<AddressSpace> {
+        &self.aspace
+    }
+
+    /// Whether the VMAR was destroyed.
+    pub fn is_destroyed(&self) -> bool {
+        !self.aspace.lock_tree().vmars.contains_key(&self.id)
+    }
+
+    /// The absolute range `[base + offset, base + offset + size)`, if it fits in the VMAR.
+    pub(super) fn sub_range(&self, offset: u64, size: u64) -> Option<(u64, u64)> {
+        let start = self.base.checked_add(offset)?;
+        let end = start.checked_add(size)?;
+        (end <= self.base + self.size && start < end).then_some((start, end))
+    }
+
+    /// `zx_vmar_allocate`: a sub-VMAR of `size` bytes at `offset` (with `ZX_VM_SPECIFIC`) or
+    /// wherever it fits. `options` may hold `ZX_VM_CAN_MAP_*`, `ZX_VM_SPECIFIC` and
+    /// `ZX_VM_COMPACT`; the caller checked the handle's rights.
+    pub fn allocate(&self, options: VmOptions, offset: u64, size: u64) -> ZxResult<Arc<Vmar>> {
+        let allowed = VmOptions::CAN_MAP_PERMS
+            | VmOptions::CAN_MAP_SPECIFIC
+            | VmOptions::SPECIFIC
+            | VmOptions::COMPACT;
+        if !allowed.contains(options) {
+            return Err(Status::InvalidArgs);
+        }
+        // Zircon: the size is not rounded (AllocateUnsatisfiableTest, InvalidArgsTest).
+        if size == 0 || !is_page_aligned(size) || !is_page_aligned(offset) {
+            return Err(Status::InvalidArgs);
+        }
+        let mut tree = self.aspace.lock_tree();
+        let node = tree.node(self.id)?;
+        let child_flags = options & (VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC);
+        if !node.flags.contains(child_flags & VmOptions::CAN_MAP_PERMS) {
+            return Err(Status::AccessDenied);
+        }
+        let start = if options.contains(VmOptions::SPECIFIC) {
+            if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
+                return Err(Status::AccessDenied);
+            }
+            let (start, end) = self.sub_range(offset, size).ok_or(Status::InvalidArgs)?;
+            if node.overlaps(start, end) {
+                return Err(Status::AlreadyExists);
+            }
+            start
+        } else {
+            if offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            // A child larger than its parent can never fit: INVALID_ARGS before any search
+            // (Zircon's AllocateUnsatisfiableTest).
+            if size > node.size {
+                return Err(Status::InvalidArgs);
+            }
+            node.find_gap(size).ok_or(Status::NoResources)?
+        };
+        let id = tree.next_id;
+        tree.next_id += 1;
+        let parent = tree.node_mut(self.id)?;
+        parent.children.insert(Region::new_vmar(id, start, size));
+        tree.vmars.insert(
+            id,
+            VmarNode {
+                base: start,
+                size,
+                flags: child_flags,
+                parent: Some(self.id),
+                children: RBTree::new(TreeAdapter::new()),
+            },
+        );
+        Ok(Arc::new(Vmar {
+            koid: next_koid(),
+            aspace: self.aspace.clone(),
+            id,
+            base: start,
+            size,
+            flags: child_flags,
+        }))
+    }
+
+    /// `zx_vmar_map`: maps `len` bytes of `vmo` from `vmo_offset`. `options` holds `ZX_VM_PERM_*`
+    /// and the placement flags; `can_map` the `ZX_VM_CAN_MAP_*` permissions that the caller's
+    /// handles allow (the mapping may never exceed them). Returns the mapped address.
+    pub fn map(
+        &self,
+        options: VmOptions,
+        vmar_offset: u64,
+        vmo: &Arc<Vmo>,
+        vmo_offset: u64,
+        len: u64,
+        can_map: VmOptions,
+    ) -> ZxResult<u64> {
+        let allowed = VmOptions::PERMS
+            | VmOptions::SPECIFIC
+            | VmOptions::SPECIFIC_OVERWRITE
+            | VmOptions::MAP_RANGE
+            | VmOptions::ALLOW_FAULTS
+            | VmOptions::REQUIRE_NON_RESIZABLE;
+        if !allowed.contains(options) || !valid_perms(options) {
+            return Err(Status::InvalidArgs);
+        }
+        // As in Zircon: an overwrite cannot also map the range at once (a map that could fail
+        // after the overwrite removed the old mappings would change things and fail).
+        if options.contains(VmOptions::SPECIFIC_OVERWRITE | VmOptions::MAP_RANGE) {
+            return Err(Status::InvalidArgs);
+        }
+        if len == 0 {
+            return Err(Status::InvalidArgs);
+        }
+        // A length that rounds up past the end of the address space (Zircon: OUT_OF_RANGE).
+        let len = page_round_up(len).ok_or(Status::OutOfRange)?;
+        if !is_page_aligned(vmar_offset) || !is_page_aligned(vmo_offset) {
+            return Err(Status::InvalidArgs);
+        }
+        vmo_offset.checked_add(len).ok_or(Status::OutOfRange)?;
+        let mut tree = self.aspace.lock_tree();
+        let node = tree.node(self.id)?;
+        let needed = perms_needing_can_map(options);
+        if !node.flags.contains(needed) || !can_map.contains(needed) {
+            return Err(Status::AccessDenied);
+        }
+        let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
+        let specific = options.intersects(VmOptions::SPECIFIC | VmOptions::SPECIFIC_OVERWRITE);
+        let mut batch = TlbBatch::new(&**self.aspace.platform());
+        let start = if specific {
+            if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
+                return Err(Status::AccessDenied);
+            }
+            let (start, end) = self
+                .sub_range(vmar_offset, len)
+                .ok_or(Status::InvalidArgs)?;
+            if node.overlaps(start, end) {
+                if !options.contains(VmOptions::SPECIFIC_OVERWRITE) {
+                    return Err(Status::AlreadyExists);
+                }
+                // An overwrite replaces mappings, never sub-VMARs (Zircon: ZX_ERR_INVALID_ARGS).
+                let over_vmar =
+                    node.any_child_in(start, end, |r| matches!(r.kind(), RegionKind::Vmar(_)));
+                if over_vmar {
+                    batch.finish(&**self.aspace.platform());
+                    return Err(Status::InvalidArgs);
+                }
+                if let Err(status) = self.unmap_locked(&mut tree, start, end, &mut batch) {
+                    drop(tree);
+                    batch.finish(&**self.aspace.platform());
+                    return Err(status);
+                }
+            }
+            start
+        } else {
+            if vmar_offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            // Longer than the VMAR: it can never fit (Zircon: INVALID_ARGS, before any search).
+            if len > node.size {
+                return Err(Status::InvalidArgs);
+            }
+            node.find_gap(len).ok_or(Status::NoResources)?
+        };
+        let flags = perms_to_mmu(options);
+        let space: Weak<dyn MappedSpace> = Arc::downgrade(&self.aspace) as Weak<AddressSpace>;
+        let mapping = Mapping::new(space, start, len, vmo.clone(), vmo_offset, flags, can_map);
+        let region = Region::new_mapping(mapping.clone());
+        let mut result = Ok(start);
+        let mapped = {
+            let mut inner = vmo.lock();
+            Vmo::add_mapping_locked(&mut inner, mapping);
+            tree.node_mut(self.id)?.children.insert(region.clone());
+            if options.contains(VmOptions::MAP_RANGE) && flags.contains(MmuFlags::READ) {
+                self.map_committed_locked(vmo, &inner, start, len, vmo_offset, flags)
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(status) = mapped {
+            // Out of page-table pages: take the new mapping away again, as an unmap would (a CPU
+            // may already have walked the entries that were made).
+            tree.node_mut(self.id)?.unlink(&region);
+            self.aspace.unlink_mapping(&region, &mut batch);
+            result = Err(status);
+        }
+        drop(tree);
+        batch.finish(&**self.aspace.platform());
+        result
+    }
+
+    /// Maps every committed page of a new mapping (`ZX_VM_MAP_RANGE`).
+    pub(super) fn map_committed_locked(
+        &self,
+        vmo: &Vmo,
+        inner: &VmoInner,
+        start: u64,
+        len: u64,
+        vmo_offset: u64,
+        flags: MmuFlags,
+    ) -> ZxResult {
+        let first = vmo_offset >> PAGE_SHIFT;
+        let last = ((vmo_offset + len).min(vmo.size())) >> PAGE_SHIFT;
+        let mut mmu = self.aspace.mmu.lock();
+        for (index, pa) in vmo.committed_in_locked(inner, first, last.max(first)) {
+            let va = start + ((index << PAGE_SHIFT) - vmo_offset);
+            mmu.map(&**self.aspace.platform(), va, pa, flags | MmuFlags::USER)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything in `[start, end)` of this VMAR: mappings (split where they straddle the
+    /// ends) and sub-VMARs wholly inside. A sub-VMAR partly inside is `ZX_ERR_INVALID_ARGS`, checked
+    /// before anything changes.
+    pub(super) fn unmap_locked(
+        &self,
+        tree: &mut AspaceTree,
+        start: u64,
+        end: u64,
+        batch: &mut TlbBatch,
+    ) -> ZxResult {
+        let node = tree.node(self.id)?;
+        let partial_vmar = node.any_child_in(start, end, |region| {
+            matches!(region.kind(), RegionKind::Vmar(_))
+                && (region.base() < start || region.end() > end)
+        });
+        if partial_vmar {
+            return Err(Status::InvalidArgs);
+        }
+        self.aspace.split_at_bounds(tree, self.id, start, end)?;
+        let mut scratch = RangeScratch::take(tree);
+        tree.node(self.id)?
+            .children_in(start, end, &mut scratch.regions);
+        for region in scratch.regions.drain(..) {
+            tree.node_mut(self.id)?.unlink(&region);
+            match region.kind() {
+                RegionKind::Vmar(child) => {
+                    tree.destroy_subtree(&self.aspace, *child, &mut scratch.vmar_ids, batch)
+                }
+                RegionKind::Mapping(_) => self.aspace.unlink_mapping(&region, batch),
+            }
+        }
+        scratch.put(tree);
+        Ok(())
+    }
+
+    /// `zx_vmar_unmap`: unmaps `[addr, addr + len)` (length rounded up to pages).
+    pub fn unmap(&self, addr: u64, len: u64) -> ZxResult {
+        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
+        if len == 0 || !is_page_aligned(addr) {
+            return Err(Status::InvalidArgs);
+        }
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let mut tree = self.aspace.lock_tree();
+        let result = match tree.node(self.id) {
+            Err(status) => Err(status),
+            Ok(node) => match addr.checked_add(len) {
+                Some(end) if node.contains_range(addr, end) => {
+                    self.unmap_locked(&mut tree, addr, end, &mut batch)
+                }
+                _ => Err(Status::InvalidArgs),
+            },
+        };
+        drop(tree);
+        batch.finish(platform);
+        result
+    }
+
+    /// `zx_vmar_protect`: gives the mappings covering `[addr, addr + len)` the permissions in
+    /// `options` (`ZX_VM_PERM_*`). The range must be wholly mapped (`ZX_ERR_NOT_FOUND`), and each
+    /// mapping must be allowed the permissions (`ZX_ERR_ACCESS_DENIED`).
+    pub fn protect(&self, options: VmOptions, addr: u64, len: u64) -> ZxResult {
+        if !VmOptions::PERMS.contains(options) || !valid_perms(options) {
+            return Err(Status::InvalidArgs);
+        }
+        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
+        if len == 0 || !is_page_aligned(addr) {
+            return Err(Status::InvalidArgs);
+        }
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let mut tree = self.aspace.lock_tree();
+        let mut scratch = RangeScratch::take(&mut tree);
+        let result = self.protect_locked(&mut tree, options, addr, len, &mut scratch, &mut batch);
+        scratch.put(&mut tree);
+        drop(tree);
+        batch.finish(platform);
+        result
+    }
+
+    pub(super) fn protect_locked(
+        &self,
+        tree: &mut AspaceTree,
+        options: VmOptions,
+        addr: u64,
+        len: u64,
+        scratch: &mut RangeScratch,
+        batch: &mut TlbBatch,
+    ) -> ZxResult {
+        let node = tree.node(self.id)?;
+        let end = addr.checked_add(len).ok_or(Status::InvalidArgs)?;
+        if !node.contains_range(addr, end) {
+            return Err(Status::InvalidArgs);
+        }
+        let RangeScratch {
+            walk,
+            covered,
+            regions,
+            ..
+        } = scratch;
+        tree.covering_mappings(self.id, addr, end, Status::NotFound, walk, covered)?;
+        let needed = perms_needing_can_map(options);
+        if covered
+            .iter()
+            .any(|c| !c.mapping().can_map().contains(needed))
+        {
+            return Err(Status::AccessDenied);
+        }
+        let flags = perms_to_mmu(options);
+        let aspace = &self.aspace;
+        for c in covered.iter() {
+            aspace.split_at_bounds(tree, c.vmar, c.start, c.end)?;
+        }
+        let pending = batch.space(aspace);
+        let mut mmu = aspace.mmu.lock();
+        for c in covered.iter() {
+            regions.clear();
+            tree.node(c.vmar)?.children_in(c.start, c.end, regions);
+            for region in regions.iter() {
+                if let Some(mapping) = region.mapping() {
+                    mapping.set_flags(flags);
+                }
+            }
+            mmu.protect(
+                &**aspace.platform(),
+                c.start,
+                c.end,
+                flags | MmuFlags::USER,
+                pending,
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether this is its address space's root VMAR.
+    pub fn is_root(&self) -> bool {
+        self.id == self.aspace.root_vmar
+    }
+
+    /// `zx_vmar_destroy`: unmaps everything in the VMAR and destroys it and its sub-VMARs; later
+    /// operations on it fail with `ZX_ERR_BAD_STATE`. (The syscall refuses a root VMAR; the kernel
+    /// destroys one when its process dies.)
+    pub fn destroy(&self) -> ZxResult {
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let mut tree = self.aspace.lock_tree();
+        let parent = match tree.node(self.id) {
+            Ok(node) => node.parent,
+            Err(status) => {
+                drop(tree);
+                batch.finish(platform);
+                return Err(status);
+            }
+        };
+        if let Some(parent) = parent {
+            if let Ok(node) = tree.node_mut(parent) {
+                if let Some(region) = node.child_at(self.base) {
+                    debug_assert!(matches!(region.kind(), RegionKind::Vmar(id) if *id == self.id));
+                    node.unlink(&region);
+                }
+            }
+        }
+        let mut scratch = RangeScratch::take(&mut tree);
+        tree.destroy_subtree(&self.aspace, self.id, &mut scratch.vmar_ids, &mut batch);
+        scratch.put(&mut tree);
+        drop(tree);
+        batch.finish(platform);
+        Ok(())
+    }
+
+    /// `ZX_VMAR_OP_DECOMMIT` over `[addr, addr + len)`, after the syscall checked the handle,
+    /// the arguments and the rights: checks 5 to 10 of the contract, in its order, all before
+    /// anything changes; then decommits the VMO pages behind every mapping in the range, looking
+    /// through nested VMARs, from every mapping of those pages in every address space.
+    pub fn decommit(&self, addr: u64, len: u64) -> ZxResult {
+        // 5. Size rounding and alignment.
+        let size = page_round_up(len).ok_or(Status::OutOfRange)?;
+        if size == 0 || !is_page_aligned(addr) {
+            return Err(Status::InvalidArgs);
+        }
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let mut tree = self.aspace.lock_tree();
+        let mut scratch = RangeScratch::take(&mut tree);
+        let result = self.decommit_locked(&tree, addr, size, &mut scratch, &mut batch);
+        scratch.put(&mut tree);
+        drop(tree);
+        batch.finish(platform);
+        result
+    }
+
+    /// The checks 6 to 10 and the decommit itself, under the tree lock.
+    pub(super) fn decommit_locked(
+        &self,
+        tree: &AspaceTree,
+        addr: u64,
+        size: u64,
+        scratch: &mut RangeScratch,
+        batch: &mut TlbBatch,
+    ) -> ZxResult {
+        // 6. A live VMAR.
+        let node = tree.node(self.id)?;
+        // 7. Inside the VMAR.
+        let end = addr.checked_add(size).ok_or(Status::OutOfRange)?;
+        if addr < node.base || end > node.end() {
+            return Err(Status::OutOfRange);
+        }
+        // 8. Every page mapped.
+        let RangeScratch {
+            walk,
+            covered,
+            vmos,
+            ..
+        } = scratch;
+        tree.covering_mappings(self.id, addr, end, Status::BadState, walk, covered)?;
+        // 9. Every mapping could be writable.
+        if covered
+            .iter()
+            .any(|c| !c.mapping().can_map().contains(VmOptions::CAN_MAP_WRITE))
+        {
+            return Err(Status::AccessDenied);
+        }
+        // 10. Every VMO supports decommit, and no page is pinned.
+        if covered
+            .iter()
+            .any(|c| !c.mapping().vmo().supports_decommit())
+        {
+            return Err(Status::NotSupported);
+        }
+        vmos.extend(covered.iter().map(|c| c.mapping().vmo().clone()));
+        vmos.sort_unstable_by_key(|vmo| vmo.koid());
+        vmos.dedup_by_key(|vmo| vmo.koid());
+        let locked = HeldVmos::lock(vmos);
+        for c in covered.iter() {
+            let (first, last) = c.vmo_pages();
+            if Vmo::any_pinned_locked(locked.inner(c.mapping().vmo()), first, last) {
+                return Err(Status::BadState);
+            }
+        }
+        // Every check passed: now change things.
+        for c in covered.iter() {
+            let (first, last) = c.vmo_pages();
+            let vmo = c.mapping().vmo();
+            vmo.decommit_locked(locked.inner(vmo), first, last, batch);
+        }
+        Ok(())
+    }
+}
+
+/// Mappings unmapped by an operation: each leaves its VMO's list only after the operation's
+/// shootdown round, so that a decommit meanwhile still flushes its address space, and its VMO
+/// (which it holds alive) cannot free frames while a TLB may still map them.
+#[derive(Default)]
+pub(super) struct Retired(pub(super) Vec<Arc<Mapping>>);
+
+impl Deferred for Retired {
+    unsafe fn after_flush(&mut self, _platform: &dyn Platform) {
+        for mapping in self.0.drain(..) {
+            let vmo = mapping.vmo().clone();
+            Vmo::remove_mapping_locked(&mut vmo.lock(), &mapping);
+            // Dropping the region may drop the VMO, which frees its frames: safe now (the
+            // caller's promise).
+        }
+    }
+
+    fn holds_frames(&self) -> bool {
+        false
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
+    }
+}
+
+/// Several VMO locks held at once, taken in koid order (the lock order), without a list of
+/// guards: each lock stays held from [`HeldVmos::lock`] until the value drops.
+pub(super) struct HeldVmos<'a> {
+    /// Sorted by koid, no duplicates.
+    pub(super) vmos: &'a [Arc<Vmo>],
+}
+
+impl<'a> HeldVmos<'a> {
+    pub(super) fn lock(vmos: &'a [Arc<Vmo>]) -> Self {
+        for vmo in vmos {
+            vmo.lock_held();
+        }
+        HeldVmos { vmos }
+    }
+
+    /// The state of `vmo`, one of the locked VMOs.
+    #[allow(clippy::mut_from_ref)] // one VMO's state at a time: see the SAFETY argument
+    pub(super) fn inner<'v>(&self, vmo: &'v Vmo) -> &'v mut VmoInner {
+        debug_assert!(self
+            .vmos
+            .binary_search_by_key(&vmo.koid(), |v| v.koid())
+            .is_ok());
+        // SAFETY: `vmo` is one of `self.vmos`, whose locks this value holds until it drops; the
+        // callers use each returned reference only until they ask for the next one, so no two
+        // references to one VMO's state are alive at once.
+        unsafe { vmo.held_inner() }
+    }
+}
+
+impl Drop for HeldVmos<'_> {
+    fn drop(&mut self) {
+        for vmo in self.vmos.iter().rev() {
+            // SAFETY: `lock` took this lock and forgot its guard; no reference from `inner`
+            // outlives this value.
+            unsafe { vmo.unlock_held() };
+        }
+    }
+}
