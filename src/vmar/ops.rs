@@ -193,42 +193,15 @@ impl Vmar {
             return Err(Status::AccessDenied);
         }
         let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
-        let specific = options.intersects(VmOptions::SPECIFIC | VmOptions::SPECIFIC_OVERWRITE);
-        let mut batch = TlbBatch::new(&**self.aspace.platform());
-        let start = if specific {
-            if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
-                return Err(Status::AccessDenied);
+        let platform = &**self.aspace.platform();
+        let mut batch = TlbBatch::new(platform);
+        let start = match self.place_locked(&mut tree, options, vmar_offset, len, &mut batch) {
+            Ok(start) => start,
+            Err(status) => {
+                drop(tree);
+                batch.finish(platform);
+                return Err(status);
             }
-            let (start, end) = self
-                .sub_range(vmar_offset, len)
-                .ok_or(Status::InvalidArgs)?;
-            if node.overlaps(start, end) {
-                if !options.contains(VmOptions::SPECIFIC_OVERWRITE) {
-                    return Err(Status::AlreadyExists);
-                }
-                // An overwrite replaces mappings, never sub-VMARs (Zircon: ZX_ERR_INVALID_ARGS).
-                let over_vmar =
-                    node.any_child_in(start, end, |r| matches!(r.kind(), RegionKind::Vmar(_)));
-                if over_vmar {
-                    batch.finish(&**self.aspace.platform());
-                    return Err(Status::InvalidArgs);
-                }
-                if let Err(status) = self.unmap_locked(&mut tree, start, end, &mut batch) {
-                    drop(tree);
-                    batch.finish(&**self.aspace.platform());
-                    return Err(status);
-                }
-            }
-            start
-        } else {
-            if vmar_offset != 0 {
-                return Err(Status::InvalidArgs);
-            }
-            // Longer than the VMAR: it can never fit (Zircon: INVALID_ARGS, before any search).
-            if len > node.size {
-                return Err(Status::InvalidArgs);
-            }
-            node.find_gap(len).ok_or(Status::NoResources)?
         };
         let flags = perms_to_mmu(options);
         let space: Weak<dyn MappedSpace> = Arc::downgrade(&self.aspace) as Weak<AddressSpace>;
@@ -253,8 +226,50 @@ impl Vmar {
             result = Err(status);
         }
         drop(tree);
-        batch.finish(&**self.aspace.platform());
+        batch.finish(platform);
         result
+    }
+
+    /// Where a new mapping of `len` bytes goes: at `vmar_offset` with `ZX_VM_SPECIFIC` (after
+    /// unmapping what is there, with `ZX_VM_SPECIFIC_OVERWRITE`), else in the lowest gap that
+    /// fits.
+    fn place_locked(
+        &self,
+        tree: &mut AspaceTree,
+        options: VmOptions,
+        vmar_offset: u64,
+        len: u64,
+        batch: &mut TlbBatch,
+    ) -> ZxResult<u64> {
+        let node = tree.node(self.id)?;
+        if !options.intersects(VmOptions::SPECIFIC | VmOptions::SPECIFIC_OVERWRITE) {
+            if vmar_offset != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            // Longer than the VMAR: it can never fit (Zircon: INVALID_ARGS, before any search).
+            if len > node.size {
+                return Err(Status::InvalidArgs);
+            }
+            return node.find_gap(len).ok_or(Status::NoResources);
+        }
+        if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
+            return Err(Status::AccessDenied);
+        }
+        let (start, end) = self
+            .sub_range(vmar_offset, len)
+            .ok_or(Status::InvalidArgs)?;
+        if !node.overlaps(start, end) {
+            return Ok(start);
+        }
+        if !options.contains(VmOptions::SPECIFIC_OVERWRITE) {
+            return Err(Status::AlreadyExists);
+        }
+        // An overwrite replaces mappings, never sub-VMARs (Zircon: ZX_ERR_INVALID_ARGS).
+        if node.any_child_in(start, end, |r| matches!(r.kind(), RegionKind::Vmar(_))) {
+            return Err(Status::InvalidArgs);
+        }
+        self.unmap_locked(tree, start, end, batch)?;
+        Ok(start)
     }
 
     /// Maps every committed page of a new mapping (`ZX_VM_MAP_RANGE`).
