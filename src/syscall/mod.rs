@@ -7,7 +7,7 @@
 
 use crate::abi::*;
 use crate::object::{Handle, KernelObject, Process};
-use crate::vmar::perms_needing_can_map;
+use crate::vmar::{perms_needing_can_map, rights_for_perms, valid_perms};
 use crate::vmo::Vmo;
 
 /// Runs `f` and turns its result into a status, writing `out` only on success.
@@ -27,21 +27,6 @@ fn require(rights: Rights, needed: Rights) -> ZxResult {
     } else {
         Err(Status::AccessDenied)
     }
-}
-
-/// The handle rights that `ZX_VM_CAN_MAP_*` (or `ZX_VM_PERM_*`) bits call for.
-fn rights_for_perms(options: VmOptions) -> Rights {
-    let mut rights = Rights::empty();
-    if options.intersects(VmOptions::PERM_READ | VmOptions::CAN_MAP_READ) {
-        rights |= Rights::READ;
-    }
-    if options.intersects(VmOptions::PERM_WRITE | VmOptions::CAN_MAP_WRITE) {
-        rights |= Rights::WRITE;
-    }
-    if options.intersects(VmOptions::PERM_EXECUTE | VmOptions::CAN_MAP_EXECUTE) {
-        rights |= Rights::EXECUTE;
-    }
-    rights
 }
 
 /// `zx_vmar_op_range`: performs `op` on the VMOs mapped in `[address, address + size)`.
@@ -333,7 +318,7 @@ pub fn zx_vmar_map(
         let options = VmOptions::from_bits(options).ok_or(Status::InvalidArgs)?;
         // Write without read is refused before the permission rights are looked at (Zircon's
         // sys_vmar_map order: VmoTestCase.Rights).
-        if options.contains(VmOptions::PERM_WRITE) && !options.contains(VmOptions::PERM_READ) {
+        if !valid_perms(options) {
             return Err(Status::InvalidArgs);
         }
         if options.intersects(VmOptions::CAN_MAP_PERMS | VmOptions::CAN_MAP_SPECIFIC) {

@@ -25,12 +25,16 @@
 mod aspace;
 mod fault;
 mod ops;
+mod perms;
 mod region;
 mod tree;
 
 pub use self::aspace::AddressSpace;
 use self::ops::Retired;
-pub use self::ops::{perms_needing_can_map, perms_to_mmu, Vmar};
+pub use self::ops::Vmar;
+pub use self::perms::{
+    perms_needing_can_map, perms_to_mmu, rights_for_perms, valid_perms, Permission, PERMISSIONS,
+};
 use self::tree::{AspaceTree, RangeScratch, VmarNode};
 
 pub use self::region::Region;

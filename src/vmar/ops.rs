@@ -13,41 +13,6 @@ pub struct Vmar {
     pub(super) flags: VmOptions,
 }
 
-/// Converts `ZX_VM_PERM_*` bits into page permissions.
-pub fn perms_to_mmu(options: VmOptions) -> MmuFlags {
-    let mut flags = MmuFlags::empty();
-    if options.contains(VmOptions::PERM_READ) {
-        flags |= MmuFlags::READ;
-    }
-    if options.contains(VmOptions::PERM_WRITE) {
-        flags |= MmuFlags::WRITE;
-    }
-    if options.contains(VmOptions::PERM_EXECUTE) {
-        flags |= MmuFlags::EXECUTE;
-    }
-    flags
-}
-
-/// The `ZX_VM_CAN_MAP_*` bits that the `ZX_VM_PERM_*` bits of `options` need.
-pub fn perms_needing_can_map(options: VmOptions) -> VmOptions {
-    let mut can_map = VmOptions::empty();
-    if options.contains(VmOptions::PERM_READ) {
-        can_map |= VmOptions::CAN_MAP_READ;
-    }
-    if options.contains(VmOptions::PERM_WRITE) {
-        can_map |= VmOptions::CAN_MAP_WRITE;
-    }
-    if options.contains(VmOptions::PERM_EXECUTE) {
-        can_map |= VmOptions::CAN_MAP_EXECUTE;
-    }
-    can_map
-}
-
-/// Whether a set of `ZX_VM_PERM_*` bits is one a mapping can have (no write without read).
-pub(super) fn valid_perms(options: VmOptions) -> bool {
-    !options.contains(VmOptions::PERM_WRITE) || options.contains(VmOptions::PERM_READ)
-}
-
 impl Vmar {
     /// The kernel object id.
     pub fn koid(&self) -> zx_koid_t {
