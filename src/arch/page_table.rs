@@ -711,6 +711,19 @@ mod tests {
         unsafe { machine.free_frames(pending.freed_tables()) };
     }
 
+    /// At the last level a descriptor with both low bits set is a page, never a table (aarch64
+    /// encodes level-3 pages like tables above); x86_64 has no table bit at the last level.
+    #[test]
+    fn last_level_entries_are_never_tables() {
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        let page = Aarch64::page_entry(PhysAddr(0x4000), rw);
+        assert!(!Aarch64::is_table(page, 0));
+        assert!(Aarch64::is_table(Aarch64::table_entry(PhysAddr(0x4000)), 1));
+        let page = X86_64::page_entry(PhysAddr(0x4000), rw);
+        assert!(!X86_64::is_table(page, 0));
+        assert!(X86_64::is_table(X86_64::table_entry(PhysAddr(0x4000)), 1));
+    }
+
     fn map_query_unmap<F: PteFormat>() {
         let machine = SimMachine::with_frames(64);
         let p: &dyn Platform = &*machine;
