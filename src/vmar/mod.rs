@@ -26,6 +26,7 @@ mod aspace;
 mod fault;
 mod ops;
 mod perms;
+mod range;
 mod region;
 mod tree;
 
@@ -35,7 +36,8 @@ pub use self::ops::Vmar;
 pub use self::perms::{
     perms_needing_can_map, perms_to_mmu, rights_for_perms, valid_perms, Permission, PERMISSIONS,
 };
-use self::tree::{AspaceTree, RangeScratch, VmarNode};
+use self::range::RangeRules;
+use self::tree::{AspaceTree, Covered, RangeScratch, VmarNode};
 
 pub use self::region::Region;
 pub(crate) use self::region::{RegionKind, TreeAdapter};

@@ -322,73 +322,48 @@ impl Vmar {
         if !VmOptions::PERMS.contains(options) || !valid_perms(options) {
             return Err(Status::InvalidArgs);
         }
-        let len = page_round_up(len).ok_or(Status::InvalidArgs)?;
-        if len == 0 || !is_page_aligned(addr) {
-            return Err(Status::InvalidArgs);
-        }
-        let platform = &**self.aspace.platform();
-        let mut batch = TlbBatch::new(platform);
-        let mut tree = self.aspace.lock_tree();
-        let mut scratch = RangeScratch::take(&mut tree);
-        let result = self.protect_locked(&mut tree, options, addr, len, &mut scratch, &mut batch);
-        scratch.put(&mut tree);
-        drop(tree);
-        batch.finish(platform);
-        result
-    }
-
-    pub(super) fn protect_locked(
-        &self,
-        tree: &mut AspaceTree,
-        options: VmOptions,
-        addr: u64,
-        len: u64,
-        scratch: &mut RangeScratch,
-        batch: &mut TlbBatch,
-    ) -> ZxResult {
-        let node = tree.node(self.id)?;
-        let end = addr.checked_add(len).ok_or(Status::InvalidArgs)?;
-        if !node.contains_range(addr, end) {
-            return Err(Status::InvalidArgs);
-        }
-        let RangeScratch {
-            walk,
-            covered,
-            regions,
-            ..
-        } = scratch;
-        tree.covering_mappings(self.id, addr, end, Status::NotFound, walk, covered)?;
-        let needed = perms_needing_can_map(options);
-        if covered
-            .iter()
-            .any(|c| !c.mapping().can_map().contains(needed))
-        {
-            return Err(Status::AccessDenied);
-        }
-        let flags = perms_to_mmu(options);
-        let aspace = &self.aspace;
-        for c in covered.iter() {
-            aspace.split_at_bounds(tree, c.vmar, c.start, c.end)?;
-        }
-        let pending = batch.space(aspace);
-        let mut mmu = aspace.mmu.lock();
-        for c in covered.iter() {
-            regions.clear();
-            tree.node(c.vmar)?.children_in(c.start, c.end, regions);
-            for region in regions.iter() {
-                if let Some(mapping) = region.mapping() {
-                    mapping.set_flags(flags);
-                }
+        const RULES: RangeRules = RangeRules {
+            overflow: Status::InvalidArgs,
+            outside: Status::InvalidArgs,
+            gap: Status::NotFound,
+        };
+        self.range_op(addr, len, &RULES, |range| {
+            let needed = perms_needing_can_map(options);
+            if range
+                .covered
+                .iter()
+                .any(|c| !c.mapping().can_map().contains(needed))
+            {
+                return Err(Status::AccessDenied);
             }
-            mmu.protect(
-                &**aspace.platform(),
-                c.start,
-                c.end,
-                flags | MmuFlags::USER,
-                pending,
-            );
-        }
-        Ok(())
+            let flags = perms_to_mmu(options);
+            let aspace = &self.aspace;
+            for c in range.covered {
+                aspace.split_at_bounds(range.tree, c.vmar, c.start, c.end)?;
+            }
+            let pending = range.batch.space(aspace);
+            let mut mmu = aspace.mmu.lock();
+            for c in range.covered {
+                range.regions.clear();
+                range
+                    .tree
+                    .node(c.vmar)?
+                    .children_in(c.start, c.end, range.regions);
+                for region in range.regions.iter() {
+                    if let Some(mapping) = region.mapping() {
+                        mapping.set_flags(flags);
+                    }
+                }
+                mmu.protect(
+                    &**aspace.platform(),
+                    c.start,
+                    c.end,
+                    flags | MmuFlags::USER,
+                    pending,
+                );
+            }
+            Ok(())
+        })
     }
 
     /// Whether this is its address space's root VMAR.
@@ -432,77 +407,41 @@ impl Vmar {
     /// anything changes; then decommits the VMO pages behind every mapping in the range, looking
     /// through nested VMARs, from every mapping of those pages in every address space.
     pub fn decommit(&self, addr: u64, len: u64) -> ZxResult {
-        // 5. Size rounding and alignment.
-        let size = page_round_up(len).ok_or(Status::OutOfRange)?;
-        if size == 0 || !is_page_aligned(addr) {
-            return Err(Status::InvalidArgs);
-        }
-        let platform = &**self.aspace.platform();
-        let mut batch = TlbBatch::new(platform);
-        let mut tree = self.aspace.lock_tree();
-        let mut scratch = RangeScratch::take(&mut tree);
-        let result = self.decommit_locked(&tree, addr, size, &mut scratch, &mut batch);
-        scratch.put(&mut tree);
-        drop(tree);
-        batch.finish(platform);
-        result
-    }
-
-    /// The checks 6 to 10 and the decommit itself, under the tree lock.
-    pub(super) fn decommit_locked(
-        &self,
-        tree: &AspaceTree,
-        addr: u64,
-        size: u64,
-        scratch: &mut RangeScratch,
-        batch: &mut TlbBatch,
-    ) -> ZxResult {
-        // 6. A live VMAR.
-        let node = tree.node(self.id)?;
-        // 7. Inside the VMAR.
-        let end = addr.checked_add(size).ok_or(Status::OutOfRange)?;
-        if addr < node.base || end > node.end() {
-            return Err(Status::OutOfRange);
-        }
-        // 8. Every page mapped.
-        let RangeScratch {
-            walk,
-            covered,
-            vmos,
-            ..
-        } = scratch;
-        tree.covering_mappings(self.id, addr, end, Status::BadState, walk, covered)?;
-        // 9. Every mapping could be writable.
-        if covered
-            .iter()
-            .any(|c| !c.mapping().can_map().contains(VmOptions::CAN_MAP_WRITE))
-        {
-            return Err(Status::AccessDenied);
-        }
-        // 10. Every VMO supports decommit, and no page is pinned.
-        if covered
-            .iter()
-            .any(|c| !c.mapping().vmo().supports_decommit())
-        {
-            return Err(Status::NotSupported);
-        }
-        vmos.extend(covered.iter().map(|c| c.mapping().vmo().clone()));
-        vmos.sort_unstable_by_key(|vmo| vmo.koid());
-        vmos.dedup_by_key(|vmo| vmo.koid());
-        let locked = HeldVmos::lock(vmos);
-        for c in covered.iter() {
-            let (first, last) = c.vmo_pages();
-            if Vmo::any_pinned_locked(locked.inner(c.mapping().vmo()), first, last) {
-                return Err(Status::BadState);
+        // 5 to 8: the rounding and alignment, a live VMAR, inside it, every page mapped.
+        const RULES: RangeRules = RangeRules {
+            overflow: Status::OutOfRange,
+            outside: Status::OutOfRange,
+            gap: Status::BadState,
+        };
+        self.range_op(addr, len, &RULES, |range| {
+            // 9. Every mapping could be writable.
+            let writable = |c: &Covered| c.mapping().can_map().contains(VmOptions::CAN_MAP_WRITE);
+            if !range.covered.iter().all(writable) {
+                return Err(Status::AccessDenied);
             }
-        }
-        // Every check passed: now change things.
-        for c in covered.iter() {
-            let (first, last) = c.vmo_pages();
-            let vmo = c.mapping().vmo();
-            vmo.decommit_locked(locked.inner(vmo), first, last, batch);
-        }
-        Ok(())
+            // 10. Every VMO supports decommit, and no page is pinned.
+            if !range
+                .covered
+                .iter()
+                .all(|c| c.mapping().vmo().supports_decommit())
+            {
+                return Err(Status::NotSupported);
+            }
+            let locked = HeldVmos::lock_covered(range.covered, range.vmos);
+            for c in range.covered {
+                let (first, last) = c.vmo_pages();
+                if Vmo::any_pinned_locked(locked.inner(c.mapping().vmo()), first, last) {
+                    return Err(Status::BadState);
+                }
+            }
+            // Every check passed: now change things.
+            for c in range.covered {
+                let (first, last) = c.vmo_pages();
+                let vmo = c.mapping().vmo();
+                vmo.decommit_locked(locked.inner(vmo), first, last, range.batch);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -539,7 +478,16 @@ pub(super) struct HeldVmos<'a> {
 }
 
 impl<'a> HeldVmos<'a> {
-    pub(super) fn lock(vmos: &'a [Arc<Vmo>]) -> Self {
+    /// Locks the VMOs of the `covered` mappings, listing them in `vmos` (sorted by koid, each
+    /// once).
+    pub(super) fn lock_covered(covered: &[Covered], vmos: &'a mut Vec<Arc<Vmo>>) -> Self {
+        vmos.extend(covered.iter().map(|c| c.mapping().vmo().clone()));
+        vmos.sort_unstable_by_key(|vmo| vmo.koid());
+        vmos.dedup_by_key(|vmo| vmo.koid());
+        Self::lock(vmos)
+    }
+
+    fn lock(vmos: &'a [Arc<Vmo>]) -> Self {
         for vmo in vmos {
             vmo.lock_held();
         }
