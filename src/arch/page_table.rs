@@ -724,6 +724,31 @@ mod tests {
         assert!(X86_64::is_table(X86_64::table_entry(PhysAddr(0x4000)), 1));
     }
 
+    /// Every permission set a page can have (read with any of write, execute and user) reads back
+    /// from its entry as it went in, in both formats, also for kernel (non-user) pages.
+    #[test]
+    fn page_permissions_round_trip() {
+        fn each<F: PteFormat>() {
+            for bits in 0..8u8 {
+                let mut flags = MmuFlags::READ;
+                for (bit, flag) in [MmuFlags::WRITE, MmuFlags::EXECUTE, MmuFlags::USER]
+                    .into_iter()
+                    .enumerate()
+                {
+                    if bits & (1 << bit) != 0 {
+                        flags |= flag;
+                    }
+                }
+                let entry = F::page_entry(PhysAddr(0x1234_5000), flags);
+                assert!(F::is_valid(entry), "{}: {flags:?}", F::NAME);
+                assert_eq!(F::page_flags(entry), flags, "{}", F::NAME);
+                assert_eq!(F::address(entry), PhysAddr(0x1234_5000), "{}", F::NAME);
+            }
+        }
+        each::<X86_64>();
+        each::<Aarch64>();
+    }
+
     fn map_query_unmap<F: PteFormat>() {
         let machine = SimMachine::with_frames(64);
         let p: &dyn Platform = &*machine;
