@@ -3,7 +3,7 @@
 //! (`ZX_ERR_NO_MEMORY` for frames, `ZX_ERR_NO_RESOURCES` for handles and address space) and leave
 //! nothing half done.
 //!
-//! The sequence runs through the harness of `common/model.rs` in exhaustion mode: a call that runs
+//! The sequence runs through the harness of `common/model/` in exhaustion mode: a call that runs
 //! out of memory where the reference model says `ZX_OK` is taken as not having happened, so after
 //! every call the harness's checks prove the crate changed nothing either: the same handles,
 //! VMOs (contents, committed bytes, mapping counts), VMARs, no translation that is not a live
@@ -16,7 +16,7 @@
 //! allocator fails from the N-th request on) and "one-shot" (only the N-th request fails, and the
 //! rest of the sequence must carry on normally from whatever state that left).
 
-#[path = "common/model.rs"]
+#[path = "common/model/mod.rs"]
 mod model;
 
 use model::*;

@@ -1,5 +1,5 @@
 //! Random sequences of syscalls, kernel-side calls and simulated loads and stores, run on the crate
-//! and on the reference model in `common/model.rs`, comparing every status, every address, every
+//! and on the reference model in `common/model/`, comparing every status, every address, every
 //! byte read and every value loaded or fault taken; after each call the crate's state must match
 //! the model's (handles, VMOs, VMARs, committed bytes, mapping counts), pass
 //! `AddressSpace::audit()`, hold no empty page-table page, and account for every frame.
@@ -14,7 +14,7 @@
 //! - `ZX_MODEL_CASES=100000 cargo test --release --test model`: a long run.
 //! - `cargo test --test model coverage -- --nocapture`: how often each outcome is reached.
 
-#[path = "common/model.rs"]
+#[path = "common/model/mod.rs"]
 mod model;
 
 use model::*;

@@ -2,7 +2,7 @@
 //!
 //! Each test states the behaviour the crate should have. A bug not yet fixed is `#[ignore]`d with
 //! the bug in one line (`cargo test --test regressions -- --ignored` runs those), and the model in
-//! `common/model.rs` mirrors the crate on that point, with a comment naming the test, until the
+//! `common/model/` mirrors the crate on that point, with a comment naming the test, until the
 //! fix lands. All seven below were found while the model and exhaustion tests were written (the
 //! last one by Miri) and are fixed in `src/` (commits 4df7139 and 845fd62); they stay as
 //! regression tests. `miri_unmap_keeps_arc_provenance` checks something only under
