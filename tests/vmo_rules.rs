@@ -81,26 +81,40 @@ fn contiguous_memory_is_zeroed_in_every_page() {
 }
 
 /// Reads and writes at an offset inside a later page, and across page boundaries, land where
-/// they should.
+/// they should, and nowhere else. The pages are committed out of order with another VMO's
+/// between them, so that neighbours in the VMO are not neighbours in memory (a copy that ran
+/// past the end of a page would read or write the wrong frame).
 #[test]
 fn reads_and_writes_at_any_offset() {
     let machine = machine(1);
     let vmo = Vmo::create(platform(&machine), 4 * PAGE_SIZE).unwrap();
+    let other = Vmo::create(platform(&machine), 4 * PAGE_SIZE).unwrap();
+    for page in (0..4).rev() {
+        vmo.commit(page * PAGE_SIZE, PAGE_SIZE).unwrap();
+        other.commit(page * PAGE_SIZE, PAGE_SIZE).unwrap();
+    }
+    other.write(0, &[0xee; 4 * PAGE_SIZE as usize]).unwrap();
     let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
     let offset = PAGE_SIZE + 100;
     vmo.write(offset, &data).unwrap();
     let mut back = vec![0; data.len()];
     vmo.read(offset, &mut back).unwrap();
     assert_eq!(back, data);
-    // Byte by byte from the page start: zeroes up to the offset, then the data.
-    let mut page = vec![0xff; PAGE_SIZE as usize];
-    vmo.read(PAGE_SIZE, &mut page).unwrap();
-    assert!(page[..100].iter().all(|&b| b == 0));
-    assert_eq!(&page[100..], &data[..PAGE_SIZE as usize - 100]);
+    // Whole pages: zeroes up to the offset, then the data, then zeroes again.
+    let mut pages = vec![0xff; 4 * PAGE_SIZE as usize];
+    vmo.read(0, &mut pages).unwrap();
+    let (start, end) = (offset as usize, offset as usize + data.len());
+    assert!(pages[..start].iter().all(|&b| b == 0), "before the data");
+    assert_eq!(&pages[start..end], &data[..]);
+    assert!(pages[end..].iter().all(|&b| b == 0), "after the data");
     let mut small = [0; 3];
     vmo.read(2 * PAGE_SIZE + 7, &mut small).unwrap();
     let at = (2 * PAGE_SIZE + 7 - offset) as usize;
     assert_eq!(small, data[at..at + 3]);
+    // The other VMO's pages, in memory between ours, kept their bytes.
+    let mut theirs = vec![0; 4 * PAGE_SIZE as usize];
+    other.read(0, &mut theirs).unwrap();
+    assert!(theirs.iter().all(|&b| b == 0xee));
 }
 
 /// A pin (and an unpin) needs a page-aligned offset and a non-zero page-aligned length, each
