@@ -724,6 +724,20 @@ mod tests {
         assert!(X86_64::is_table(X86_64::table_entry(PhysAddr(0x4000)), 1));
     }
 
+    /// A user range owns exactly the root slots it touches: one that ends on a 512 GiB boundary
+    /// does not own the slot after it (the kernel's, on x86_64 the upper half's first).
+    #[test]
+    fn root_slots_end_where_the_range_ends() {
+        const SLOT: u64 = 1 << 39;
+        assert_eq!(root_slots(0, SLOT), (0, 0));
+        assert_eq!(root_slots(SLOT, 2 * SLOT), (1, 1));
+        assert_eq!(
+            root_slots(0x1000, crate::arch::USER_ADDRESS_LIMIT),
+            (0, 255)
+        );
+        assert_eq!(root_slots(SLOT - 0x1000, SLOT + 0x1000), (0, 1));
+    }
+
     /// Every permission set a page can have (read with any of write, execute and user) reads back
     /// from its entry as it went in, in both formats, also for kernel (non-user) pages.
     #[test]
