@@ -738,6 +738,80 @@ mod tests {
         assert_eq!(root_slots(SLOT - 0x1000, SLOT + 0x1000), (0, 1));
     }
 
+    /// An unmap frees a table only when it is empty: not when the range's ends happen to add up
+    /// to the table's span, nor when the range is one entry of the level below, while another
+    /// page still lives in the same table. Both formats.
+    #[test]
+    fn unmap_keeps_tables_that_still_map_pages() {
+        const MIB: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        for format in Format::ALL {
+            let machine = SimMachine::with_frames(64);
+            let p: &dyn Platform = &*machine;
+            let mut pt = new_page_table_for(
+                p,
+                format,
+                0,
+                super::super::USER_ADDRESS_LIMIT,
+                MemoryAttributes::DEFAULT,
+            )
+            .unwrap();
+            let frame = p.alloc_frame().unwrap();
+            // [16 MiB, 1 GiB - 16 MiB): the ends add up to the span of one level-1 table.
+            let (a, b) = (16 * MIB, GIB - 16 * MIB);
+            pt.map(p, a, frame, rw).unwrap();
+            pt.map(p, b, frame, rw).unwrap();
+            let mut pending = PendingFlush::new();
+            pt.unmap(p, a, b, &mut pending);
+            assert_eq!(pt.query(p, b), Some((frame, rw)), "{format:?}");
+            flush_and_free(&machine, pending);
+            // [1 GiB, 1 GiB + 2 MiB): one entry of a level-1 table, which maps 1 GiB + 4 MiB too.
+            let (c, d) = (GIB, GIB + 4 * MIB);
+            pt.map(p, c, frame, rw).unwrap();
+            pt.map(p, d, frame, rw).unwrap();
+            let mut pending = PendingFlush::new();
+            pt.unmap(p, c, c + 2 * MIB, &mut pending);
+            assert_eq!(pt.query(p, d), Some((frame, rw)), "{format:?}");
+            flush_and_free(&machine, pending);
+            let mut pending = PendingFlush::new();
+            pt.release(p, &mut pending);
+            flush_and_free(&machine, pending);
+            // SAFETY: the test's own frame, mapped by nothing now.
+            unsafe { p.free_frames(&[frame]) };
+        }
+    }
+
+    /// A tree maps only inside the root slots its user range owns.
+    #[test]
+    fn a_tree_maps_only_in_its_own_slots() {
+        const SLOT: u64 = 1 << 39;
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        for format in Format::ALL {
+            let machine = SimMachine::with_frames(64);
+            let p: &dyn Platform = &*machine;
+            let mut pt =
+                new_page_table_for(p, format, SLOT, 2 * SLOT, MemoryAttributes::DEFAULT).unwrap();
+            let frame = p.alloc_frame().unwrap();
+            assert_eq!(
+                pt.map(p, 0x1000, frame, rw),
+                Err(Status::InvalidArgs),
+                "{format:?}"
+            );
+            assert_eq!(
+                pt.map(p, 2 * SLOT, frame, rw),
+                Err(Status::InvalidArgs),
+                "{format:?}"
+            );
+            assert_eq!(pt.map(p, SLOT, frame, rw), Ok(false), "{format:?}");
+            let mut pending = PendingFlush::new();
+            pt.release(p, &mut pending);
+            flush_and_free(&machine, pending);
+            // SAFETY: the test's own frame, mapped by nothing now.
+            unsafe { p.free_frames(&[frame]) };
+        }
+    }
+
     /// Every permission set a page can have (read with any of write, execute and user) reads back
     /// from its entry as it went in, in both formats, also for kernel (non-user) pages.
     #[test]
