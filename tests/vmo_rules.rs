@@ -302,3 +302,11 @@ fn a_vmar_decommit_holds_the_vmo_locks() {
         "another thread read the VMO while its pages were being decommitted"
     );
 }
+
+/// The page list holds frames below `PAGE_LIST_PHYS_LIMIT` and none at it.
+#[test]
+fn the_page_list_holds_frames_below_its_limit() {
+    use zx_vm::vmo::{PageList, PAGE_LIST_PHYS_LIMIT};
+    assert!(PageList::can_hold(PhysAddr(PAGE_LIST_PHYS_LIMIT - PAGE_SIZE)));
+    assert!(!PageList::can_hold(PhysAddr(PAGE_LIST_PHYS_LIMIT)));
+}
