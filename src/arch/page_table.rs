@@ -782,6 +782,36 @@ mod tests {
         }
     }
 
+    /// `for_each_page` visits every mapped page once, at its address, also at the last index of a
+    /// table and in the top root slot of the user range (which a tree can map up to its end).
+    #[test]
+    fn every_mapped_page_is_visited() {
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        let top = super::super::USER_ADDRESS_LIMIT - 0x1000;
+        for format in Format::ALL {
+            let machine = SimMachine::with_frames(64);
+            let p: &dyn Platform = &*machine;
+            let limit = super::super::USER_ADDRESS_LIMIT;
+            let mut pt =
+                new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
+            let frame = p.alloc_frame().unwrap();
+            let mut vas = alloc::vec![0x1000, 0x1f_f000, 0x4000_0000 + 0x1ff * 0x20_0000, top];
+            for &va in &vas {
+                assert_eq!(pt.map(p, va, frame, rw), Ok(false), "{format:?} {va:#x}");
+            }
+            let mut seen = alloc::vec::Vec::new();
+            pt.for_each_page(p, &mut |va, pa, flags| seen.push((va, pa, flags)));
+            vas.sort_unstable();
+            let want: alloc::vec::Vec<_> = vas.iter().map(|&va| (va, frame, rw)).collect();
+            assert_eq!(seen, want, "{format:?}");
+            let mut pending = PendingFlush::new();
+            pt.release(p, &mut pending);
+            flush_and_free(&machine, pending);
+            // SAFETY: the test's own frame, mapped by nothing now.
+            unsafe { p.free_frames(&[frame]) };
+        }
+    }
+
     /// A tree maps only inside the root slots its user range owns.
     #[test]
     fn a_tree_maps_only_in_its_own_slots() {
