@@ -812,6 +812,17 @@ mod tests {
         }
     }
 
+    /// A tree dropped without `release` (its tables would leak) is a bug the debug build names.
+    #[test]
+    #[should_panic(expected = "dropped without release()")]
+    #[cfg_attr(miri, ignore)] // the unwinding from a destructor leaves the box to Miri's leak check
+    fn a_tree_dropped_without_release_is_named() {
+        let machine = SimMachine::with_frames(8);
+        let p: &dyn Platform = &*machine;
+        let pt = new_page_table_for(p, Format::X86_64, 0, 1 << 39, MemoryAttributes::DEFAULT);
+        drop(pt);
+    }
+
     /// A tree maps only inside the root slots its user range owns.
     #[test]
     fn a_tree_maps_only_in_its_own_slots() {
@@ -833,7 +844,13 @@ mod tests {
                 Err(Status::InvalidArgs),
                 "{format:?}"
             );
+            assert_eq!(
+                pt.map(p, SLOT + 8, frame, rw),
+                Err(Status::InvalidArgs),
+                "{format:?}"
+            );
             assert_eq!(pt.map(p, SLOT, frame, rw), Ok(false), "{format:?}");
+            assert_eq!(pt.format(), format);
             let mut pending = PendingFlush::new();
             pt.release(p, &mut pending);
             flush_and_free(&machine, pending);
