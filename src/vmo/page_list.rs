@@ -282,6 +282,22 @@ mod tests {
         assert_eq!(list.chunks.len(), 2);
     }
 
+    /// `iter_range` finds pages in any chunk of the range, far past the first ones, and an empty
+    /// range (also one on a chunk boundary, or at 0) yields nothing.
+    #[test]
+    fn iter_range_reaches_every_chunk_and_empty_ranges_are_empty() {
+        let mut list = PageList::new();
+        let far = 100 * CHUNK_PAGES + 3;
+        list.insert(far, PhysAddr::from_frame_number(9));
+        list.insert(CHUNK_PAGES, PhysAddr::from_frame_number(8));
+        let found: Vec<_> = list.iter_range(0, far + 1).map(|(i, _)| i).collect();
+        assert_eq!(found, [CHUNK_PAGES, far]);
+        assert_eq!(list.iter_range(far, far + 1).count(), 1);
+        for at in [0, CHUNK_PAGES, far] {
+            assert_eq!(list.iter_range(at, at).count(), 0, "{at}");
+        }
+    }
+
     /// A range that takes every chunk moves the whole map out at once; one that leaves a chunk
     /// takes chunk by chunk. Both give back every frame once.
     #[test]
