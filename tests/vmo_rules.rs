@@ -307,6 +307,8 @@ fn a_vmar_decommit_holds_the_vmo_locks() {
 #[test]
 fn the_page_list_holds_frames_below_its_limit() {
     use zx_vm::vmo::{PageList, PAGE_LIST_PHYS_LIMIT};
-    assert!(PageList::can_hold(PhysAddr(PAGE_LIST_PHYS_LIMIT - PAGE_SIZE)));
+    assert!(PageList::can_hold(PhysAddr(
+        PAGE_LIST_PHYS_LIMIT - PAGE_SIZE
+    )));
     assert!(!PageList::can_hold(PhysAddr(PAGE_LIST_PHYS_LIMIT)));
 }
