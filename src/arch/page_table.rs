@@ -742,6 +742,7 @@ mod tests {
     /// to the table's span, nor when the range is one entry of the level below, while another
     /// page still lives in the same table. Both formats.
     #[test]
+    #[cfg_attr(miri, ignore)] // slow under Miri; map_query_unmap runs the same walker there
     fn unmap_keeps_tables_that_still_map_pages() {
         const MIB: u64 = 1 << 20;
         const GIB: u64 = 1 << 30;
@@ -785,6 +786,7 @@ mod tests {
     /// `for_each_page` visits every mapped page once, at its address, also at the last index of a
     /// table and in the top root slot of the user range (which a tree can map up to its end).
     #[test]
+    #[cfg_attr(miri, ignore)] // slow under Miri; map_query_unmap runs the same walker there
     fn every_mapped_page_is_visited() {
         let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
         let top = super::super::USER_ADDRESS_LIMIT - 0x1000;
@@ -825,6 +827,7 @@ mod tests {
 
     /// A tree maps only inside the root slots its user range owns.
     #[test]
+    #[cfg_attr(miri, ignore)] // slow under Miri; map_query_unmap runs the same walker there
     fn a_tree_maps_only_in_its_own_slots() {
         const SLOT: u64 = 1 << 39;
         let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
