@@ -814,6 +814,36 @@ mod tests {
         }
     }
 
+    /// Once released or abandoned, a tree holds nothing: a second release or abandon gives back
+    /// nothing more (the root is not freed twice), and a walk visits nothing.
+    #[test]
+    fn a_released_tree_is_empty() {
+        let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+        for format in Format::ALL {
+            let machine = SimMachine::with_frames(16);
+            let p: &dyn Platform = &*machine;
+            let mut pt =
+                new_page_table_for(p, format, 0, 1 << 39, MemoryAttributes::DEFAULT).unwrap();
+            let frame = p.alloc_frame().unwrap();
+            pt.map(p, 0x1000, frame, rw).unwrap();
+            let mut pending = PendingFlush::new();
+            pt.release(p, &mut pending);
+            assert_eq!(pending.freed_tables().len(), 4, "{format:?}");
+            flush_and_free(&machine, pending);
+            for _ in 0..2 {
+                let mut pending = PendingFlush::new();
+                pt.release(p, &mut pending);
+                pt.abandon(&mut pending);
+                assert!(pending.freed_tables().is_empty(), "{format:?}");
+            }
+            let mut visited = 0;
+            pt.for_each_page(p, &mut |_, _, _| visited += 1);
+            assert_eq!(visited, 0, "{format:?}");
+            // SAFETY: the test's own frame, mapped by nothing now.
+            unsafe { p.free_frames(&[frame]) };
+        }
+    }
+
     /// A tree dropped without `release` (its tables would leak) is a bug the debug build names.
     #[test]
     #[should_panic(expected = "dropped without release()")]
