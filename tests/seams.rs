@@ -14,7 +14,7 @@ use zx_vm::platform::{CpuPin, CpuSet, TlbInvalidate};
 use zx_vm::sim::{SimConfig, SimMachine, KERNEL_SLOT};
 use zx_vm::syscall::*;
 use zx_vm::tlb::{Tlb, TlbConfigError};
-use zx_vm::vmar::AspaceError;
+use zx_vm::vmar::{AspaceError, USER_ASPACE_BASE, USER_ASPACE_SIZE};
 use zx_vm::vmo::PAGE_LIST_PHYS_LIMIT;
 use zx_vm::{AddressSpace, KernelObject, PhysAddr, Platform, Process, VmOptions};
 
@@ -451,6 +451,33 @@ fn a_kernel_owned_lower_half_slot_survives() {
         // SAFETY: the test's frame, referenced by no live table now.
         unsafe { machine.free_frames(&[kernel_table]) };
     }
+}
+
+/// An address space whose root `prepare_root` filled in one of the user range's slots is
+/// refused when it is made: the crate checks the slots that its own table owns.
+#[test]
+fn an_address_space_refuses_a_kernel_entry_in_its_user_slots() {
+    let machine = machine(1);
+    let kernel_table = machine.alloc_frame().unwrap();
+    let platform = kernelish(&machine, Some(kernel_table));
+    let made = AddressSpace::create(
+        platform.clone(),
+        Format::X86_64,
+        USER_ASPACE_BASE,
+        USER_ASPACE_SIZE,
+    );
+    assert!(
+        matches!(
+            made.err(),
+            Some(AspaceError::Root(RootProblem::KernelInUserRange {
+                slot: 0,
+                ..
+            }))
+        ),
+        "slot 0 holds a kernel table"
+    );
+    // SAFETY: the test's frame, referenced by no live table now.
+    unsafe { machine.free_frames(&[kernel_table]) };
 }
 
 /// A user range that shares a root slot with the kernel is refused, with the problem in words;

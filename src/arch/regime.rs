@@ -280,6 +280,17 @@ mod tests {
     /// Attribute 0 Device-nGnRnE, attribute 1 normal write-back.
     const MAIR: u64 = 0xff << 8;
 
+    /// `is_empty` says whether a check found anything.
+    #[test]
+    fn problems_are_empty_only_when_nothing_was_found() {
+        let attrs = MemoryAttributes {
+            mair_index: 1,
+            shareability: Shareability::Inner,
+        };
+        assert!(check_aarch64(GOOD_TCR, MAIR, 0, attrs, 255).is_empty());
+        assert!(!check_aarch64(GOOD_TCR, MAIR, 0, MemoryAttributes::DEFAULT, 255).is_empty());
+    }
+
     #[test]
     fn a_good_aarch64_regime_passes() {
         let attrs = MemoryAttributes {
