@@ -288,7 +288,20 @@ mod tests {
             shareability: Shareability::Inner,
         };
         assert!(check_aarch64(GOOD_TCR, MAIR, 0, attrs, 255).is_empty());
-        assert!(!check_aarch64(GOOD_TCR, MAIR, 0, MemoryAttributes::DEFAULT, 255).is_empty());
+        let bad = check_aarch64(
+            GOOD_TCR | (1 << 22),
+            MAIR,
+            0,
+            MemoryAttributes::DEFAULT,
+            255,
+        );
+        assert!(!bad.is_empty());
+        assert_eq!(bad.into_result(), Err(bad));
+        // Printed as its problems, in order, joined by "; ".
+        let words: alloc::vec::Vec<alloc::string::String> =
+            bad.iter().map(|p| alloc::format!("{p}")).collect();
+        assert!(words.len() >= 2);
+        assert_eq!(alloc::format!("{bad}"), words.join("; "));
     }
 
     #[test]
