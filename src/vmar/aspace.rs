@@ -354,7 +354,7 @@ impl AddressSpace {
             self.unmap_pages(region.base(), region.end(), batch.space(&self.arc()));
             mapping.set_unmapped();
         }
-        batch.deferred::<Retired>().0.push(mapping.clone());
+        batch.deferred::<RetiredMappings>().0.push(mapping.clone());
     }
 
     /// Splits the mapping `region` of VMAR `id` at `va` (page aligned, strictly inside it). The

@@ -31,13 +31,13 @@ mod region;
 mod tree;
 
 pub use self::aspace::AddressSpace;
-use self::ops::Retired;
 pub use self::ops::Vmar;
 pub use self::perms::{
     perms_needing_can_map, perms_to_mmu, rights_for_perms, valid_perms, Permission, PERMISSIONS,
 };
 use self::range::RangeRules;
 use self::tree::{AspaceTree, Covered, RangeScratch, VmarNode};
+use crate::vmo::RetiredMappings;
 
 pub use self::region::Region;
 pub(crate) use self::region::{RegionKind, TreeAdapter};
@@ -52,7 +52,7 @@ use crate::arch::{
     PendingFlush, RootProblem, USER_ADDRESS_LIMIT,
 };
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
-use crate::tlb::{Deferred, FlushTarget, Item, TlbBatch, ITEM_PAGES};
+use crate::tlb::{FlushTarget, Item, TlbBatch, ITEM_PAGES};
 use crate::vmo::{MappedSpace, Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;

@@ -445,31 +445,6 @@ impl Vmar {
     }
 }
 
-/// Mappings unmapped by an operation: each leaves its VMO's list only after the operation's
-/// shootdown round, so that a decommit meanwhile still flushes its address space, and its VMO
-/// (which it holds alive) cannot free frames while a TLB may still map them.
-#[derive(Default)]
-pub(super) struct Retired(pub(super) Vec<Arc<Mapping>>);
-
-impl Deferred for Retired {
-    unsafe fn after_flush(&mut self, _platform: &dyn Platform) {
-        for mapping in self.0.drain(..) {
-            let vmo = mapping.vmo().clone();
-            Vmo::remove_mapping_locked(&mut vmo.lock(), &mapping);
-            // Dropping the region may drop the VMO, which frees its frames: safe now (the
-            // caller's promise).
-        }
-    }
-
-    fn holds_frames(&self) -> bool {
-        false
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
-        self
-    }
-}
-
 /// Several VMO locks held at once, taken in koid order (the lock order), without a list of
 /// guards: each lock stays held from [`HeldVmos::lock`] until the value drops.
 pub(super) struct HeldVmos<'a> {
