@@ -9,22 +9,22 @@
 
 mod shootdown;
 
-pub(crate) use self::shootdown::{Item, ITEM_PAGES};
+pub(crate) use self::shootdown::{Item, Reach};
 pub use crate::platform::{AsidAllocator, Tlb, TlbConfigError};
 
 pub use crate::arch::{PendingFlush, FULL_FLUSH_THRESHOLD};
-use crate::platform::{CpuPin, Platform, Spare};
+use crate::platform::{CpuPin, CpuSet, Platform, Spare};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
 
 /// Something whose translations a batch invalidates: an address space of the layer above. It
-/// names its part of a shootdown round for what `pending` records (the CPUs to reach, its tag
-/// and root, the pages); the batch keeps it alive until the round completed.
+/// says where the invalidation of what `pending` records must go (the CPUs to reach, its tag and
+/// root); the batch keeps it alive until the round completed.
 pub(crate) trait FlushTarget: Send + Sync {
-    /// This target's part of the round.
-    fn shootdown_item(&self, pending: &PendingFlush) -> Item;
+    /// Where this target's part of the round goes.
+    fn reach(&self, pending: &PendingFlush) -> Reach;
 }
 
 /// Work that must wait for an operation's shootdown round: frames to free, lists to update.
@@ -53,9 +53,8 @@ const DEFERRED_KINDS: usize = 2;
 pub(crate) struct Scratch {
     /// Per target touched: its record. Only the first `used` are in use; the rest keep their
     /// capacity for later operations.
-    spaces: Vec<(Option<Arc<dyn FlushTarget>>, PendingFlush)>,
+    spaces: Vec<Item>,
     used: usize,
-    items: Vec<Item>,
     deferred: [Option<Box<dyn Deferred>>; DEFERRED_KINDS],
 }
 
@@ -94,22 +93,23 @@ impl TlbBatch {
         let scratch = self.scratch();
         let used = scratch.used;
         let key = Arc::as_ptr(target) as *const ();
-        let found = scratch.spaces[..used].iter().position(|(t, _)| {
-            t.as_ref()
+        let found = scratch.spaces[..used].iter().position(|item| {
+            item.target
+                .as_ref()
                 .is_some_and(|t| core::ptr::eq(Arc::as_ptr(t) as *const (), key))
         });
         let index = match found {
             Some(index) => index,
             None => {
                 if used == scratch.spaces.len() {
-                    scratch.spaces.push((None, PendingFlush::new()));
+                    scratch.spaces.push(Item::new());
                 }
-                scratch.spaces[used].0 = Some(target.clone());
+                scratch.spaces[used].target = Some(target.clone());
                 scratch.used += 1;
                 used
             }
         };
-        &mut scratch.spaces[index].1
+        &mut scratch.spaces[index].pending
     }
 
     /// The batch's deferred work of type `W`, made on first use.
@@ -141,16 +141,15 @@ impl TlbBatch {
         let used = scratch.used;
         {
             let pin = CpuPin::new(platform);
-            let Scratch { spaces, items, .. } = &mut *scratch;
-            items.clear();
-            for (target, pending) in &spaces[..used] {
-                if let (Some(target), false) = (target, pending.is_empty()) {
-                    items.push(target.shootdown_item(pending));
+            let items = &mut scratch.spaces[..used];
+            for item in items.iter_mut() {
+                if let (Some(target), false) = (&item.target, item.pending.is_empty()) {
+                    item.reach = target.reach(&item.pending);
                 }
             }
             platform.tlb().shoot(&pin, items);
         }
-        for (_, pending) in &scratch.spaces[..used] {
+        for Item { pending, .. } in &scratch.spaces[..used] {
             if !pending.freed_tables().is_empty() {
                 // SAFETY: every table here was unlinked under its address space's page-table
                 // lock, and `shoot` returned only after every CPU that may have cached a walk
@@ -163,14 +162,14 @@ impl TlbBatch {
             // SAFETY: `shoot` returned: every invalidation of this operation completed.
             unsafe { work.after_flush(platform) };
         }
-        for (target, pending) in &mut scratch.spaces[..used] {
-            pending.clear();
+        for item in &mut scratch.spaces[..used] {
+            item.pending.clear();
+            item.reach.targets = CpuSet::EMPTY;
             // May drop the last reference to the address space, which tears it down (with a
             // round of its own, in another scratch space).
-            *target = None;
+            item.target = None;
         }
         scratch.used = 0;
-        scratch.items.clear();
         platform.tlb().put_spare(platform.current_cpu(), spare);
     }
 }
@@ -186,7 +185,7 @@ impl Drop for TlbBatch {
                 scratch.deferred.iter().flatten().all(|w| !w.holds_frames())
                     && scratch.spaces[..scratch.used]
                         .iter()
-                        .all(|(_, p)| p.freed_tables().is_empty()),
+                        .all(|item| item.pending.freed_tables().is_empty()),
                 "a TlbBatch holding frames was dropped without finish(): its frames leak"
             );
         }

@@ -48,41 +48,60 @@
 //! read, in which case it is marked stale and flushes the tag before its next use
 //! ([`crate::vmar::AddressSpace::activate`]), or it never ran it.
 
+use super::FlushTarget;
+use crate::arch::PendingFlush;
 use crate::platform::sync::{AtomicUsize, Ordering};
-use crate::platform::{
-    CpuPin, CpuSet, Node, PhysAddr, Platform, Tlb, TlbInvalidate, TlbScope, MAX_CPUS,
-};
+use crate::platform::{CpuPin, CpuSet, Node, PhysAddr, Platform, Tlb, TlbInvalidate, MAX_CPUS};
+use alloc::sync::Arc;
 
-/// The most single pages one [`Item`] names; past that it names the whole address space.
-pub(crate) const ITEM_PAGES: usize = super::FULL_FLUSH_THRESHOLD;
-
-/// One address space's part of a shootdown: plain data, copied out of the operation's records so
-/// that a round needs no allocation.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Item {
+/// Where one address space's invalidation must go: the CPUs that must carry it out, and the
+/// address space's tag and root. What to invalidate stays in the operation's [`PendingFlush`]:
+/// a round reads the record in place (through [`TlbInvalidate`], the platform's view of it) and
+/// copies nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reach {
     /// The CPUs that must carry it out.
     pub targets: CpuSet,
     pub asid: u16,
     pub root: PhysAddr,
-    /// The first `page_count` entries are the pages to invalidate, unless `full`.
-    pub pages: [u64; ITEM_PAGES],
-    pub page_count: u8,
-    pub full: bool,
-    pub tables_freed: bool,
+}
+
+/// One address space's part of a shootdown round: its record, its reach, and (in a batch) the
+/// address space itself, kept alive until the round completed. A batch keeps its items (and the
+/// capacity of their table lists) from one operation to the next.
+pub(crate) struct Item {
+    pub target: Option<Arc<dyn FlushTarget>>,
+    pub pending: PendingFlush,
+    /// Filled in from the target just before the round.
+    pub reach: Reach,
 }
 
 impl Item {
+    /// A record with no target yet and nowhere to go.
+    pub const fn new() -> Self {
+        Item {
+            target: None,
+            pending: PendingFlush::new(),
+            reach: Reach {
+                targets: CpuSet::EMPTY,
+                asid: 0,
+                root: PhysAddr(0),
+            },
+        }
+    }
+
     fn invalidate(&self) -> TlbInvalidate<'_> {
         TlbInvalidate {
-            asid: self.asid,
-            root: self.root,
-            scope: if self.full {
-                TlbScope::All
-            } else {
-                TlbScope::Pages(&self.pages[..usize::from(self.page_count)])
-            },
-            tables_freed: self.tables_freed,
+            asid: self.reach.asid,
+            root: self.reach.root,
+            scope: self.pending.scope(),
+            tables_freed: self.pending.tables_freed() && !cfg!(feature = "break-table-flush"),
         }
+    }
+
+    /// Whether `cpu` must carry this item out.
+    fn targets(&self, cpu: usize) -> bool {
+        self.reach.targets.contains(cpu) && !self.pending.is_empty()
     }
 }
 
@@ -96,13 +115,11 @@ struct Request<'a> {
     nodes: [Node; MAX_CPUS],
 }
 
-impl Request<'_> {
-    /// Carries out, on `cpu`, every item that targets it.
-    fn flush_on(&self, platform: &dyn Platform, cpu: usize) {
-        for item in self.items {
-            if item.targets.contains(cpu) {
-                platform.invalidate_local(&item.invalidate());
-            }
+/// Carries out, on `cpu`, every item that targets it.
+fn flush_on(items: &[Item], platform: &dyn Platform, cpu: usize) {
+    for item in items {
+        if item.targets(cpu) {
+            platform.invalidate_local(&item.invalidate());
         }
     }
 }
@@ -112,14 +129,14 @@ impl Tlb {
     /// Called with no crate lock held. Allocates nothing: the request lives on this stack frame,
     /// which outlives every target's use of it.
     pub(crate) fn shoot(&self, pin: &CpuPin<'_>, items: &[Item]) {
-        if items.is_empty() {
+        if items.iter().all(|item| item.pending.is_empty()) {
             return;
         }
         let platform = pin.platform();
         self.count_round();
         if platform.invalidation_is_broadcast() {
             // One broadcast per item reaches every CPU and completes before it returns.
-            for item in items {
+            for item in items.iter().filter(|item| !item.pending.is_empty()) {
                 platform.invalidate_local(&item.invalidate());
             }
             return;
@@ -129,23 +146,27 @@ impl Tlb {
         // which checks its index.
         let remote = items
             .iter()
-            .fold(CpuSet::EMPTY, |set, item| set.union(item.targets))
+            .filter(|item| !item.pending.is_empty())
+            .fold(CpuSet::EMPTY, |set, item| set.union(item.reach.targets))
             .without(me);
+        if remote.is_empty() {
+            // Nobody else to reach: no request, no mailbox, no wait.
+            flush_on(items, platform, me);
+            return;
+        }
         let request = Request {
             items,
             pending: AtomicUsize::new(remote.len()),
             nodes: [Node::EMPTY; MAX_CPUS],
         };
-        if !remote.is_empty() {
-            let erased = &request as *const Request<'_> as *mut ();
-            for cpu in remote.iter() {
-                request.nodes[cpu].request.store(erased, Ordering::Relaxed);
-                self.mailbox(cpu).push(&request.nodes[cpu]);
-            }
-            platform.send_ipi(remote);
+        let erased = &request as *const Request<'_> as *mut ();
+        for cpu in remote.iter() {
+            request.nodes[cpu].request.store(erased, Ordering::Relaxed);
+            self.mailbox(cpu).push(&request.nodes[cpu]);
         }
+        platform.send_ipi(remote);
         // Our own flush overlaps with the remote ones.
-        request.flush_on(platform, me);
+        flush_on(items, platform, me);
         while request.pending.load(Ordering::Acquire) != 0 {
             // Serve requests aimed at us: with interrupts disabled here, that is how two CPUs
             // shooting at each other both finish.
@@ -174,7 +195,7 @@ impl Tlb {
                 )
             };
             if !cfg!(feature = "break-remote-flush") {
-                request.flush_on(platform, me);
+                flush_on(request.items, platform, me);
             }
             // Release: the flush above happens before the initiator sees the acknowledgement.
             // After it, the initiator may return: neither `node` nor `request` is touched again.
@@ -244,17 +265,14 @@ mod loom_model {
     }
 
     fn item(targets: CpuSet) -> Item {
-        let mut pages = [0; ITEM_PAGES];
-        pages[0] = 0x1000;
-        Item {
+        let mut item = Item::new();
+        item.pending.add_page(0x1000);
+        item.reach = Reach {
             targets,
             asid: 1,
             root: PhysAddr(0x1000),
-            pages,
-            page_count: 1,
-            full: false,
-            tables_freed: false,
-        }
+        };
+        item
     }
 
     fn shared() -> Arc<Shared> {

@@ -317,27 +317,20 @@ impl MappedSpace for AddressSpace {
 }
 
 impl FlushTarget for AddressSpace {
-    /// This address space's part of a shootdown for what `pending` records: the CPUs to
-    /// interrupt are those where it is active; those that ran it but are elsewhere now are marked
-    /// stale instead, and flush the tag when they come back ([`AddressSpace::activate`]).
-    fn shootdown_item(&self, pending: &PendingFlush) -> Item {
+    /// Where this address space's invalidation goes: the CPUs to interrupt are those where it
+    /// is active; those that ran it but are elsewhere now are marked stale instead, and flush the
+    /// tag when they come back ([`AddressSpace::activate`]).
+    fn reach(&self, _pending: &PendingFlush) -> Reach {
         let mut targets = self.active.load();
         if self.asid != 0 && !self.platform.invalidation_is_broadcast() {
             self.stale.insert_all(self.ran.load().difference(targets));
             // A CPU that joined after the first read either saw the stale mark or is read here.
             targets = targets.union(self.active.load());
         }
-        let mut pages = [0; ITEM_PAGES];
-        let listed = pending.pages();
-        pages[..listed.len()].copy_from_slice(listed);
-        Item {
+        Reach {
             targets,
             asid: self.asid,
             root: self.root_table,
-            pages,
-            page_count: listed.len() as u8,
-            full: pending.is_full(),
-            tables_freed: pending.tables_freed() && !cfg!(feature = "break-table-flush"),
         }
     }
 }
@@ -411,7 +404,7 @@ impl Drop for AddressSpace {
         // the address space alive), but TLBs may keep its translations, so invalidate before the
         // table pages are freed.
         let tree = self.tree.get_mut();
-        let mut pending = PendingFlush::new();
+        let mut item = Item::new();
         let mut vmos = Vec::new();
         for (_, mut node) in core::mem::take(&mut tree.vmars) {
             let mut children = node.children.take();
@@ -426,8 +419,8 @@ impl Drop for AddressSpace {
             }
         }
         let mmu = self.mmu.get_mut();
-        mmu.release(&*self.platform, &mut pending);
-        let item = self.shootdown_item(&pending);
+        mmu.release(&*self.platform, &mut item.pending);
+        item.reach = self.reach(&item.pending);
         {
             let pin = CpuPin::new(&*self.platform);
             self.platform
@@ -437,7 +430,7 @@ impl Drop for AddressSpace {
         // SAFETY: the tables were unlinked by `release`, and `shoot` returned after every CPU
         // that may cache walks through them completed its invalidation; CPUs that ran the address
         // space elsewhere are in `ran`, and flush the tag before its next owner runs there.
-        unsafe { self.platform.free_frames(pending.freed_tables()) };
+        unsafe { self.platform.free_frames(item.pending.freed_tables()) };
         self.platform.tlb().asids().free(self.asid, self.ran.load());
         drop(vmos);
     }

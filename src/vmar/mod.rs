@@ -52,7 +52,7 @@ use crate::arch::{
     PendingFlush, RootProblem, USER_ADDRESS_LIMIT,
 };
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
-use crate::tlb::{FlushTarget, Item, TlbBatch, ITEM_PAGES};
+use crate::tlb::{FlushTarget, Item, Reach, TlbBatch};
 use crate::vmo::{MappedSpace, Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
