@@ -240,6 +240,21 @@ mod tests {
         drop(batch);
     }
 
+    /// A CPU's spare slot is typed only as `Any` (the platform layer cannot name [`Scratch`]):
+    /// a value of another type found there is not taken for a scratch space.
+    #[test]
+    fn a_foreign_spare_is_not_taken_for_scratch() {
+        let machine = SimMachine::with_frames(8);
+        let cpu = machine.current_cpu();
+        machine.tlb().put_spare(cpu, Box::new(Box::new(7u32)));
+        let frame = machine.alloc_frame().unwrap();
+        let freed = machine.counters().frames_freed;
+        let mut batch = TlbBatch::new(&*machine);
+        batch.deferred::<Frames>().0.push(frame);
+        batch.finish(&*machine);
+        assert_eq!(machine.counters().frames_freed, freed + 1);
+    }
+
     /// An empty batch finishes without a shootdown round.
     #[test]
     fn an_empty_batch_costs_no_round() {
