@@ -55,6 +55,9 @@ impl RemovedPages {
             // SAFETY: forwarded from the caller.
             unsafe { platform.free_frames(&self.frames) };
         }
+        if self.chunks.is_empty() && self.maps.is_empty() {
+            return;
+        }
         let mut batch = [PhysAddr(0); CHUNK_PAGES as usize];
         let whole = self.maps.iter().flat_map(|map| map.values());
         for chunk in self.chunks.iter().chain(whole) {
@@ -169,9 +172,11 @@ impl PageList {
         let end_full = end / CHUNK_PAGES;
         // The range takes every chunk: the whole map moves out in one step (no per-chunk work,
         // no allocation; the common case of a decommit of a whole VMO).
-        let first_key = self.chunks.keys().next().copied().unwrap_or(0);
-        let last_key = self.chunks.keys().next_back().copied().unwrap_or(0);
-        if first_full <= first_key && last_key < end_full {
+        // (Only a range with a whole chunk in it can: a list that is not empty has a chunk.)
+        if first_full < end_full
+            && first_full <= self.chunks.keys().next().copied().unwrap_or(0)
+            && self.chunks.keys().next_back().copied().unwrap_or(0) < end_full
+        {
             let removed = self.committed;
             out.maps.push(core::mem::take(&mut self.chunks));
             self.committed = 0;
