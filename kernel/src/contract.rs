@@ -4,25 +4,23 @@
 //! simulation's `SimConfig`/`SimMachine`/`SimCpu` come from [`sim`] below, and the `per_format!`
 //! list becomes the table `TESTS`. The test functions themselves are the host's, unchanged.
 //!
-//! [`sim`] gives those names to the real machine: a `SimMachine` is a [`Platform`] that forwards to
-//! [`KernelPlatform`] and counts the frames its address spaces and VMOs take and return; a `SimCpu`
-//! is a real CPU, whose loads and stores go through the MMU and fault into the crate through the
+//! [`sim`] gives those names to the real machine: a `SimMachine` is the kernel's platform
+//! ([`crate::forward::Forward`] over `KernelPlatform`) counting the frames its address spaces and
+//! VMOs take and return; a `SimCpu` is a real CPU, whose loads and stores go through the MMU and fault into the crate through the
 //! kernel's page-fault handler (on another CPU, by a cross-CPU job). Only the native page-table
 //! format can run: a real MMU walks one format.
 
 /// The stand-ins for `zx_vm::sim`.
 pub mod sim {
+    use crate::forward::{Forward, Hooks};
     use crate::frames::FRAMES;
     use crate::mm;
     use crate::platform::{KernelPlatform, Snapshot};
     use crate::smp;
     use alloc::sync::Arc;
     use core::sync::atomic::{AtomicU64, Ordering};
-    use zx_vm::arch::MemoryAttributes;
-    use zx_vm::platform::{CpuSet, TlbInvalidate};
-    use zx_vm::tlb::Tlb;
     use zx_vm::vmar::FaultError;
-    use zx_vm::{AddressSpace, PhysAddr, Platform};
+    use zx_vm::{AddressSpace, PhysAddr};
 
     /// How the tests describe their machine; the kernel checks that it has the CPUs and frames.
     /// The other fields are accepted as they are: the kernel always poisons freed frames, and its
@@ -49,44 +47,43 @@ pub mod sim {
         }
     }
 
-    /// The machine's counters, as the host simulation names them.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct CounterSnapshot {
-        pub frames_allocated: u64,
-        pub frames_freed: u64,
-        pub shootdowns: u64,
-        pub ipis: u64,
-        pub page_invalidations: u64,
-        pub full_invalidations: u64,
-        pub tlb_hits: u64,
-        pub tlb_misses: u64,
-        pub page_faults: u64,
-    }
+    /// The machine's counters, as the host simulation names them: the kernel's one snapshot
+    /// type, which uses those names.
+    pub type CounterSnapshot = Snapshot;
 
-    impl CounterSnapshot {
-        /// The change from `earlier` to `self`.
-        pub fn since(&self, earlier: &CounterSnapshot) -> CounterSnapshot {
-            CounterSnapshot {
-                frames_allocated: self.frames_allocated - earlier.frames_allocated,
-                frames_freed: self.frames_freed - earlier.frames_freed,
-                shootdowns: self.shootdowns - earlier.shootdowns,
-                ipis: self.ipis - earlier.ipis,
-                page_invalidations: self.page_invalidations - earlier.page_invalidations,
-                full_invalidations: self.full_invalidations - earlier.full_invalidations,
-                tlb_hits: 0,
-                tlb_misses: 0,
-                page_faults: self.page_faults - earlier.page_faults,
-            }
-        }
-    }
-
-    /// The real machine, seen by one test.
-    pub struct SimMachine {
+    /// Counts the frames one test's objects take and give back.
+    pub struct FrameCount {
         allocated: AtomicU64,
         freed: AtomicU64,
     }
 
-    impl SimMachine {
+    impl Hooks for FrameCount {
+        fn allocated(&self, _first: PhysAddr, count: usize) {
+            self.allocated.fetch_add(count as u64, Ordering::SeqCst);
+        }
+
+        fn freed(&self, frames: &[PhysAddr]) {
+            self.freed.fetch_add(frames.len() as u64, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for FrameCount {
+        fn drop(&mut self) {
+            // As the host simulation's leak check: every frame the test's objects took came back.
+            let (allocated, freed) = (
+                self.allocated.load(Ordering::SeqCst),
+                self.freed.load(Ordering::SeqCst),
+            );
+            assert_eq!(allocated, freed, "a contract test leaked frames");
+        }
+    }
+
+    /// The real machine, seen by one test: the kernel's platform, its frames counted. The `Tlb`
+    /// is `KernelPlatform`'s, so the crate's per-CPU records and mailboxes are the machine's one
+    /// set whichever of the two platforms an address space was made on.
+    pub type SimMachine = Forward<KernelPlatform, FrameCount>;
+
+    impl Forward<KernelPlatform, FrameCount> {
         /// The machine for a test; it must have the CPUs and the frames the test asks for.
         pub fn new(config: SimConfig) -> Arc<SimMachine> {
             assert!(
@@ -95,9 +92,12 @@ pub mod sim {
                 config.cpus
             );
             assert!(FRAMES.total() >= config.frames as u64);
-            Arc::new(SimMachine {
-                allocated: AtomicU64::new(0),
-                freed: AtomicU64::new(0),
+            Arc::new(Forward {
+                inner: KernelPlatform,
+                hooks: FrameCount {
+                    allocated: AtomicU64::new(0),
+                    freed: AtomicU64::new(0),
+                },
             })
         }
 
@@ -113,99 +113,11 @@ pub mod sim {
         /// The counters: frames are this machine's, TLB maintenance is the whole kernel's (no
         /// other CPU works while a contract test runs).
         pub fn counters(&self) -> CounterSnapshot {
-            let now = Snapshot::take();
             CounterSnapshot {
-                frames_allocated: self.allocated.load(Ordering::SeqCst),
-                frames_freed: self.freed.load(Ordering::SeqCst),
-                shootdowns: now.rounds,
-                ipis: now.ipis_sent,
-                page_invalidations: now.page_flushes,
-                full_invalidations: now.full_flushes,
-                tlb_hits: 0,
-                tlb_misses: 0,
-                page_faults: now.page_faults,
+                frames_allocated: self.hooks.allocated.load(Ordering::SeqCst),
+                frames_freed: self.hooks.freed.load(Ordering::SeqCst),
+                ..Snapshot::take()
             }
-        }
-    }
-
-    impl Drop for SimMachine {
-        fn drop(&mut self) {
-            // As the host simulation's leak check: every frame the test's objects took came back.
-            let (allocated, freed) = (
-                self.allocated.load(Ordering::SeqCst),
-                self.freed.load(Ordering::SeqCst),
-            );
-            assert_eq!(allocated, freed, "a contract test leaked frames");
-        }
-    }
-
-    // SAFETY: every method forwards to `KernelPlatform` (whose implementation carries the
-    // argument); `alloc_frame`, `alloc_contiguous` and `free_frames` only also count. The `Tlb`
-    // is `KernelPlatform`'s, so the crate's per-CPU records and mailboxes are the machine's one
-    // set whichever of the two platforms an address space was made on.
-    unsafe impl Platform for SimMachine {
-        fn alloc_frame(&self) -> Option<PhysAddr> {
-            let frame = KernelPlatform.alloc_frame();
-            if frame.is_some() {
-                self.allocated.fetch_add(1, Ordering::SeqCst);
-            }
-            frame
-        }
-
-        fn alloc_contiguous(&self, count: usize) -> Option<PhysAddr> {
-            let frames = KernelPlatform.alloc_contiguous(count);
-            if frames.is_some() {
-                self.allocated.fetch_add(count as u64, Ordering::SeqCst);
-            }
-            frames
-        }
-
-        unsafe fn free_frames(&self, frames: &[PhysAddr]) {
-            self.freed.fetch_add(frames.len() as u64, Ordering::SeqCst);
-            // SAFETY: forwarded from the crate, which calls this under the same contract.
-            unsafe { KernelPlatform.free_frames(frames) };
-        }
-
-        fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-            KernelPlatform.phys_to_virt(pa)
-        }
-
-        fn current_cpu(&self) -> usize {
-            KernelPlatform.current_cpu()
-        }
-
-        fn tlb(&self) -> &Tlb {
-            KernelPlatform.tlb()
-        }
-
-        fn send_ipi(&self, targets: CpuSet) {
-            KernelPlatform.send_ipi(targets)
-        }
-
-        fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
-            KernelPlatform.invalidate_local(request)
-        }
-
-        fn invalidation_is_broadcast(&self) -> bool {
-            KernelPlatform.invalidation_is_broadcast()
-        }
-
-        fn memory_attributes(&self) -> MemoryAttributes {
-            KernelPlatform.memory_attributes()
-        }
-
-        unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
-            // SAFETY: forwarded under the same contract.
-            unsafe { KernelPlatform.load_root(root, asid, flush) }
-        }
-
-        unsafe fn load_kernel_root(&self) {
-            // SAFETY: forwarded under the same contract.
-            unsafe { KernelPlatform.load_kernel_root() }
-        }
-
-        fn prepare_root(&self, root: PhysAddr) {
-            KernelPlatform.prepare_root(root)
         }
     }
 

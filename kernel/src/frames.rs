@@ -10,6 +10,7 @@
 //! took came back.
 
 use crate::arch;
+use crate::bitmap::Bitmap;
 use crate::sync::IrqSpinLock;
 use core::sync::atomic::{AtomicU64, Ordering};
 use zx_vm::abi::PAGE_SIZE;
@@ -20,57 +21,21 @@ const MAX_FRAMES: usize = 1 << 20;
 /// What a freed frame is filled with (the host simulation uses the same value).
 pub const FREED_POISON: u64 = 0xdead_f4ee_dead_f4ee;
 
-struct Bitmap {
+/// The frames `base + i * PAGE_SIZE` for `i` below `frames`, in use or free.
+struct Frames {
     /// Physical address of frame 0 of the bitmap.
     base: u64,
-    /// One bit per frame: set when the frame is not available (in use, or not RAM).
-    used: [u64; MAX_FRAMES / 64],
+    /// Set when the frame is not available (in use, or not RAM).
+    used: Bitmap<{ MAX_FRAMES / 64 }>,
     /// Frames tracked (RAM or not) from `base`.
     frames: usize,
-    /// Where the next search starts.
+    /// Where the next search starts (next fit).
     cursor: usize,
-}
-
-impl Bitmap {
-    fn is_used(&self, frame: usize) -> bool {
-        self.used[frame / 64] & (1 << (frame % 64)) != 0
-    }
-
-    fn set(&mut self, frame: usize, used: bool) {
-        if used {
-            self.used[frame / 64] |= 1 << (frame % 64);
-        } else {
-            self.used[frame / 64] &= !(1 << (frame % 64));
-        }
-    }
-
-    /// The first run of `count` free frames at or after the cursor, wrapping around once.
-    fn find(&self, count: usize) -> Option<usize> {
-        let mut start = self.cursor;
-        let mut wrapped = false;
-        loop {
-            if start + count > self.frames {
-                if wrapped {
-                    return None;
-                }
-                wrapped = true;
-                start = 0;
-                continue;
-            }
-            if wrapped && start >= self.cursor + count {
-                return None;
-            }
-            match (start..start + count).rev().find(|&f| self.is_used(f)) {
-                Some(used) => start = used + 1,
-                None => return Some(start),
-            }
-        }
-    }
 }
 
 /// The frame allocator.
 pub struct FrameAllocator {
-    bitmap: IrqSpinLock<Bitmap>,
+    bitmap: IrqSpinLock<Frames>,
     allocated: AtomicU64,
     freed: AtomicU64,
     total: AtomicU64,
@@ -78,9 +43,9 @@ pub struct FrameAllocator {
 
 /// The one frame allocator.
 pub static FRAMES: FrameAllocator = FrameAllocator {
-    bitmap: IrqSpinLock::new(Bitmap {
+    bitmap: IrqSpinLock::new(Frames {
         base: 0,
-        used: [u64::MAX; MAX_FRAMES / 64],
+        used: Bitmap::new(true),
         frames: 0,
         cursor: 0,
     }),
@@ -107,8 +72,8 @@ impl FrameAllocator {
         let last = (((end - bitmap.base) / PAGE_SIZE) as usize).min(MAX_FRAMES);
         let mut added = 0;
         for frame in first..last {
-            if bitmap.is_used(frame) {
-                bitmap.set(frame, false);
+            if bitmap.used.is_used(frame) {
+                bitmap.used.set(frame, false);
                 added += 1;
             }
         }
@@ -119,10 +84,10 @@ impl FrameAllocator {
     /// Allocates `count` physically contiguous frames.
     pub fn alloc(&self, count: usize) -> Option<PhysAddr> {
         let mut bitmap = self.bitmap.lock();
-        let first = bitmap.find(count)?;
-        for frame in first..first + count {
-            bitmap.set(frame, true);
-        }
+        let first = bitmap
+            .used
+            .find_run(bitmap.cursor, bitmap.frames, count, 1)?;
+        bitmap.used.set_run(first, count, true);
         bitmap.cursor = first + count;
         self.allocated.fetch_add(count as u64, Ordering::Relaxed);
         Some(PhysAddr(bitmap.base + first as u64 * PAGE_SIZE))
@@ -135,7 +100,7 @@ impl FrameAllocator {
             let bitmap = self.bitmap.lock();
             let index = frame.0.wrapping_sub(bitmap.base) / PAGE_SIZE;
             assert!(
-                index < bitmap.frames as u64 && bitmap.is_used(index as usize),
+                index < bitmap.frames as u64 && bitmap.used.is_used(index as usize),
                 "free of frame {frame:?}, which is not allocated"
             );
             index as usize
@@ -148,7 +113,7 @@ impl FrameAllocator {
             // `Platform::free_frames` contract). The direct map maps all RAM writable.
             unsafe { words.add(i).write_volatile(FREED_POISON) };
         }
-        self.bitmap.lock().set(index, false);
+        self.bitmap.lock().used.set(index, false);
         self.freed.fetch_add(1, Ordering::Relaxed);
     }
 

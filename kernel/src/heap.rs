@@ -4,6 +4,7 @@
 //! counts the tests check are the crate's alone. Small blocks (up to 2 KiB) come from per-size free
 //! lists carved out of heap pages; larger ones take whole pages, found first-fit in a bitmap.
 
+use crate::bitmap::Bitmap;
 use crate::sync::IrqSpinLock;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
@@ -30,7 +31,7 @@ struct FreeBlock {
 
 struct Heap {
     /// One bit per heap page: in use (by a large block or a size class).
-    used: [u64; HEAP_PAGES / 64],
+    used: Bitmap<{ HEAP_PAGES / 64 }>,
     free: [Option<NonNull<FreeBlock>>; CLASSES],
     /// Where the next first-fit search starts.
     hint: usize,
@@ -44,46 +45,29 @@ impl Heap {
         AREA.0.get() as usize
     }
 
-    fn is_used(&self, page: usize) -> bool {
-        self.used[page / 64] & (1 << (page % 64)) != 0
-    }
-
-    fn set_used(&mut self, page: usize, used: bool) {
-        if used {
-            self.used[page / 64] |= 1 << (page % 64);
-        } else {
-            self.used[page / 64] &= !(1 << (page % 64));
-        }
-    }
-
     /// `count` free pages, the first aligned to `align` bytes.
     fn alloc_pages(&mut self, count: usize, align: usize) -> *mut u8 {
         let align_pages = align.div_ceil(PAGE).max(1);
-        for pass in 0..2 {
-            let mut start = if pass == 0 { self.hint } else { 0 };
-            start = start.next_multiple_of(align_pages);
-            while start + count <= HEAP_PAGES {
-                match (start..start + count).find(|&p| self.is_used(p)) {
-                    Some(used) => start = (used + 1).next_multiple_of(align_pages),
-                    None => {
-                        for p in start..start + count {
-                            self.set_used(p, true);
-                        }
-                        self.hint = start + count;
-                        return (Self::base() + start * PAGE) as *mut u8;
-                    }
-                }
+        match self
+            .used
+            .find_run(self.hint, HEAP_PAGES, count, align_pages)
+        {
+            Some(start) => {
+                self.used.set_run(start, count, true);
+                self.hint = start + count;
+                (Self::base() + start * PAGE) as *mut u8
             }
+            None => ptr::null_mut(),
         }
-        ptr::null_mut()
     }
 
     fn free_pages(&mut self, ptr: *mut u8, count: usize) {
         let first = (ptr as usize - Self::base()) / PAGE;
-        for p in first..first + count {
-            debug_assert!(self.is_used(p), "heap page freed twice");
-            self.set_used(p, false);
-        }
+        debug_assert!(
+            (first..first + count).all(|p| self.used.is_used(p)),
+            "heap page freed twice"
+        );
+        self.used.set_run(first, count, false);
         self.hint = self.hint.min(first);
     }
 
@@ -159,7 +143,7 @@ unsafe impl GlobalAlloc for KernelHeap {
 
 #[global_allocator]
 static HEAP: KernelHeap = KernelHeap(IrqSpinLock::new(Heap {
-    used: [0; HEAP_PAGES / 64],
+    used: Bitmap::new(false),
     free: [None; CLASSES],
     hint: 0,
 }));

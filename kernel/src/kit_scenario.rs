@@ -26,10 +26,13 @@
 //! aarch64: the kit's `SingleCpu` answers the crate's default memory attributes (MAIR_EL1 index 0),
 //! which is Device-nGnRnE in this kernel. The crate checks MAIR_EL1 when it makes an address
 //! space and refuses that one (`ZX_ERR_BAD_STATE`; the kernel builds release, so no debug panic
-//! first): the scenario shows it, then runs through [`WithAttributes`], which forwards every call
+//! first): the scenario shows it, then runs through [`WithAttributes`] (the kernel's one
+//! forwarding platform, `crate::forward::Forward`), which forwards every call
 //! to the `SingleCpu` and answers the kernel's index 1.
 
 use crate::arch;
+#[cfg(target_arch = "aarch64")]
+use crate::forward::{Forward, Hooks};
 use crate::frames::FRAMES;
 use crate::mm;
 use alloc::sync::Arc;
@@ -101,79 +104,40 @@ fn unwrap(platform: Kit) -> Kit {
     platform
 }
 
-/// aarch64: the `SingleCpu`, answering the kernel's memory attributes (MAIR_EL1 index 1).
+/// aarch64: the kernel's memory attributes (MAIR_EL1 index 1), which the kernel programmed as
+/// normal write-back memory (checked at boot and again by the crate).
 #[cfg(target_arch = "aarch64")]
-pub struct WithAttributes(Kit);
+pub struct KernelAttributes;
+
+#[cfg(target_arch = "aarch64")]
+impl Hooks for KernelAttributes {
+    fn memory_attributes(&self) -> Option<zx_vm::arch::MemoryAttributes> {
+        Some(arch::MEMORY_ATTRIBUTES)
+    }
+}
+
+/// aarch64: the `SingleCpu`, answering the kernel's memory attributes.
+#[cfg(target_arch = "aarch64")]
+pub type WithAttributes = Forward<Kit, KernelAttributes>;
 
 #[cfg(target_arch = "aarch64")]
 impl ScenarioPlatform for WithAttributes {
     fn kit(&self) -> &Kit {
-        &self.0
+        &self.inner
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 fn wrap(kit: Kit) -> WithAttributes {
-    WithAttributes(kit)
+    Forward {
+        inner: kit,
+        hooks: KernelAttributes,
+    }
 }
 
 #[cfg(target_arch = "aarch64")]
 fn unwrap(platform: WithAttributes) -> Kit {
-    platform.0
-}
-
-// SAFETY: every method forwards to the `SingleCpu` (whose implementation, under the promises of
-// `SingleCpu::native` made in `run`, carries the argument), including each one the `SingleCpu`
-// overrides; only `memory_attributes` answers differently: MAIR_EL1 index 1, which the kernel
-// programmed as normal write-back memory (checked at boot and again by the crate).
-#[cfg(target_arch = "aarch64")]
-unsafe impl Platform for WithAttributes {
-    fn alloc_frame(&self) -> Option<PhysAddr> {
-        self.0.alloc_frame()
-    }
-
-    unsafe fn free_frames(&self, frames: &[PhysAddr]) {
-        // SAFETY: forwarded under the same contract.
-        unsafe { self.0.free_frames(frames) }
-    }
-
-    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-        self.0.phys_to_virt(pa)
-    }
-
-    fn current_cpu(&self) -> usize {
-        self.0.current_cpu()
-    }
-
-    fn memory_attributes(&self) -> zx_vm::arch::MemoryAttributes {
-        arch::MEMORY_ATTRIBUTES
-    }
-
-    fn tlb(&self) -> &zx_vm::tlb::Tlb {
-        self.0.tlb()
-    }
-
-    fn invalidate_local(&self, request: &zx_vm::platform::TlbInvalidate<'_>) {
-        self.0.invalidate_local(request)
-    }
-
-    fn invalidation_is_broadcast(&self) -> bool {
-        self.0.invalidation_is_broadcast()
-    }
-
-    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
-        // SAFETY: forwarded under the same contract.
-        unsafe { self.0.load_root(root, asid, flush) }
-    }
-
-    unsafe fn load_kernel_root(&self) {
-        // SAFETY: forwarded under the same contract.
-        unsafe { self.0.load_kernel_root() }
-    }
-
-    fn prepare_root(&self, root: PhysAddr) {
-        self.0.prepare_root(root)
-    }
+    platform.inner
 }
 
 /// What a page holds: never 0.

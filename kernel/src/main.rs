@@ -17,7 +17,8 @@
 //!    `Tlb::handle_ipi`.
 //!
 //! Layout: `main.rs` (entry glue, `kmain`, panic), `platform.rs`, `mm.rs`, `smp.rs` (per-CPU state,
-//! cross-CPU jobs), `frames.rs` (frame allocator), `heap.rs` (global allocator), `sync.rs`
+//! cross-CPU jobs), `bitmap.rs` (the page bitmap of both allocators), `frames.rs` (frame allocator), `forward.rs` (the one forwarding platform the scenarios wrap
+//! the kernel's in), `heap.rs` (global allocator), `sync.rs`
 //! (interrupt-safe spinlock), `console.rs`, `scenarios.rs`, `contract.rs` (the host contract tests'
 //! machine, on real CPUs), and one directory per architecture.
 
@@ -29,7 +30,9 @@ extern crate alloc;
 
 #[macro_use]
 mod console;
+mod bitmap;
 mod contract;
+mod forward;
 mod frames;
 mod heap;
 mod kit_scenario;

@@ -76,17 +76,24 @@ pub static COUNTERS: Counters = Counters {
     untagged_activations: AtomicU64::new(0),
 };
 
-/// A copy of [`COUNTERS`] at one moment.
-#[derive(Clone, Copy, Debug, Default)]
+/// A copy of [`COUNTERS`] at one moment, under the names the host simulation gives its counters
+/// (`zx_vm::sim::CounterSnapshot`), so that the contract tests read it unchanged; the kernel's
+/// scenarios use the same type. A real TLB cannot be asked for its hits and misses: those stay 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    pub ipis_sent: u64,
-    pub ipis_received: u64,
-    pub page_flushes: u64,
-    pub full_flushes: u64,
-    pub page_faults: u64,
-    pub rounds: u64,
     pub frames_allocated: u64,
     pub frames_freed: u64,
+    /// Shootdown rounds.
+    pub shootdowns: u64,
+    /// Shootdown IPIs sent.
+    pub ipis: u64,
+    /// Shootdown IPIs taken.
+    pub ipis_received: u64,
+    pub page_invalidations: u64,
+    pub full_invalidations: u64,
+    pub tlb_hits: u64,
+    pub tlb_misses: u64,
+    pub page_faults: u64,
 }
 
 impl Snapshot {
@@ -94,28 +101,32 @@ impl Snapshot {
     pub fn take() -> Snapshot {
         let c = &COUNTERS;
         Snapshot {
-            ipis_sent: c.ipis_sent.load(Ordering::Relaxed),
-            ipis_received: c.ipis_received.load(Ordering::Relaxed),
-            page_flushes: c.page_flushes.load(Ordering::Relaxed),
-            full_flushes: c.full_flushes.load(Ordering::Relaxed),
-            page_faults: c.page_faults.load(Ordering::Relaxed),
-            rounds: KernelPlatform.tlb().rounds(),
             frames_allocated: FRAMES.allocated(),
             frames_freed: FRAMES.freed(),
+            shootdowns: KernelPlatform.tlb().rounds(),
+            ipis: c.ipis_sent.load(Ordering::Relaxed),
+            ipis_received: c.ipis_received.load(Ordering::Relaxed),
+            page_invalidations: c.page_flushes.load(Ordering::Relaxed),
+            full_invalidations: c.full_flushes.load(Ordering::Relaxed),
+            tlb_hits: 0,
+            tlb_misses: 0,
+            page_faults: c.page_faults.load(Ordering::Relaxed),
         }
     }
 
-    /// The change since `earlier`.
+    /// The change from `earlier` to `self`.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
-            ipis_sent: self.ipis_sent - earlier.ipis_sent,
-            ipis_received: self.ipis_received - earlier.ipis_received,
-            page_flushes: self.page_flushes - earlier.page_flushes,
-            full_flushes: self.full_flushes - earlier.full_flushes,
-            page_faults: self.page_faults - earlier.page_faults,
-            rounds: self.rounds - earlier.rounds,
             frames_allocated: self.frames_allocated - earlier.frames_allocated,
             frames_freed: self.frames_freed - earlier.frames_freed,
+            shootdowns: self.shootdowns - earlier.shootdowns,
+            ipis: self.ipis - earlier.ipis,
+            ipis_received: self.ipis_received - earlier.ipis_received,
+            page_invalidations: self.page_invalidations - earlier.page_invalidations,
+            full_invalidations: self.full_invalidations - earlier.full_invalidations,
+            tlb_hits: self.tlb_hits - earlier.tlb_hits,
+            tlb_misses: self.tlb_misses - earlier.tlb_misses,
+            page_faults: self.page_faults - earlier.page_faults,
         }
     }
 }

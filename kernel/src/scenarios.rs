@@ -16,6 +16,7 @@
 
 use crate::arch;
 use crate::contract;
+use crate::forward::{Forward, Hooks};
 use crate::frames::{FRAMES, FREED_POISON};
 use crate::mm;
 use crate::platform::{KernelPlatform, Snapshot};
@@ -25,10 +26,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use zx_vm::abi::*;
-use zx_vm::arch::{Format, MemoryAttributes, MmuFlags, USER_ADDRESS_LIMIT};
-use zx_vm::platform::{CpuSet, TlbInvalidate};
+use zx_vm::arch::{Format, MmuFlags, USER_ADDRESS_LIMIT};
+use zx_vm::platform::CpuSet;
 use zx_vm::syscall::*;
-use zx_vm::tlb::{PendingFlush, Tlb};
+use zx_vm::tlb::PendingFlush;
 use zx_vm::{PhysAddr, Platform, Process};
 
 /// Runs every scenario; true if all passed.
@@ -280,11 +281,11 @@ fn decommit_while_reading() -> bool {
     println!(
         "decommit ({}): {rounds} rounds on {n} CPUs: {} shootdown rounds, {} IPIs sent, {} IPIs taken, {} page flushes, {} full flushes, {} page faults; {bad} bad reads; {leaked} frames leaked ({} frames allocated and freed)",
         mode_name(),
-        delta.rounds,
-        delta.ipis_sent,
+        delta.shootdowns,
+        delta.ipis,
         delta.ipis_received,
-        delta.page_flushes,
-        delta.full_flushes,
+        delta.page_invalidations,
+        delta.full_invalidations,
         delta.page_faults,
         delta.frames_allocated,
     );
@@ -292,9 +293,9 @@ fn decommit_while_reading() -> bool {
         println!("  bad read: {bad:x?}");
     }
     let ipis_as_expected = if KernelPlatform::ipi_mode() {
-        delta.ipis_sent > 0 && delta.ipis_received >= delta.ipis_sent
+        delta.ipis > 0 && delta.ipis_received >= delta.ipis
     } else {
-        delta.ipis_sent == 0
+        delta.ipis == 0
     };
     if !ipis_as_expected {
         println!("  unexpected IPI counts for {}", mode_name());
@@ -306,62 +307,16 @@ fn decommit_while_reading() -> bool {
 // 2. The negative control: a stale TLB entry is visible.
 // =================================================================================================
 
-/// A platform that records the frames a page table the kernel builds itself takes, so that they
-/// can be freed after `PageTableOps::release` (whose list of freed tables is crate-private).
+/// Records the frames a page table the kernel builds itself takes, so that they can be freed
+/// after `PageTableOps::release` (whose list of freed tables is crate-private).
 struct Recording {
     frames: IrqSpinLock<Vec<PhysAddr>>,
 }
 
-// SAFETY: every method forwards to `KernelPlatform` (whose implementation carries the argument),
-// and `alloc_frame` only also records the frame it hands out; the `Tlb` is `KernelPlatform`'s.
-unsafe impl Platform for Recording {
-    fn alloc_frame(&self) -> Option<PhysAddr> {
-        let frame = KernelPlatform.alloc_frame()?;
-        self.frames.lock().push(frame);
-        Some(frame)
-    }
-
-    unsafe fn free_frames(&self, frames: &[PhysAddr]) {
-        // SAFETY: forwarded under the same contract.
-        unsafe { KernelPlatform.free_frames(frames) }
-    }
-
-    fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
-        KernelPlatform.phys_to_virt(pa)
-    }
-
-    fn current_cpu(&self) -> usize {
-        KernelPlatform.current_cpu()
-    }
-
-    fn tlb(&self) -> &Tlb {
-        KernelPlatform.tlb()
-    }
-
-    fn send_ipi(&self, targets: CpuSet) {
-        KernelPlatform.send_ipi(targets)
-    }
-
-    fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
-        KernelPlatform.invalidate_local(request)
-    }
-
-    fn memory_attributes(&self) -> MemoryAttributes {
-        KernelPlatform.memory_attributes()
-    }
-
-    unsafe fn load_root(&self, root: PhysAddr, asid: u16, flush: bool) {
-        // SAFETY: forwarded under the same contract.
-        unsafe { KernelPlatform.load_root(root, asid, flush) }
-    }
-
-    unsafe fn load_kernel_root(&self) {
-        // SAFETY: forwarded under the same contract.
-        unsafe { KernelPlatform.load_kernel_root() }
-    }
-
-    fn prepare_root(&self, root: PhysAddr) {
-        KernelPlatform.prepare_root(root)
+impl Hooks for Recording {
+    fn allocated(&self, first: PhysAddr, count: usize) {
+        let mut frames = self.frames.lock();
+        frames.extend((0..count as u64).map(|i| PhysAddr(first.0 + i * PAGE_SIZE)));
     }
 }
 
@@ -384,8 +339,11 @@ fn stale_tlb_negative_control() -> bool {
     const VA: u64 = 0x4000_0000;
     let n = smp::cpu_count();
     let baseline = FRAMES.in_use();
-    let recording = Recording {
-        frames: IrqSpinLock::new(Vec::new()),
+    let recording = Forward {
+        inner: KernelPlatform,
+        hooks: Recording {
+            frames: IrqSpinLock::new(Vec::new()),
+        },
     };
     let mut table = zx_vm::arch::new_page_table_for(
         &recording,
@@ -447,7 +405,7 @@ fn stale_tlb_negative_control() -> bool {
     // (x86_64 CR3 reload; aarch64 below).
     arch::flush_asid_everywhere(asid);
     KernelPlatform.tlb().asids().free(asid, CpuSet::EMPTY);
-    let mut frames = core::mem::take(&mut *recording.frames.lock());
+    let mut frames = core::mem::take(&mut *recording.hooks.frames.lock());
     frames.extend([old, new]);
     // SAFETY: the table is released and no CPU has it loaded or cached (see above); the frames
     // were allocated here and are freed once each.
