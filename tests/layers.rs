@@ -1,7 +1,8 @@
 //! The layers stay layers: every `crate::` path in a module of `src/` names a module below it in
 //! the order that `src/lib.rs` states ("Layers, from the bottom: ..."), and README states the same
-//! order. Test modules at the end of a file (`#[cfg(test)]`, `#[cfg(all(test, ...))]`) and
-//! comments (doc links included) are not imports and are skipped.
+//! order. Test modules at the end of a file (`#[cfg(test)]`, `#[cfg(all(test, ...))]`), test
+//! modules in a file of their own (`tests.rs`, declared that way) and comments (doc links
+//! included) are not imports and are skipped.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -101,7 +102,10 @@ fn crate_sources() -> Vec<(String, String)> {
     files.sort();
     files
         .into_iter()
-        .filter(|path| path.file_name().unwrap() != "lib.rs")
+        .filter(|path| {
+            let name = path.file_name().unwrap();
+            name != "lib.rs" && name != "tests.rs"
+        })
         .map(|path| {
             let relative = path.strip_prefix(&src).unwrap();
             let first = relative.components().next().unwrap().as_os_str();
@@ -177,4 +181,97 @@ fn the_check_finds_upward_imports() {
             .extend(named_modules(code, &order));
     }
     assert_eq!(by_module["abi"], ["tlb", "vmar", "abi"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes: no function in src/ over MAX_FN_LINES lines, no file over MAX_FILE_LINES.
+
+/// The longest function allowed, in lines from its `fn` line to its closing brace.
+const MAX_FN_LINES: usize = 80;
+/// The longest file allowed (a module that grows past it is split by job).
+const MAX_FILE_LINES: usize = 600;
+
+/// The functions of `source` longer than `max` lines, as (first line, lines). A function starts
+/// at a line whose code begins with `fn`, `pub fn`, `unsafe fn`, `const fn` (in any combination)
+/// and ends where the braces opened from there close; a declaration without a body ends at `;`.
+fn long_functions(source: &str, max: usize) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = source
+        .lines()
+        .map(|line| line.find("//").map_or(line, |at| &line[..at]))
+        .collect();
+    let mut long = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(fn_at) = words.iter().position(|w| *w == "fn") else {
+            continue;
+        };
+        let qualifiers = &words[..fn_at];
+        let is_start = qualifiers
+            .iter()
+            .all(|w| w.starts_with("pub") || matches!(*w, "unsafe" | "const" | "async"));
+        if !is_start {
+            continue;
+        }
+        let mut depth = 0i64;
+        let mut opened = false;
+        for (offset, body) in lines[start..].iter().enumerate() {
+            for c in body.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            let ended = (opened && depth == 0) || (!opened && body.trim_end().ends_with(';'));
+            if ended {
+                if offset + 1 > max {
+                    long.push((start + 1, offset + 1));
+                }
+                break;
+            }
+        }
+    }
+    long
+}
+
+#[test]
+fn no_long_functions_or_files() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    for path in files {
+        let text = fs::read_to_string(&path).unwrap();
+        let name = path.strip_prefix(&src).unwrap().display().to_string();
+        let lines = text.lines().count();
+        if lines > MAX_FILE_LINES {
+            problems.push(format!("src/{name}: {lines} lines"));
+        }
+        for (line, length) in long_functions(&text, MAX_FN_LINES) {
+            problems.push(format!("src/{name}:{line}: a function of {length} lines"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "over {MAX_FILE_LINES} lines per file or {MAX_FN_LINES} per function: {problems:#?}"
+    );
+}
+
+/// The size check itself: a long function is found (with its length), a short one, a
+/// declaration without a body and a call named like a function are not.
+#[test]
+fn the_size_check_finds_long_functions() {
+    let mut source = String::from("pub(crate) unsafe fn short() {\n    x();\n}\n");
+    source.push_str("fn declared(&self);\nlet f = fn_like();\n");
+    source.push_str("fn long(a: u8) -> u8 {\n");
+    for _ in 0..80 {
+        source.push_str("    if a > 0 { b(); }\n");
+    }
+    source.push_str("}\n");
+    assert_eq!(long_functions(&source, 80), vec![(6, 82)]);
+    assert_eq!(long_functions(&source, 82), vec![]);
 }

@@ -120,6 +120,7 @@
 pub mod aarch64_esr;
 pub mod frames;
 pub mod single_cpu;
+pub mod slots;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

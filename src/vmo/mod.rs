@@ -7,9 +7,11 @@
 //! Each VMO keeps, under its lock, the list of every mapping of it in every address space, so a
 //! decommit reaches every translation of its pages. The lock order is in [`crate::vmar`].
 
+mod deferred;
 mod mapping;
 mod page_list;
 
+pub(crate) use self::deferred::RetiredMappings;
 pub use self::mapping::Mapping;
 pub(crate) use self::mapping::{MappedSpace, VmoListAdapter};
 
@@ -22,11 +24,10 @@ use crate::abi::{
     ZX_INFO_VMO_VIA_HANDLE,
 };
 use crate::platform::{PhysAddr, Platform};
-use crate::tlb::{Deferred, TlbBatch};
+use crate::tlb::TlbBatch;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::any::Any;
 use intrusive_collections::LinkedList;
 use spin::mutex::{SpinMutex as Mutex, SpinMutexGuard as MutexGuard};
 
@@ -558,49 +559,6 @@ impl Vmo {
     }
 }
 
-/// Mappings unmapped by an operation: each leaves its VMO's list only after the operation's
-/// shootdown round, so that a decommit meanwhile still flushes its address space, and its VMO
-/// (which it holds alive) cannot free frames while a TLB may still map them.
-#[derive(Default)]
-pub(crate) struct RetiredMappings(pub(crate) Vec<Arc<Mapping>>);
-
-impl Deferred for RetiredMappings {
-    unsafe fn after_flush(&mut self, _platform: &dyn Platform) {
-        for mapping in self.0.drain(..) {
-            let vmo = mapping.vmo().clone();
-            Vmo::remove_mapping_locked(&mut vmo.lock(), &mapping);
-            // Dropping the mapping may drop the VMO, which frees its frames: safe now (the
-            // caller's promise).
-        }
-    }
-
-    fn holds_frames(&self) -> bool {
-        false
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
-
-/// Pages taken out of VMOs wait in their operation's batch for its shootdown round.
-impl Deferred for RemovedPages {
-    unsafe fn after_flush(&mut self, platform: &dyn Platform) {
-        // SAFETY: forwarded: the frames left their page lists under the VMOs' locks, and every
-        // entry that mapped them was cleared and is covered by the round that completed.
-        unsafe { self.free(platform) };
-        self.clear();
-    }
-
-    fn holds_frames(&self) -> bool {
-        !self.is_empty()
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
-
 impl Drop for Vmo {
     fn drop(&mut self) {
         let inner = self.inner.get_mut();
@@ -620,29 +578,4 @@ impl Drop for Vmo {
 }
 
 #[cfg(all(test, feature = "sim"))]
-mod tests {
-    use super::*;
-    use crate::sim::SimMachine;
-
-    /// A page pinned `u32::MAX` times takes no more pins: `ZX_ERR_UNAVAILABLE`, and nothing
-    /// changes (the other pages of the range are not pinned again).
-    #[test]
-    fn pin_counts_cannot_overflow() {
-        let machine = SimMachine::with_frames(64);
-        let vmo = Vmo::create(machine.clone(), 4 * PAGE_SIZE).unwrap();
-        vmo.pin(0, 2 * PAGE_SIZE).unwrap();
-        *vmo.lock().pins.get_mut(&1).unwrap() = u32::MAX;
-        assert_eq!(vmo.pin(0, 2 * PAGE_SIZE), Err(Status::Unavailable));
-        assert_eq!(
-            vmo.lock().pins.get(&0),
-            Some(&1),
-            "page 0 was not pinned again"
-        );
-        assert_eq!(vmo.pin(0, PAGE_SIZE), Ok(()));
-        assert_eq!(vmo.lock().pins.get(&0), Some(&2));
-        *vmo.lock().pins.get_mut(&1).unwrap() = 1;
-        vmo.unpin(0, 2 * PAGE_SIZE).unwrap();
-        vmo.unpin(0, PAGE_SIZE).unwrap();
-        assert!(vmo.lock().pins.is_empty());
-    }
-}
+mod tests;
