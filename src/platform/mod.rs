@@ -488,3 +488,6 @@ impl Drop for CpuPin<'_> {
         self.platform.preempt_enable();
     }
 }
+
+#[cfg(test)]
+mod tests;

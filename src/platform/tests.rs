@@ -1,0 +1,64 @@
+//! Unit tests of the CPU sets.
+
+use super::*;
+use alloc::format;
+use alloc::vec::Vec;
+
+/// Each operation on a set, at both ends of the index range.
+#[test]
+fn cpu_sets_hold_what_was_put_in() {
+    assert_eq!(CpuSet::single(0), CpuSet(1));
+    assert_eq!(CpuSet::single(5), CpuSet(1 << 5));
+    assert_eq!(CpuSet::single(63), CpuSet(1 << 63));
+    let set = CpuSet(0b1011);
+    assert!(set.contains(0) && set.contains(1) && set.contains(3));
+    assert!(!set.contains(2) && !set.contains(63));
+    assert!(CpuSet(u64::MAX).contains(63));
+    assert!(
+        !CpuSet(u64::MAX).contains(MAX_CPUS),
+        "an index past the set"
+    );
+    assert!(CpuSet::EMPTY.is_empty() && !CpuSet::single(3).is_empty());
+    assert_eq!(
+        (CpuSet::EMPTY.len(), set.len(), CpuSet(u64::MAX).len()),
+        (0, 3, 64)
+    );
+    assert_eq!(CpuSet(0b0110).union(CpuSet(0b1100)), CpuSet(0b1110));
+    assert_eq!(CpuSet(0b0110).difference(CpuSet(0b1100)), CpuSet(0b0010));
+    assert_eq!(CpuSet(0b0111).without(1), CpuSet(0b0101));
+    assert_eq!(CpuSet(0b0111).without(5), CpuSet(0b0111));
+    assert_eq!(CpuSet(u64::MAX).without(63), CpuSet(u64::MAX >> 1));
+    assert_eq!(CpuSet(u64::MAX).without(MAX_CPUS), CpuSet(u64::MAX));
+    assert_eq!(set.iter().collect::<Vec<_>>(), [0, 1, 3]);
+    assert_eq!(CpuSet(u64::MAX).iter().count(), 64);
+    assert_eq!(CpuSet(1 << 63).iter().collect::<Vec<_>>(), [63]);
+    assert_eq!(format!("{set:?}"), "{0, 1, 3}");
+}
+
+/// CPUs join and leave an atomic set; an index past the set is refused on the way in and
+/// ignored on the way out.
+#[test]
+fn atomic_cpu_sets_join_and_leave() {
+    let set = AtomicCpuSet::new();
+    assert!(set.load().is_empty());
+    set.insert(2);
+    set.insert(63);
+    assert_eq!(set.load(), CpuSet((1 << 2) | (1 << 63)));
+    set.remove(2);
+    set.remove(MAX_CPUS);
+    assert_eq!(set.load(), CpuSet(1 << 63));
+    set.insert_all(CpuSet(0b101));
+    set.insert_all(CpuSet::EMPTY);
+    assert_eq!(set.load(), CpuSet((1 << 63) | 0b101));
+    assert!(set.take(0));
+    assert!(!set.take(0), "taken once");
+    assert!(!set.take(1) && !set.take(MAX_CPUS));
+    assert_eq!(set.load(), CpuSet((1 << 63) | 0b100));
+    assert_eq!(AtomicCpuSet::from(CpuSet(0b11)).load(), CpuSet(0b11));
+}
+
+#[test]
+#[should_panic(expected = "beyond MAX_CPUS")]
+fn an_atomic_set_refuses_an_index_past_it() {
+    AtomicCpuSet::new().insert(MAX_CPUS);
+}
