@@ -169,6 +169,53 @@ impl<F: PteFormat> PageTable<F> {
                 .all(|e| !F::is_valid(e.load(Ordering::Relaxed)))
     }
 
+    /// The common small unmap, without recursion: `[start, end)` inside one last-level table
+    /// that keeps a valid entry afterwards. Walks down to that table, clears the range's entries
+    /// (recording them in `out`) and answers whether that was all there was to do. It is not
+    /// when the walk meets a block entry (nothing cleared) or the table is left empty (its entries
+    /// cleared, the table not yet unlinked): [`Self::unmap_level`] must then run over the range.
+    fn unmap_in_one_leaf_table(
+        &mut self,
+        platform: &dyn Platform,
+        start: u64,
+        end: u64,
+        out: &mut PendingFlush,
+    ) -> bool {
+        if start / entry_span(1) != (end - 1) / entry_span(1) {
+            return false;
+        }
+        let mut table_pa = self.root;
+        for level in (1..=ROOT_LEVEL).rev() {
+            // SAFETY: `table_pa` is a table of this tree, which we own exclusively (&mut self).
+            let table = unsafe { entries(platform, table_pa) };
+            let entry = table[table_index(start, level)].load(Ordering::Relaxed);
+            if !F::is_valid(entry) {
+                // Nothing mapped under it: nothing to clear.
+                return true;
+            }
+            if !F::is_table(entry, level) {
+                return false;
+            }
+            table_pa = F::address(entry);
+        }
+        // SAFETY: as above: the last-level table under `start`, in this tree.
+        let table = unsafe { entries(platform, table_pa) };
+        let first = table_index(start, 0);
+        let count = ((end - start) >> 12) as usize;
+        let mut va = start;
+        for slot in &table[first..first + count] {
+            if F::is_valid(slot.load(Ordering::Relaxed)) {
+                slot.store(0, Ordering::Relaxed);
+                out.add_page(va);
+            }
+            va += 4096;
+        }
+        // Look nearest the range first: a neighbour of a cleared page is the likeliest to be
+        // mapped.
+        let valid = |e: &AtomicU64| F::is_valid(e.load(Ordering::Relaxed));
+        table[first + count..].iter().any(valid) || table[..first].iter().any(valid)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn protect_level(
         platform: &dyn Platform,

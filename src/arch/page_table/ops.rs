@@ -150,7 +150,7 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
     fn unmap(&mut self, platform: &dyn Platform, start: u64, end: u64, out: &mut PendingFlush) {
         let (lo, hi) = self.owned_span();
         let (start, end) = (start.max(lo), end.min(hi));
-        if start < end {
+        if start < end && !self.unmap_in_one_leaf_table(platform, start, end, out) {
             self.unmap_level(platform, self.root, ROOT_LEVEL, start, end, out);
         }
     }

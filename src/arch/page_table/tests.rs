@@ -81,6 +81,73 @@ fn unmap_keeps_tables_that_still_map_pages() {
     }
 }
 
+/// Small unmaps inside one last-level table (the walker's path without recursion): a page whose
+/// table keeps another page leaves every table in place and records just that page; the last
+/// page of a table frees the table and the ones above it that it emptied; a range where nothing
+/// is mapped records nothing; a range across two tables takes the general path. Both formats.
+#[test]
+fn small_unmaps_record_their_pages_and_free_emptied_tables() {
+    const MIB: u64 = 1 << 20;
+    let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+    for format in Format::ALL {
+        let machine = SimMachine::with_frames(64);
+        let p: &dyn Platform = &*machine;
+        let limit = super::super::USER_ADDRESS_LIMIT;
+        let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
+        let frame = p.alloc_frame().unwrap();
+        let base = 16 * MIB;
+        for va in [base, base + 0x1000, base + 0x3000, base + 2 * MIB - 0x1000] {
+            pt.map(p, va, frame, rw).unwrap();
+        }
+        // The root, and one table at each level below it.
+        assert_eq!(pt.table_pages(), 4, "{format:?}");
+        let mut pending = PendingFlush::new();
+        pt.unmap(p, base + 0x1000, base + 0x3000, &mut pending);
+        assert_eq!(pending.pages(), &[base + 0x1000], "{format:?}");
+        assert!(pending.freed_tables().is_empty());
+        assert_eq!(pt.table_pages(), 4);
+        assert_eq!(pt.query(p, base), Some((frame, rw)));
+        assert_eq!(pt.query(p, base + 0x1000), None);
+        // Nothing mapped there (a hole in the table, and a table that does not exist).
+        let mut pending = PendingFlush::new();
+        pt.unmap(p, base + 0x2000, base + 0x3000, &mut pending);
+        pt.unmap(p, base + 64 * MIB, base + 64 * MIB + 0x1000, &mut pending);
+        assert!(pending.is_empty() && pending.freed_tables().is_empty());
+        // Across two last-level tables: the general path, which also clears the far page.
+        pt.map(p, base + 2 * MIB, frame, rw).unwrap();
+        assert_eq!(pt.table_pages(), 5);
+        let mut pending = PendingFlush::new();
+        pt.unmap(
+            p,
+            base + 2 * MIB - 0x1000,
+            base + 2 * MIB + 0x1000,
+            &mut pending,
+        );
+        assert_eq!(pending.pages(), &[base + 2 * MIB - 0x1000, base + 2 * MIB]);
+        assert_eq!(
+            pending.freed_tables().len(),
+            1,
+            "{format:?}: the second table"
+        );
+        assert_eq!(pt.table_pages(), 4);
+        flush_and_free(&machine, pending);
+        // The table's last pages: it goes, and so do the two above it.
+        let mut pending = PendingFlush::new();
+        pt.unmap(p, base, base + 0x1000, &mut pending);
+        assert!(pending.freed_tables().is_empty());
+        pt.unmap(p, base + 0x3000, base + 0x4000, &mut pending);
+        assert_eq!(pending.pages(), &[base, base + 0x3000]);
+        assert_eq!(pending.freed_tables().len(), 3, "{format:?}");
+        assert_eq!(pt.table_pages(), 1);
+        flush_and_free(&machine, pending);
+        let mut pending = PendingFlush::new();
+        pt.release(p, &mut pending);
+        flush_and_free(&machine, pending);
+        // SAFETY: the test's own frame, mapped by nothing now.
+        unsafe { p.free_frames(&[frame]) };
+    }
+}
+
 /// `for_each_page` visits every mapped page once, at its address, also at the last index of a
 /// table and in the top root slot of the user range (which a tree can map up to its end).
 #[test]
