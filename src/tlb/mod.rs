@@ -17,7 +17,7 @@ use crate::platform::{CpuPin, CpuSet, Platform, Spare};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::any::Any;
+use core::any::{Any, TypeId};
 
 /// Something whose translations a batch invalidates: an address space of the layer above. It
 /// says where the invalidation of what `pending` records must go (the CPUs to reach, its tag and
@@ -55,7 +55,8 @@ pub(crate) struct Scratch {
     /// capacity for later operations.
     spaces: Vec<Item>,
     used: usize,
-    deferred: [Option<Box<dyn Deferred>>; DEFERRED_KINDS],
+    /// Each kind of deferred work, found by its type's id (compared without a call).
+    deferred: [Option<(TypeId, Box<dyn Deferred>)>; DEFERRED_KINDS],
 }
 
 /// Everything one operation must invalidate and then free.
@@ -115,15 +116,14 @@ impl TlbBatch {
     /// The batch's deferred work of type `W`, made on first use.
     pub(crate) fn deferred<W: Deferred + Default>(&mut self) -> &mut W {
         let slots = &mut self.scratch().deferred;
+        let id = TypeId::of::<W>();
         let index = slots
-            .iter_mut()
-            .position(|slot| match slot {
-                Some(work) => work.as_any_mut().is::<W>(),
-                None => true,
-            })
+            .iter()
+            .position(|slot| slot.as_ref().is_none_or(|(kind, _)| *kind == id))
             .expect("more kinds of deferred work than DEFERRED_KINDS");
         slots[index]
-            .get_or_insert_with(|| Box::new(W::default()))
+            .get_or_insert_with(|| (id, Box::new(W::default())))
+            .1
             .as_any_mut()
             .downcast_mut()
             .expect("found by type")
@@ -158,7 +158,7 @@ impl TlbBatch {
                 unsafe { platform.free_frames(pending.freed_tables()) };
             }
         }
-        for work in scratch.deferred.iter_mut().flatten() {
+        for (_, work) in scratch.deferred.iter_mut().flatten() {
             // SAFETY: `shoot` returned: every invalidation of this operation completed.
             unsafe { work.after_flush(platform) };
         }
@@ -182,7 +182,11 @@ impl Drop for TlbBatch {
             .and_then(|s| s.downcast_ref::<Scratch>())
         {
             debug_assert!(
-                scratch.deferred.iter().flatten().all(|w| !w.holds_frames())
+                scratch
+                    .deferred
+                    .iter()
+                    .flatten()
+                    .all(|(_, w)| !w.holds_frames())
                     && scratch.spaces[..scratch.used]
                         .iter()
                         .all(|item| item.pending.freed_tables().is_empty()),
