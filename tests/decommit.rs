@@ -159,6 +159,59 @@ fn partial_mapping_decommits_only_the_mapped_part() {
     }
 }
 
+/// Side-by-side mappings decommit exactly their own VMO pages, also where neighbours map the
+/// next pages of another VMO or of the same VMO after a gap: A pages 0-1, B pages 2-3, A pages
+/// 4-5 and A page 7, one after the other; a decommit of all of them leaves A's pages 2, 3 and 6
+/// and B's pages 0, 1, 4 and 5.
+#[test]
+fn side_by_side_mappings_decommit_only_their_own_pages() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let (vmar, base) = sub_vmar(&p, p.root_vmar_handle(), 16 * PAGE_SIZE);
+        let (a, b) = (patterned_vmo(&p, 8), patterned_vmo(&p, 6));
+        let mut at = 0;
+        for (vmo, first, pages) in [(a, 0, 2), (b, 2, 2), (a, 4, 2), (a, 7, 1)] {
+            let mut addr = 0;
+            let status = zx_vmar_map(
+                &p,
+                vmar,
+                ZX_VM_PERM_READ | ZX_VM_PERM_WRITE | ZX_VM_SPECIFIC | ZX_VM_MAP_RANGE,
+                at * PAGE_SIZE,
+                vmo,
+                first * PAGE_SIZE,
+                pages * PAGE_SIZE,
+                &mut addr,
+            );
+            assert_eq!((status, addr), (ZX_OK, base + at * PAGE_SIZE), "{format:?}");
+            at += pages;
+        }
+        let status = zx_vmar_op_range(&p, vmar, ZX_VMAR_OP_DECOMMIT, base, at * PAGE_SIZE, 0, 0);
+        assert_eq!(status, ZX_OK, "{format:?}");
+        let kept = |pages: u64, kept: &[u64]| -> Vec<u64> {
+            (0..pages)
+                .map(|page| {
+                    if kept.contains(&page) {
+                        pattern(page, 0)
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(first_words(&p, a, 8), kept(8, &[2, 3, 6]), "{format:?}: A");
+        assert_eq!(
+            first_words(&p, b, 6),
+            kept(6, &[0, 1, 4, 5]),
+            "{format:?}: B"
+        );
+        assert_eq!(committed(&p, a), 3 * PAGE_SIZE, "{format:?}");
+        assert_eq!(committed(&p, b), 4 * PAGE_SIZE, "{format:?}");
+        drop(p);
+        assert_eq!(machine.frames_in_use(), 0);
+    }
+}
+
 #[test]
 fn range_spanning_mappings_and_sub_vmars() {
     for format in Format::ALL {

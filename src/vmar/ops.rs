@@ -434,10 +434,20 @@ impl Vmar {
                     return Err(Status::BadState);
                 }
             }
-            // Every check passed: now change things.
-            for c in range.covered {
-                let (first, last) = c.vmo_pages();
+            // Every check passed: now change things, once per run of adjacent VMO pages (a VMO
+            // mapped piecewise side by side is decommitted in one pass over its mapping list).
+            let mut covered = range.covered.iter().peekable();
+            while let Some(c) = covered.next() {
                 let vmo = c.mapping().vmo();
+                let (first, mut last) = c.vmo_pages();
+                while let Some(next) = covered.peek() {
+                    let (next_first, next_last) = next.vmo_pages();
+                    if !Arc::ptr_eq(next.mapping().vmo(), vmo) || next_first != last {
+                        break;
+                    }
+                    last = next_last;
+                    covered.next();
+                }
                 vmo.decommit_locked(locked.inner(vmo), first, last, range.batch);
             }
             Ok(())
