@@ -6,6 +6,11 @@
 //! away from a VMO or a page table in a [`TlbBatch`]. Nothing here frees a frame except
 //! [`TlbBatch::finish`], which invalidates first. A batch is `#[must_use]`, and one dropped without
 //! `finish` leaks its frames rather than freeing them early (and fails a debug assertion).
+//!
+//! One flush has one representation: the walker's [`PendingFlush`]. A round reads each record in
+//! place: an `Item` (crate-private) is the record with its reach (the CPUs to reach, the tag, the root), and
+//! the platform sees it as a [`crate::platform::TlbInvalidate`], a borrowed view of the same
+//! pages. Nothing is copied between the walker and the instruction.
 
 mod shootdown;
 
