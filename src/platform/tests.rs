@@ -3,6 +3,7 @@
 use super::*;
 use alloc::format;
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicUsize;
 
 /// Each operation on a set, at both ends of the index range.
 #[test]
@@ -54,6 +55,8 @@ fn atomic_cpu_sets_join_and_leave() {
     assert!(!set.take(0), "taken once");
     assert!(!set.take(1) && !set.take(MAX_CPUS));
     assert_eq!(set.load(), CpuSet((1 << 63) | 0b100));
+    assert!(set.take(2) && set.take(63));
+    assert!(set.load().is_empty());
     assert_eq!(AtomicCpuSet::from(CpuSet(0b11)).load(), CpuSet(0b11));
 }
 
@@ -61,4 +64,73 @@ fn atomic_cpu_sets_join_and_leave() {
 #[should_panic(expected = "beyond MAX_CPUS")]
 fn an_atomic_set_refuses_an_index_past_it() {
     AtomicCpuSet::new().insert(MAX_CPUS);
+}
+
+/// A platform that implements only what it must, counting the pins it is asked for.
+struct Minimal {
+    tlb: Tlb,
+    pinned: AtomicUsize,
+}
+
+// SAFETY: a test platform with no frames and no CPUs to reach: nothing here maps or frees memory.
+unsafe impl Platform for Minimal {
+    fn alloc_frame(&self) -> Option<PhysAddr> {
+        None
+    }
+    unsafe fn free_frames(&self, _frames: &[PhysAddr]) {}
+    fn phys_to_virt(&self, _pa: PhysAddr) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    fn current_cpu(&self) -> usize {
+        0
+    }
+    fn preempt_disable(&self) {
+        self.pinned.fetch_add(1, Ordering::SeqCst);
+    }
+    fn preempt_enable(&self) {
+        self.pinned.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn tlb(&self) -> &Tlb {
+        &self.tlb
+    }
+    fn invalidate_local(&self, _request: &TlbInvalidate<'_>) {}
+    unsafe fn load_root(&self, _root: PhysAddr, _asid: u16, _flush: bool) {}
+    unsafe fn load_kernel_root(&self) {}
+}
+
+/// What a platform gets when it leaves the optional methods out, and a pin that lets go of its
+/// CPU when it drops.
+#[test]
+fn optional_platform_methods_have_their_documented_defaults() {
+    let platform = Minimal {
+        tlb: Tlb::new(1, 0, Format::X86_64).unwrap(),
+        pinned: AtomicUsize::new(0),
+    };
+    assert_eq!(platform.alloc_contiguous(4), None);
+    assert_eq!(platform.memory_attributes(), MemoryAttributes::DEFAULT);
+    assert_eq!(
+        platform.invalidation_is_broadcast(),
+        cfg!(target_arch = "aarch64")
+    );
+    {
+        let pin = CpuPin::new(&platform);
+        assert_eq!(pin.cpu(), 0);
+        assert_eq!(platform.pinned.load(Ordering::SeqCst), 1);
+    }
+    assert_eq!(
+        platform.pinned.load(Ordering::SeqCst),
+        0,
+        "unpinned on drop"
+    );
+}
+
+/// The names and the debug output the crate's messages use.
+#[test]
+fn formats_and_addresses_print_as_documented() {
+    assert_eq!(Format::X86_64.name(), "x86_64");
+    assert_eq!(Format::Aarch64.name(), "aarch64");
+    assert_eq!(
+        format!("{:?}", PhysAddr(0x1234_5000)),
+        "PhysAddr(0x12345000)"
+    );
 }
