@@ -23,11 +23,12 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The frames in the chunk.
+    /// The frames in the chunk (the scan stops at the last one).
     pub fn frames(&self) -> impl Iterator<Item = PhysAddr> + '_ {
         self.slots
             .iter()
             .filter(|&&slot| slot != 0)
+            .take(self.used as usize)
             .map(|&slot| decode(slot))
     }
 }
