@@ -272,16 +272,19 @@ pub struct Model {
     pub vmars: Vec<MVmar>,
     /// The process whose address space each CPU runs, if any.
     pub cpus: Vec<Option<usize>>,
+    /// The machine's frames: a commit of more new pages than that cannot succeed.
+    pub frames: u64,
 }
 
 impl Model {
-    /// A model with `cpus` CPUs and no process.
-    pub fn new(cpus: usize) -> Model {
+    /// A model with `cpus` CPUs, `frames` frames and no process.
+    pub fn new(cpus: usize, frames: u64) -> Model {
         Model {
             procs: Vec::new(),
             vmos: Vec::new(),
             vmars: Vec::new(),
             cpus: vec![None; cpus],
+            frames,
         }
     }
 
@@ -515,13 +518,22 @@ impl Model {
         }
     }
 
-    /// Commits pages `[first, last)` (nothing to do unless paged).
-    pub(super) fn commit_range(&mut self, vmo: usize, first: u64, last: u64) {
-        if self.vmos[vmo].kind == MKind::Paged {
-            for index in first..last {
-                self.commit_page(vmo, index);
-            }
+    /// Commits pages `[first, last)` (nothing to do unless paged). More new pages than the
+    /// machine has frames cannot be committed: `ZX_ERR_NO_MEMORY`, before anything changes (the
+    /// crate gives back what it took). The check also keeps the model from building a page per
+    /// page of a huge VMO's range.
+    pub(super) fn commit_range(&mut self, vmo: usize, first: u64, last: u64) -> R {
+        if self.vmos[vmo].kind != MKind::Paged || first >= last {
+            return Ok(());
         }
+        let present = self.vmos[vmo].data.range(first..last).count() as u64;
+        if last - first - present > self.frames {
+            return Err(ZX_ERR_NO_MEMORY);
+        }
+        for index in first..last {
+            self.commit_page(vmo, index);
+        }
+        Ok(())
     }
 
     pub(super) fn any_pinned(&self, vmo: usize, first: u64, last: u64) -> bool {
@@ -587,8 +599,7 @@ impl Model {
             ZX_VMO_OP_COMMIT => {
                 need(rights, ZX_RIGHT_WRITE)?;
                 let (first, last) = self.page_range(vmo, offset, size)?;
-                self.commit_range(vmo, first, last);
-                Ok(())
+                self.commit_range(vmo, first, last)
             }
             ZX_VMO_OP_DECOMMIT => {
                 need(rights, ZX_RIGHT_WRITE)?;
@@ -649,7 +660,7 @@ impl Model {
             return Err(ZX_ERR_INVALID_ARGS);
         }
         let (first, last) = self.page_range(vmo, offset, len)?;
-        self.commit_range(vmo, first, last);
+        self.commit_range(vmo, first, last)?;
         for index in first..last {
             *self.vmos[vmo].pins.entry(index).or_insert(0) += 1;
         }
