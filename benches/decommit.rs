@@ -898,6 +898,116 @@ impl Workload for SimFree {
 // ---------------------------------------------------------------------------------------------
 // The cases.
 
+// ---------------------------------------------------------------------------------------------
+// The fault path: a first-touch write fault (commit a zeroed frame, map it) against a plain 4 KiB
+// zeroing loop.
+
+/// Pages each fault-path run touches.
+const FAULT_PAGES: u64 = 64;
+
+/// A VMO of [`FAULT_PAGES`] mapped read-write with nothing committed, in a process that runs on
+/// CPU 0; a run takes one write fault per page through `AddressSpace::page_fault`, as a kernel's
+/// page-fault handler would.
+struct FirstTouch {
+    machine: Arc<SimMachine>,
+    process: Arc<Process>,
+    vmo: zx_handle_t,
+    addr: u64,
+    before: CounterSnapshot,
+    last: CounterSnapshot,
+}
+
+impl FirstTouch {
+    fn new(format: Format) -> FirstTouch {
+        let machine = machine(frames_for(FAULT_PAGES, 1), 1);
+        let process = process(&machine, format);
+        machine.cpu(0).switch_to(Some(process.aspace()));
+        let vmo = vmo_create(&process, FAULT_PAGES);
+        let addr = map_anywhere(&process, vmo, 0, FAULT_PAGES);
+        FirstTouch {
+            machine,
+            process,
+            vmo,
+            addr,
+            before: CounterSnapshot::default(),
+            last: CounterSnapshot::default(),
+        }
+    }
+}
+
+impl Workload for FirstTouch {
+    fn pages(&self) -> u64 {
+        FAULT_PAGES
+    }
+
+    fn prepare(&mut self, _slot: usize) {
+        // Nothing committed and nothing mapped: every page faults.
+        let len = FAULT_PAGES * PAGE_SIZE;
+        let status = zx_vmo_op_range(&self.process, self.vmo, ZX_VMO_OP_DECOMMIT, 0, len, 0, 0);
+        assert_eq!(status, ZX_OK);
+        self.machine.cpu(0).enter();
+        self.before = self.machine.counters();
+    }
+
+    fn run(&mut self, _slot: usize) {
+        let aspace = self.process.aspace();
+        for page in 0..FAULT_PAGES {
+            let va = black_box(self.addr + page * PAGE_SIZE);
+            aspace
+                .page_fault(va, zx_vm::vmar::Access::Write)
+                .expect("a fault in a mapping resolves");
+        }
+    }
+
+    fn check(&mut self, _slot: usize) {
+        let delta = self.machine.counters().since(&self.before);
+        self.last = delta;
+        assert!(delta.frames_allocated >= FAULT_PAGES, "a frame per page");
+        assert_eq!(delta.shootdowns, 0, "a first touch replaces nothing");
+        assert_eq!(
+            committed_bytes(&self.process, self.vmo),
+            FAULT_PAGES * PAGE_SIZE
+        );
+    }
+
+    fn counters(&self) -> Option<CounterSnapshot> {
+        Some(self.last)
+    }
+}
+
+impl Drop for FirstTouch {
+    fn drop(&mut self) {
+        self.machine.cpu(0).switch_to(None);
+    }
+}
+
+/// The fault path's peer: zeroing [`FAULT_PAGES`] 4 KiB pages of host memory that is already
+/// present, one fill per page (what the fault path must do at least: a new frame is
+/// zeroed before it is mapped).
+struct ZeroLoop {
+    buffer: Vec<u8>,
+}
+
+impl Workload for ZeroLoop {
+    fn pages(&self) -> u64 {
+        FAULT_PAGES
+    }
+
+    fn prepare(&mut self, _slot: usize) {
+        self.buffer.fill(0xa5);
+    }
+
+    fn run(&mut self, _slot: usize) {
+        for page in self.buffer.chunks_exact_mut(PAGE_SIZE as usize) {
+            black_box(page).fill(0);
+        }
+    }
+
+    fn check(&mut self, _slot: usize) {
+        assert!(self.buffer.iter().all(|&b| b == 0));
+    }
+}
+
 /// The page counts of the single-mapping curve (ranges either side of the flush threshold, and
 /// the fully committed VMOs of 1 MiB, 64 MiB and 1 GiB).
 const CURVE: [u64; 8] = [1, 16, 32, 33, 256, 512, 16384, 262144];
@@ -1004,6 +1114,25 @@ fn cases() -> Vec<Case> {
             );
         }
     }
+    // The fault path: 64 first-touch write faults, against zeroing 64 pages.
+    for format in Format::ALL {
+        add(
+            "fault",
+            format!("ours-{}", format.name()),
+            format!("first-touch-{FAULT_PAGES}"),
+            Box::new(move || Box::new(FirstTouch::new(format))),
+        );
+    }
+    add(
+        "fault",
+        "zero-4k".to_string(),
+        format!("{FAULT_PAGES}"),
+        Box::new(|| {
+            Box::new(ZeroLoop {
+                buffer: vec![0xa5; (FAULT_PAGES * PAGE_SIZE) as usize],
+            })
+        }),
+    );
     // The simulation's share of ours: its free_frames alone.
     for pages in [256u64, 16384, 262144] {
         add(
