@@ -120,17 +120,7 @@ impl<F: PteFormat> PageTable<F> {
         // SAFETY: `table_pa` is a table of this tree, which we own exclusively (&mut self).
         let table = unsafe { entries(platform, table_pa) };
         if level == 0 {
-            // The leaves: one tight loop over the slots of the range.
-            let first = table_index(start, 0);
-            let count = ((end - start) >> 12) as usize;
-            let mut va = start;
-            for slot in &table[first..first + count] {
-                if F::is_valid(slot.load(Ordering::Relaxed)) {
-                    slot.store(0, Ordering::Relaxed);
-                    out.add_page(va);
-                }
-                va += 4096;
-            }
+            let count = Self::clear_leaves(table, start, end, out);
             return count == ENTRIES
                 || table
                     .iter()
@@ -169,6 +159,27 @@ impl<F: PteFormat> PageTable<F> {
                 .all(|e| !F::is_valid(e.load(Ordering::Relaxed)))
     }
 
+    /// Clears the valid entries of `[start, end)` (inside `table`, a last-level table) in one
+    /// tight loop, recording each page in `out`; answers how many slots the range spans.
+    fn clear_leaves(
+        table: &[AtomicU64; ENTRIES],
+        start: u64,
+        end: u64,
+        out: &mut PendingFlush,
+    ) -> usize {
+        let first = table_index(start, 0);
+        let count = ((end - start) >> 12) as usize;
+        let mut va = start;
+        for slot in &table[first..first + count] {
+            if F::is_valid(slot.load(Ordering::Relaxed)) {
+                slot.store(0, Ordering::Relaxed);
+                out.add_page(va);
+            }
+            va += 4096;
+        }
+        count
+    }
+
     /// The common small unmap, without recursion: `[start, end)` inside one last-level table
     /// that keeps a valid entry afterwards. Walks down to that table, clears the range's entries
     /// (recording them in `out`) and answers whether that was all there was to do. It is not
@@ -200,16 +211,8 @@ impl<F: PteFormat> PageTable<F> {
         }
         // SAFETY: as above: the last-level table under `start`, in this tree.
         let table = unsafe { entries(platform, table_pa) };
+        let count = Self::clear_leaves(table, start, end, out);
         let first = table_index(start, 0);
-        let count = ((end - start) >> 12) as usize;
-        let mut va = start;
-        for slot in &table[first..first + count] {
-            if F::is_valid(slot.load(Ordering::Relaxed)) {
-                slot.store(0, Ordering::Relaxed);
-                out.add_page(va);
-            }
-            va += 4096;
-        }
         // Look nearest the range first: a neighbour of a cleared page is the likeliest to be
         // mapped.
         let valid = |e: &AtomicU64| F::is_valid(e.load(Ordering::Relaxed));

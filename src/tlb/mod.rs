@@ -225,16 +225,20 @@ mod tests {
         }
     }
 
+    /// A batch that defers freeing one frame frees it in `finish`.
+    fn frees_one_frame_at_finish(machine: &SimMachine) {
+        let frame = machine.alloc_frame().unwrap();
+        let freed = machine.counters().frames_freed;
+        let mut batch = TlbBatch::new(machine);
+        batch.deferred::<Frames>().0.push(frame);
+        batch.finish(machine);
+        assert_eq!(machine.counters().frames_freed, freed + 1);
+    }
+
     /// Deferred work runs after the round: the frames are free once `finish` returned.
     #[test]
     fn deferred_work_runs_at_finish() {
-        let machine = SimMachine::with_frames(8);
-        let frame = machine.alloc_frame().unwrap();
-        let freed = machine.counters().frames_freed;
-        let mut batch = TlbBatch::new(&*machine);
-        batch.deferred::<Frames>().0.push(frame);
-        batch.finish(&*machine);
-        assert_eq!(machine.counters().frames_freed, freed + 1);
+        frees_one_frame_at_finish(&SimMachine::with_frames(8));
     }
 
     /// A batch dropped while it holds frames, without `finish`, is a bug the debug build names
@@ -256,12 +260,7 @@ mod tests {
         let machine = SimMachine::with_frames(8);
         let cpu = machine.current_cpu();
         machine.tlb().put_spare(cpu, Box::new(Box::new(7u32)));
-        let frame = machine.alloc_frame().unwrap();
-        let freed = machine.counters().frames_freed;
-        let mut batch = TlbBatch::new(&*machine);
-        batch.deferred::<Frames>().0.push(frame);
-        batch.finish(&*machine);
-        assert_eq!(machine.counters().frames_freed, freed + 1);
+        frees_one_frame_at_finish(&machine);
     }
 
     /// An empty batch finishes without a shootdown round.

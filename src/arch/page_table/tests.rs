@@ -9,6 +9,17 @@ fn flush_and_free(machine: &SimMachine, pending: PendingFlush) {
     unsafe { machine.free_frames(pending.freed_tables()) };
 }
 
+/// Releases `pt` and frees its tables, then the one data frame the test mapped (mapped by nothing
+/// once the tables are gone).
+fn release_with_frame(machine: &SimMachine, pt: &mut dyn PageTableOps, frame: PhysAddr) {
+    let mut pending = PendingFlush::new();
+    pt.release(machine, &mut pending);
+    flush_and_free(machine, pending);
+    // SAFETY: the frame was mapped only by the released tables, whose translations no CPU of
+    // the test machine caches (none runs in them).
+    unsafe { machine.free_frames(&[frame]) };
+}
+
 /// At the last level a descriptor with both low bits set is a page, never a table (aarch64
 /// encodes level-3 pages like tables above); x86_64 has no table bit at the last level.
 #[test]
@@ -73,11 +84,7 @@ fn unmap_keeps_tables_that_still_map_pages() {
         pt.unmap(p, c, c + 2 * MIB, &mut pending);
         assert_eq!(pt.query(p, d), Some((frame, rw)), "{format:?}");
         flush_and_free(&machine, pending);
-        let mut pending = PendingFlush::new();
-        pt.release(p, &mut pending);
-        flush_and_free(&machine, pending);
-        // SAFETY: the test's own frame, mapped by nothing now.
-        unsafe { p.free_frames(&[frame]) };
+        release_with_frame(&machine, &mut *pt, frame);
     }
 }
 
@@ -140,11 +147,7 @@ fn small_unmaps_record_their_pages_and_free_emptied_tables() {
         assert_eq!(pending.freed_tables().len(), 3, "{format:?}");
         assert_eq!(pt.table_pages(), 1);
         flush_and_free(&machine, pending);
-        let mut pending = PendingFlush::new();
-        pt.release(p, &mut pending);
-        flush_and_free(&machine, pending);
-        // SAFETY: the test's own frame, mapped by nothing now.
-        unsafe { p.free_frames(&[frame]) };
+        release_with_frame(&machine, &mut *pt, frame);
     }
 }
 
@@ -170,11 +173,7 @@ fn every_mapped_page_is_visited() {
         vas.sort_unstable();
         let want: alloc::vec::Vec<_> = vas.iter().map(|&va| (va, frame, rw)).collect();
         assert_eq!(seen, want, "{format:?}");
-        let mut pending = PendingFlush::new();
-        pt.release(p, &mut pending);
-        flush_and_free(&machine, pending);
-        // SAFETY: the test's own frame, mapped by nothing now.
-        unsafe { p.free_frames(&[frame]) };
+        release_with_frame(&machine, &mut *pt, frame);
     }
 }
 
@@ -247,11 +246,7 @@ fn a_tree_maps_only_in_its_own_slots() {
         );
         assert_eq!(pt.map(p, SLOT, frame, rw), Ok(false), "{format:?}");
         assert_eq!(pt.format(), format);
-        let mut pending = PendingFlush::new();
-        pt.release(p, &mut pending);
-        flush_and_free(&machine, pending);
-        // SAFETY: the test's own frame, mapped by nothing now.
-        unsafe { p.free_frames(&[frame]) };
+        release_with_frame(&machine, &mut *pt, frame);
     }
 }
 
@@ -321,11 +316,7 @@ fn map_query_unmap<F: PteFormat>() {
     assert_eq!(pending.changed_pages(), 2);
     flush_and_free(&machine, pending);
 
-    let mut pending = PendingFlush::new();
-    pt.release(p, &mut pending);
-    flush_and_free(&machine, pending);
-    // SAFETY: the frame was only mapped by the released tables.
-    unsafe { machine.free_frames(&[frame]) };
+    release_with_frame(&machine, &mut pt, frame);
     assert_eq!(machine.frames_in_use(), 0);
 }
 
@@ -358,11 +349,7 @@ fn threshold<F: PteFormat>() {
     pt.unmap(p, base, base + 100 * 0x1000, &mut pending);
     assert_eq!(pending.changed_pages(), 100);
     flush_and_free(&machine, pending);
-    let mut pending = PendingFlush::new();
-    pt.release(p, &mut pending);
-    flush_and_free(&machine, pending);
-    // SAFETY: the frame was only mapped by the released tables.
-    unsafe { machine.free_frames(&[frame]) };
+    release_with_frame(&machine, &mut pt, frame);
 }
 
 #[test]
