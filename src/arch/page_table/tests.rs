@@ -151,6 +151,37 @@ fn small_unmaps_record_their_pages_and_free_emptied_tables() {
     }
 }
 
+/// Ranges across many last-level tables take the general path, wherever their ends fall in a
+/// table (two ranges whose ends would look like one table's to a check that mixed up `/` and `%`):
+/// every page in them goes. Both formats.
+#[test]
+fn unmaps_across_tables_clear_every_page() {
+    const SPAN: u64 = 2 << 20;
+    let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
+    for format in Format::ALL {
+        let machine = SimMachine::with_frames(64);
+        let p: &dyn Platform = &*machine;
+        let limit = super::super::USER_ADDRESS_LIMIT;
+        let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
+        let frame = p.alloc_frame().unwrap();
+        for (start, end) in [
+            (SPAN + 0x1000, 4096 * SPAN + 0x1000),
+            (4095 * SPAN, 4097 * SPAN + 0x1000),
+        ] {
+            let last = end - 0x1000;
+            pt.map(p, start, frame, rw).unwrap();
+            pt.map(p, last, frame, rw).unwrap();
+            let mut pending = PendingFlush::new();
+            pt.unmap(p, start, end, &mut pending);
+            assert_eq!(pending.pages(), &[start, last], "{format:?}");
+            assert_eq!((pt.query(p, start), pt.query(p, last)), (None, None));
+            assert_eq!(pt.table_pages(), 1, "{format:?}: every table emptied");
+            flush_and_free(&machine, pending);
+        }
+        release_with_frame(&machine, &mut *pt, frame);
+    }
+}
+
 /// `for_each_page` visits every mapped page once, at its address, also at the last index of a
 /// table and in the top root slot of the user range (which a tree can map up to its end).
 #[test]
