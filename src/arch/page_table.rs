@@ -346,7 +346,24 @@ impl<F: PteFormat> Drop for PageTable<F> {
 }
 
 mod ops;
-#[cfg(all(test, feature = "sim"))]
-mod tests;
 
 pub use self::ops::*;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user range owns exactly the root slots it touches: one that ends on a 512 GiB boundary
+    /// does not own the slot after it (the kernel's, on x86_64 the upper half's first).
+    #[test]
+    fn root_slots_end_where_the_range_ends() {
+        const SLOT: u64 = 1 << 39;
+        assert_eq!(root_slots(0, SLOT), (0, 0));
+        assert_eq!(root_slots(SLOT, 2 * SLOT), (1, 1));
+        assert_eq!(
+            root_slots(0x1000, crate::arch::USER_ADDRESS_LIMIT),
+            (0, 255)
+        );
+        assert_eq!(root_slots(SLOT - 0x1000, SLOT + 0x1000), (0, 1));
+    }
+}

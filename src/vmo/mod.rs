@@ -10,6 +10,7 @@
 mod deferred;
 mod mapping;
 mod page_list;
+mod pin;
 
 pub(crate) use self::deferred::RetiredMappings;
 pub use self::mapping::Mapping;
@@ -429,55 +430,6 @@ impl Vmo {
         unsafe { removed.free(&*self.platform) };
     }
 
-    /// Pins `[offset, offset + len)` (page aligned): commits the pages and keeps them from being
-    /// decommitted until [`Vmo::unpin`]. Kernel use (DMA).
-    pub fn pin(&self, offset: u64, len: u64) -> ZxResult {
-        if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
-            return Err(Status::InvalidArgs);
-        }
-        let (first, last) = self.page_range(offset, len)?;
-        let mut inner = self.lock();
-        // A page pinned u32::MAX times takes no more pins (Zircon: ZX_ERR_UNAVAILABLE), checked
-        // before anything changes.
-        if inner
-            .pins
-            .range(first..last)
-            .any(|(_, &count)| count == u32::MAX)
-        {
-            return Err(Status::Unavailable);
-        }
-        self.commit_all_locked(&mut inner, first, last)?;
-        for index in first..last {
-            *inner.pins.entry(index).or_insert(0) += 1;
-        }
-        Ok(())
-    }
-
-    /// Undoes one [`Vmo::pin`] of the same range. `ZX_ERR_BAD_STATE` if a page is not pinned.
-    pub fn unpin(&self, offset: u64, len: u64) -> ZxResult {
-        if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
-            return Err(Status::InvalidArgs);
-        }
-        let (first, last) = self.page_range(offset, len)?;
-        let mut inner = self.lock();
-        if (first..last).any(|index| !inner.pins.contains_key(&index)) {
-            return Err(Status::BadState);
-        }
-        for index in first..last {
-            let count = inner.pins.get_mut(&index).expect("checked above");
-            *count -= 1;
-            if *count == 0 {
-                inner.pins.remove(&index);
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether any page in `[first, last)` is pinned.
-    pub(crate) fn any_pinned_locked(inner: &VmoInner, first: u64, last: u64) -> bool {
-        first < last && inner.pins.range(first..last).next().is_some()
-    }
-
     /// `ZX_VMO_OP_DECOMMIT` on the VMO itself: `offset` and `len` page aligned, inside the VMO.
     pub fn decommit(self: &Arc<Self>, offset: u64, len: u64) -> ZxResult {
         if !is_page_aligned(offset) || !is_page_aligned(len) {
@@ -576,6 +528,3 @@ impl Drop for Vmo {
         unsafe { removed.free(&*self.platform) };
     }
 }
-
-#[cfg(all(test, feature = "sim"))]
-mod tests;

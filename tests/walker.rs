@@ -1,8 +1,12 @@
-//! The walker's unit tests, on the simulated machine, both formats.
+//! The page-table walker through its public interface (`zx_vm::arch`), on the simulated
+//! machine, both formats: map, query, protect, unmap (which tables it frees, which pages it
+//! records), the flush threshold, release and the entry codecs.
 
-use super::*;
-use crate::arch::{Aarch64, X86_64};
-use crate::sim::SimMachine;
+use std::sync::atomic::{AtomicU64, Ordering};
+use zx_vm::abi::Status;
+use zx_vm::arch::*;
+use zx_vm::platform::{PhysAddr, Platform};
+use zx_vm::sim::SimMachine;
 
 fn flush_and_free(machine: &SimMachine, pending: PendingFlush) {
     // SAFETY: no CPU of the test machine runs in these tables.
@@ -33,20 +37,6 @@ fn last_level_entries_are_never_tables() {
     assert!(X86_64::is_table(X86_64::table_entry(PhysAddr(0x4000)), 1));
 }
 
-/// A user range owns exactly the root slots it touches: one that ends on a 512 GiB boundary
-/// does not own the slot after it (the kernel's, on x86_64 the upper half's first).
-#[test]
-fn root_slots_end_where_the_range_ends() {
-    const SLOT: u64 = 1 << 39;
-    assert_eq!(root_slots(0, SLOT), (0, 0));
-    assert_eq!(root_slots(SLOT, 2 * SLOT), (1, 1));
-    assert_eq!(
-        root_slots(0x1000, crate::arch::USER_ADDRESS_LIMIT),
-        (0, 255)
-    );
-    assert_eq!(root_slots(SLOT - 0x1000, SLOT + 0x1000), (0, 1));
-}
-
 /// An unmap frees a table only when it is empty: not when the range's ends happen to add up
 /// to the table's span, nor when the range is one entry of the level below, while another
 /// page still lives in the same table. Both formats.
@@ -59,14 +49,9 @@ fn unmap_keeps_tables_that_still_map_pages() {
     for format in Format::ALL {
         let machine = SimMachine::with_frames(64);
         let p: &dyn Platform = &*machine;
-        let mut pt = new_page_table_for(
-            p,
-            format,
-            0,
-            super::super::USER_ADDRESS_LIMIT,
-            MemoryAttributes::DEFAULT,
-        )
-        .unwrap();
+        let mut pt =
+            new_page_table_for(p, format, 0, USER_ADDRESS_LIMIT, MemoryAttributes::DEFAULT)
+                .unwrap();
         let frame = p.alloc_frame().unwrap();
         // [16 MiB, 1 GiB - 16 MiB): the ends add up to the span of one level-1 table.
         let (a, b) = (16 * MIB, GIB - 16 * MIB);
@@ -99,7 +84,7 @@ fn small_unmaps_record_their_pages_and_free_emptied_tables() {
     for format in Format::ALL {
         let machine = SimMachine::with_frames(64);
         let p: &dyn Platform = &*machine;
-        let limit = super::super::USER_ADDRESS_LIMIT;
+        let limit = USER_ADDRESS_LIMIT;
         let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
         let frame = p.alloc_frame().unwrap();
         let base = 16 * MIB;
@@ -161,7 +146,7 @@ fn unmaps_across_tables_clear_every_page() {
     for format in Format::ALL {
         let machine = SimMachine::with_frames(64);
         let p: &dyn Platform = &*machine;
-        let limit = super::super::USER_ADDRESS_LIMIT;
+        let limit = USER_ADDRESS_LIMIT;
         let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
         let frame = p.alloc_frame().unwrap();
         for (start, end) in [
@@ -188,21 +173,21 @@ fn unmaps_across_tables_clear_every_page() {
 #[cfg_attr(miri, ignore)] // slow under Miri; map_query_unmap runs the same walker there
 fn every_mapped_page_is_visited() {
     let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
-    let top = super::super::USER_ADDRESS_LIMIT - 0x1000;
+    let top = USER_ADDRESS_LIMIT - 0x1000;
     for format in Format::ALL {
         let machine = SimMachine::with_frames(64);
         let p: &dyn Platform = &*machine;
-        let limit = super::super::USER_ADDRESS_LIMIT;
+        let limit = USER_ADDRESS_LIMIT;
         let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
         let frame = p.alloc_frame().unwrap();
-        let mut vas = alloc::vec![0x1000, 0x1f_f000, 0x4000_0000 + 0x1ff * 0x20_0000, top];
+        let mut vas = vec![0x1000, 0x1f_f000, 0x4000_0000 + 0x1ff * 0x20_0000, top];
         for &va in &vas {
             assert_eq!(pt.map(p, va, frame, rw), Ok(false), "{format:?} {va:#x}");
         }
-        let mut seen = alloc::vec::Vec::new();
+        let mut seen = Vec::new();
         pt.for_each_page(p, &mut |va, pa, flags| seen.push((va, pa, flags)));
         vas.sort_unstable();
-        let want: alloc::vec::Vec<_> = vas.iter().map(|&va| (va, frame, rw)).collect();
+        let want: Vec<_> = vas.iter().map(|&va| (va, frame, rw)).collect();
         assert_eq!(seen, want, "{format:?}");
         release_with_frame(&machine, &mut *pt, frame);
     }
@@ -332,7 +317,7 @@ fn map_query_unmap<F: PteFormat>() {
     let rx = MmuFlags::READ | MmuFlags::EXECUTE | MmuFlags::USER;
     pt.protect(p, va, va + 0x1000, rx, &mut pending);
     assert_eq!(pt.query(p, va), Some((frame, rx)));
-    assert_eq!(pending.scope(), crate::platform::TlbScope::Pages(&[va]));
+    assert_eq!(pending.scope(), zx_vm::platform::TlbScope::Pages(&[va]));
 
     // Unmapping one page keeps the tables; unmapping both frees all but the root.
     let mut pending = PendingFlush::new();
@@ -373,10 +358,10 @@ fn threshold<F: PteFormat>() {
     let mut pending = PendingFlush::new();
     pt.unmap(p, base, base + 32 * 0x1000, &mut pending);
     assert!(
-        matches!(pending.scope(), crate::platform::TlbScope::Pages(pages) if pages.len() == 32)
+        matches!(pending.scope(), zx_vm::platform::TlbScope::Pages(pages) if pages.len() == 32)
     );
     pt.unmap(p, base + 32 * 0x1000, base + 33 * 0x1000, &mut pending);
-    assert_eq!(pending.scope(), crate::platform::TlbScope::All);
+    assert_eq!(pending.scope(), zx_vm::platform::TlbScope::All);
     pt.unmap(p, base, base + 100 * 0x1000, &mut pending);
     assert_eq!(pending.changed_pages(), 100);
     flush_and_free(&machine, pending);
@@ -401,15 +386,19 @@ fn release_leaves_the_kernel_half_alone() {
     // A kernel's upper-half entry, as `Platform::prepare_root` would copy in.
     let kernel_table = p.alloc_frame().unwrap();
     let kernel_entry = X86_64::table_entry(kernel_table);
-    // SAFETY: the root is a live table of `pt`.
-    unsafe { entries(p, pt.root())[300].store(kernel_entry, Ordering::Relaxed) };
+    // Root entry 300, read and written as the walker does (an `AtomicU64` in the frame).
+    let slot_300 = |root: PhysAddr| {
+        // SAFETY: `root` is a live table page of `pt` (allocated, 4096 bytes, 8-aligned, through
+        // the platform's `phys_to_virt`), and entry 300 lies inside it.
+        unsafe { &*(p.phys_to_virt(root) as *const AtomicU64).add(300) }
+    };
+    slot_300(pt.root()).store(kernel_entry, Ordering::Relaxed);
     pt.map(p, 0x40_0000, kernel_table, MmuFlags::READ).unwrap();
     let root = pt.root();
     // The kernel's table page stays alive past the release, and no user walk ever reaches it.
     let mut pending = PendingFlush::new();
-    pt.unmap(p, 0, crate::arch::USER_ADDRESS_LIMIT, &mut pending);
-    // SAFETY: the root is still a live table of `pt`.
-    let kept = unsafe { entries(p, root)[300].load(Ordering::Relaxed) };
+    pt.unmap(p, 0, zx_vm::arch::USER_ADDRESS_LIMIT, &mut pending);
+    let kept = slot_300(root).load(Ordering::Relaxed);
     assert_eq!(kept, kernel_entry);
     pt.release(p, &mut pending);
     assert!(!pending.freed_tables().contains(&kernel_table));
