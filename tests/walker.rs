@@ -369,11 +369,13 @@ fn threshold<F: PteFormat>() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // slow under Miri; map_query_unmap runs the same walker there
 fn x86_64_flush_threshold() {
     threshold::<X86_64>();
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // slow under Miri; map_query_unmap runs the same walker there
 fn aarch64_flush_threshold() {
     threshold::<Aarch64>();
 }
