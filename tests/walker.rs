@@ -3,6 +3,7 @@
 //! records), the flush threshold, release and the entry codecs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use zx_vm::abi::Status;
 use zx_vm::arch::*;
 use zx_vm::platform::{PhysAddr, Platform};
@@ -11,6 +12,17 @@ use zx_vm::sim::SimMachine;
 fn flush_and_free(machine: &SimMachine, pending: PendingFlush) {
     // SAFETY: no CPU of the test machine runs in these tables.
     unsafe { machine.free_frames(pending.freed_tables()) };
+}
+
+/// A machine of 64 frames, a tree over the whole default user range in `format`, and one data
+/// frame to map.
+fn user_tree(format: Format) -> (Arc<SimMachine>, Box<dyn PageTableOps>, PhysAddr) {
+    let machine = SimMachine::with_frames(64);
+    let p: &dyn Platform = &*machine;
+    let pt = new_page_table_for(p, format, 0, USER_ADDRESS_LIMIT, MemoryAttributes::DEFAULT)
+        .expect("a tree");
+    let frame = p.alloc_frame().expect("a frame");
+    (machine, pt, frame)
 }
 
 /// Releases `pt` and frees its tables, then the one data frame the test mapped (mapped by nothing
@@ -47,12 +59,8 @@ fn unmap_keeps_tables_that_still_map_pages() {
     const GIB: u64 = 1 << 30;
     let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
     for format in Format::ALL {
-        let machine = SimMachine::with_frames(64);
+        let (machine, mut pt, frame) = user_tree(format);
         let p: &dyn Platform = &*machine;
-        let mut pt =
-            new_page_table_for(p, format, 0, USER_ADDRESS_LIMIT, MemoryAttributes::DEFAULT)
-                .unwrap();
-        let frame = p.alloc_frame().unwrap();
         // [16 MiB, 1 GiB - 16 MiB): the ends add up to the span of one level-1 table.
         let (a, b) = (16 * MIB, GIB - 16 * MIB);
         pt.map(p, a, frame, rw).unwrap();
@@ -82,11 +90,8 @@ fn small_unmaps_record_their_pages_and_free_emptied_tables() {
     const MIB: u64 = 1 << 20;
     let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
     for format in Format::ALL {
-        let machine = SimMachine::with_frames(64);
+        let (machine, mut pt, frame) = user_tree(format);
         let p: &dyn Platform = &*machine;
-        let limit = USER_ADDRESS_LIMIT;
-        let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
-        let frame = p.alloc_frame().unwrap();
         let base = 16 * MIB;
         for va in [base, base + 0x1000, base + 0x3000, base + 2 * MIB - 0x1000] {
             pt.map(p, va, frame, rw).unwrap();
@@ -144,11 +149,8 @@ fn unmaps_across_tables_clear_every_page() {
     const SPAN: u64 = 2 << 20;
     let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
     for format in Format::ALL {
-        let machine = SimMachine::with_frames(64);
+        let (machine, mut pt, frame) = user_tree(format);
         let p: &dyn Platform = &*machine;
-        let limit = USER_ADDRESS_LIMIT;
-        let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
-        let frame = p.alloc_frame().unwrap();
         for (start, end) in [
             (SPAN + 0x1000, 4096 * SPAN + 0x1000),
             (4095 * SPAN, 4097 * SPAN + 0x1000),
@@ -175,11 +177,8 @@ fn every_mapped_page_is_visited() {
     let rw = MmuFlags::READ | MmuFlags::WRITE | MmuFlags::USER;
     let top = USER_ADDRESS_LIMIT - 0x1000;
     for format in Format::ALL {
-        let machine = SimMachine::with_frames(64);
+        let (machine, mut pt, frame) = user_tree(format);
         let p: &dyn Platform = &*machine;
-        let limit = USER_ADDRESS_LIMIT;
-        let mut pt = new_page_table_for(p, format, 0, limit, MemoryAttributes::DEFAULT).unwrap();
-        let frame = p.alloc_frame().unwrap();
         let mut vas = vec![0x1000, 0x1f_f000, 0x4000_0000 + 0x1ff * 0x20_0000, top];
         for &va in &vas {
             assert_eq!(pt.map(p, va, frame, rw), Ok(false), "{format:?} {va:#x}");
