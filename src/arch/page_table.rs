@@ -19,6 +19,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 const ROOT_LEVEL: usize = LEVELS - 1;
 
+/// Entries looked at together where the walker scans for valid ones: a group of zero entries
+/// costs one test.
+const GROUP: usize = 8;
+
 /// The entries of the table at `pa`.
 ///
 /// # Safety
@@ -121,10 +125,7 @@ impl<F: PteFormat> PageTable<F> {
         let table = unsafe { entries(platform, table_pa) };
         if level == 0 {
             let count = Self::clear_leaves(table, start, end, out);
-            return count == ENTRIES
-                || table
-                    .iter()
-                    .all(|e| !F::is_valid(e.load(Ordering::Relaxed)));
+            return count == ENTRIES || !Self::any_valid(table);
         }
         let span = entry_span(level);
         let mut va = start;
@@ -153,16 +154,13 @@ impl<F: PteFormat> PageTable<F> {
             return false;
         }
         // A range that spans the whole table cleared every entry; otherwise look.
-        end - start == entry_span(level + 1)
-            || table
-                .iter()
-                .all(|e| !F::is_valid(e.load(Ordering::Relaxed)))
+        end - start == entry_span(level + 1) || !Self::any_valid(table)
     }
 
     /// Clears the valid entries of `[start, end)` (inside `table`, a last-level table) in one
     /// tight loop, recording each page in `out`; answers how many slots the range spans.
     ///
-    /// Slots are looked at eight at a time: a group whose entries are all zero (what an empty
+    /// Slots are looked at [`GROUP`] at a time: a group whose entries are all zero (what an empty
     /// or cleared slot holds in both formats) is passed over with one test, so a sparsely
     /// mapped range costs little more per empty slot than reading it.
     fn clear_leaves(
@@ -171,7 +169,6 @@ impl<F: PteFormat> PageTable<F> {
         end: u64,
         out: &mut PendingFlush,
     ) -> usize {
-        const GROUP: usize = 8;
         let first = table_index(start, 0);
         let count = ((end - start) >> 12) as usize;
         let slots = &table[first..first + count];
@@ -197,6 +194,22 @@ impl<F: PteFormat> PageTable<F> {
             va += 4096;
         }
         count
+    }
+
+    /// Whether any of `slots` holds a valid entry. Eight at a time: a group of zero entries (what
+    /// an empty slot holds in both formats) is passed over with one test.
+    fn any_valid(slots: &[AtomicU64]) -> bool {
+        let mut groups = slots.chunks_exact(GROUP);
+        for group in &mut groups {
+            let entries: [u64; GROUP] = core::array::from_fn(|i| group[i].load(Ordering::Relaxed));
+            if entries.iter().fold(0, |acc, &entry| acc | entry) != 0
+                && entries.iter().any(|&entry| F::is_valid(entry))
+            {
+                return true;
+            }
+        }
+        let valid = |e: &AtomicU64| F::is_valid(e.load(Ordering::Relaxed));
+        groups.remainder().iter().any(valid)
     }
 
     /// The common small unmap, without recursion: `[start, end)` inside one last-level table
@@ -234,8 +247,7 @@ impl<F: PteFormat> PageTable<F> {
         let first = table_index(start, 0);
         // Look nearest the range first: a neighbour of a cleared page is the likeliest to be
         // mapped.
-        let valid = |e: &AtomicU64| F::is_valid(e.load(Ordering::Relaxed));
-        table[first + count..].iter().any(valid) || table[..first].iter().any(valid)
+        Self::any_valid(&table[first + count..]) || Self::any_valid(&table[..first])
     }
 
     #[allow(clippy::too_many_arguments)]
