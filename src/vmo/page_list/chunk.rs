@@ -3,7 +3,6 @@
 
 use super::CHUNK_PAGES;
 use crate::platform::PhysAddr;
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 /// Words of a chunk's presence bitmap.
@@ -17,9 +16,11 @@ enum Slots {
     /// Up to [`PACKED_MAX`] pages: only the committed pages' frame numbers, in page order:
     /// `numbers[k]` is the frame of the page of the `k`-th set bit.
     Packed(Vec<u32>),
-    /// More: one slot per page, meaningful where the page's bit is set. A chunk stays direct
-    /// until it empties (going back would allocate on the decommit path).
-    Direct(Box<[u32; CHUNK_PAGES as usize]>),
+    /// More: one slot per page up to the highest page committed so far (a VMO smaller than a
+    /// chunk pays for its own pages only), meaningful where the page's bit is set. A chunk stays
+    /// direct, and its slots stay, until it empties (shrinking would allocate on the decommit
+    /// path).
+    Direct(Vec<u32>),
 }
 
 /// The frames of the committed pages among [`CHUNK_PAGES`] consecutive pages.
@@ -94,7 +95,10 @@ impl Chunk {
                 numbers.insert(Chunk::rank_of(&self.present, i), frame);
             }
             Slots::Packed(numbers) => {
-                let mut slots = Box::new([0; CHUNK_PAGES as usize]);
+                let top = Chunk::pages_of(&self.present, 0, CHUNK_PAGES as usize)
+                    .last()
+                    .map_or(i, |page| page.max(i));
+                let mut slots = alloc::vec![0; top + 1];
                 let pages = Chunk::pages_of(&self.present, 0, CHUNK_PAGES as usize);
                 for (page, &number) in pages.zip(numbers.iter()) {
                     slots[page] = number;
@@ -102,7 +106,12 @@ impl Chunk {
                 slots[i] = frame;
                 self.slots = Slots::Direct(slots);
             }
-            Slots::Direct(slots) => slots[i] = frame,
+            Slots::Direct(slots) => {
+                if i >= slots.len() {
+                    slots.resize(i + 1, 0);
+                }
+                slots[i] = frame;
+            }
         }
         self.present[i / 64] |= 1 << (i % 64);
         self.used += 1;
@@ -216,7 +225,8 @@ impl Chunk {
                     unsafe { give(platform, batch, part.iter().copied()) };
                 }
             }
-            // One call per bitmap word: a full word's slots are its frames as they lie.
+            // One call per bitmap word: a full word's slots are its frames as they lie (all 64
+            // of them lie below the highest committed page, so inside the slots).
             Slots::Direct(slots) => {
                 for (w, &bits) in self.present.iter().enumerate() {
                     let word = &slots[w * 64..w * 64 + 64];
@@ -238,7 +248,7 @@ impl Chunk {
         core::mem::size_of::<Chunk>()
             + match &self.slots {
                 Slots::Packed(numbers) => numbers.capacity() * core::mem::size_of::<u32>(),
-                Slots::Direct(slots) => core::mem::size_of_val(&**slots),
+                Slots::Direct(slots) => slots.capacity() * core::mem::size_of::<u32>(),
             }
     }
 }
