@@ -1666,14 +1666,16 @@ fn vmo_test_case_no_perm_protect() {
     });
 }
 
-/// vmo.cc `TEST(VmoTestCase, NoResize)`, the parts without `zx_vmo_set_size` (which the crate
-/// does not provide): a non-resizable VMO maps with `ZX_VM_REQUIRE_NON_RESIZABLE`. And the
-/// crate's deliberate difference: `ZX_VMO_RESIZABLE` is `ZX_ERR_NOT_SUPPORTED` (docs/zircon.md).
+/// vmo.cc `TEST(VmoTestCase, NoResize)`: a VMO made without `ZX_VMO_RESIZABLE` refuses
+/// `zx_vmo_set_size` with `ZX_ERR_UNAVAILABLE` (its handle has no `ZX_RIGHT_RESIZE`, and newer
+/// Zircon answers UNAVAILABLE before looking for it), keeps its size, and maps with
+/// `ZX_VM_REQUIRE_NON_RESIZABLE`.
 #[test]
 fn vmo_test_case_no_resize() {
     each_format(|env| {
         let len = 4 * P;
         let vmo = env.vmo(len);
+        assert_eq!(zx_vmo_set_size(&env.p, vmo, len + P), ZX_ERR_UNAVAILABLE);
         let mut size = 0;
         assert_eq!(zx_vmo_get_size(&env.p, vmo, &mut size), ZX_OK);
         assert_eq!(size, len);
@@ -1681,13 +1683,43 @@ fn vmo_test_case_no_resize() {
             .map(env.root, RW | ZX_VM_REQUIRE_NON_RESIZABLE, 0, vmo, 0, len)
             .unwrap();
         assert_eq!(zx_vmar_unmap(&env.p, env.root, addr, len), ZX_OK);
+    });
+}
 
-        let mut resizable = 0;
+/// vmo.cc `TEST(VmoTestCase, Resize)` and `ResizeAlign`: a resizable VMO takes sizes up and
+/// down, each rounded up to a whole page, and `zx_vmo_get_size` reports them; a mapping with
+/// `ZX_VM_REQUIRE_NON_RESIZABLE` is `ZX_ERR_NOT_SUPPORTED`.
+#[test]
+fn vmo_test_case_resize() {
+    each_format(|env| {
+        let len = 4 * P;
+        let mut vmo = 0;
         assert_eq!(
-            zx_vmo_create(&env.p, len, ZX_VMO_RESIZABLE, &mut resizable),
-            ZX_ERR_NOT_SUPPORTED
+            zx_vmo_create(&env.p, len, ZX_VMO_RESIZABLE, &mut vmo),
+            ZX_OK
         );
-        assert_eq!(resizable, 0);
+        let size_now = || {
+            let mut size = 0;
+            assert_eq!(zx_vmo_get_size(&env.p, vmo, &mut size), ZX_OK);
+            size
+        };
+        assert_eq!(size_now(), len);
+        for (asked, got) in [
+            (len + P, len + P),
+            (len + 1, len + P),
+            (len - 1, len),
+            (P, P),
+            (0, 0),
+            (1, P),
+            (10 * P - 1, 10 * P),
+        ] {
+            assert_eq!(zx_vmo_set_size(&env.p, vmo, asked), ZX_OK, "{asked:#x}");
+            assert_eq!(size_now(), got, "{asked:#x}");
+        }
+        assert_eq!(
+            env.map(env.root, RW | ZX_VM_REQUIRE_NON_RESIZABLE, 0, vmo, 0, len),
+            Err(ZX_ERR_NOT_SUPPORTED)
+        );
     });
 }
 

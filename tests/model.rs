@@ -321,7 +321,8 @@ fn vmo_op() -> impl Strategy<Value = u32> {
     prop_oneof![
         6 => Just(ZX_VMO_OP_COMMIT),
         6 => Just(ZX_VMO_OP_DECOMMIT),
-        1 => prop_oneof![Just(0u32), Just(3), Just(5), Just(10), Just(14), Just(15), Just(u32::MAX)],
+        4 => Just(ZX_VMO_OP_ZERO),
+        1 => prop_oneof![Just(0u32), Just(3), Just(5), Just(14), Just(15), Just(u32::MAX)],
     ]
 }
 
@@ -339,7 +340,7 @@ fn buffer() -> impl Strategy<Value = u64> {
 fn op() -> impl Strategy<Value = Op> {
     let p = proc_index;
     prop_oneof![
-        8 => (p(), vmo_size(), prop_oneof![20 => Just(0u32), 1 => Just(ZX_VMO_RESIZABLE), 1 => Just(1u32 << 5)])
+        8 => (p(), vmo_size(), prop_oneof![16 => Just(0u32), 5 => Just(ZX_VMO_RESIZABLE), 1 => Just(ZX_VMO_DISCARDABLE), 1 => Just(1u32 << 5)])
             .prop_map(|(p, size, options)| Op::VmoCreate { p, size, options }),
         5 => (p(), vmo_handle(), vmo_offset(), 0u16..9000)
             .prop_map(|(p, h, offset, len)| Op::VmoRead { p, h, offset, len }),
@@ -348,6 +349,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (p(), vmo_handle(), vmo_op(), vmo_offset(), length(), buffer())
             .prop_map(|(p, h, op, offset, size, buffer)| Op::VmoOpRange { p, h, op, offset, size, buffer }),
         1 => (p(), vmo_handle()).prop_map(|(p, h)| Op::VmoGetSize { p, h }),
+        3 => (p(), vmo_handle(), length()).prop_map(|(p, h, size)| Op::VmoSetSize { p, h, size }),
         2 => (p(), vmo_handle()).prop_map(|(p, h)| Op::VmoInfo { p, h }),
         5 => (p(), vmar_handle(), allocate_args())
             .prop_map(|(p, h, (options, offset, size))| Op::VmarAllocate { p, h, options, offset, size }),

@@ -173,7 +173,13 @@ fn run(data: &[u8]) {
             0 => {
                 let mut handle = 0;
                 let size = world.size(&mut b);
-                if zx_vmo_create(&process, size, u32::from(b.u8() % 4 == 0), &mut handle) == ZX_OK {
+                // Mostly plain, some resizable, a few with a bit no VMO takes.
+                let options = match b.u8() % 8 {
+                    0 => 1,
+                    1 | 2 => ZX_VMO_RESIZABLE,
+                    _ => 0,
+                };
+                if zx_vmo_create(&process, size, options, &mut handle) == ZX_OK {
                     world.remember(p, handle);
                 }
             }
@@ -247,6 +253,8 @@ fn run(data: &[u8]) {
                 let vmo = world.handle(p, &mut b);
                 let op = u32::from(b.u8() % 16);
                 let (offset, size) = (u64::from(b.u8() % 24) * PAGE_SIZE, world.size(&mut b));
+                // ZERO takes byte ranges: sometimes start inside a page.
+                let offset = offset + u64::from(b.u8() % 4 == 0) * u64::from(b.u16() % 4096);
                 zx_vmo_op_range(&process, vmo, op, offset, size, 0, 0);
             }
             11 => {
@@ -268,7 +276,13 @@ fn run(data: &[u8]) {
             }
             12 => {
                 let handle = world.handle(p, &mut b);
-                zx_handle_close(&process, handle);
+                if b.u8() % 4 == 0 {
+                    // Grow or shrink, to any byte size, under mappings and pins.
+                    let size = world.size(&mut b) + u64::from(b.u8());
+                    zx_vmo_set_size(&process, handle, size);
+                } else {
+                    zx_handle_close(&process, handle);
+                }
             }
             13 | 14 => {
                 let c = usize::from(b.u8() % 2);

@@ -62,7 +62,8 @@ pub fn zx_vmar_op_range(
     })())
 }
 
-/// `zx_vmo_create`: a paged VMO of `size` bytes. `options` may be 0; `ZX_VMO_RESIZABLE` is not
+/// `zx_vmo_create`: a paged VMO of `size` bytes. `options` may be 0 or `ZX_VMO_RESIZABLE` (a VMO
+/// whose handle also gets `ZX_RIGHT_RESIZE`, for [`zx_vmo_set_size`]); `ZX_VMO_DISCARDABLE` is not
 /// supported by this crate.
 pub fn zx_vmo_create(
     process: &Process,
@@ -74,15 +75,32 @@ pub fn zx_vmo_create(
         if options & !(ZX_VMO_RESIZABLE | ZX_VMO_DISCARDABLE) != 0 {
             return Err(Status::InvalidArgs);
         }
-        if options != 0 {
+        if options & ZX_VMO_DISCARDABLE != 0 {
             return Err(Status::NotSupported);
         }
-        let vmo = Vmo::create(process.platform().clone(), size)?;
-        process.add_handle(
-            KernelObject::Vmo(vmo),
-            Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS),
-        )
+        let mut rights = Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS);
+        let vmo = if options & ZX_VMO_RESIZABLE != 0 {
+            rights |= Rights::RESIZE;
+            Vmo::create_resizable(process.platform().clone(), size)?
+        } else {
+            Vmo::create(process.platform().clone(), size)?
+        };
+        process.add_handle(KernelObject::Vmo(vmo), rights)
     })
+}
+
+/// `zx_vmo_set_size`: needs `ZX_RIGHT_WRITE`, and `ZX_RIGHT_RESIZE` when the VMO is resizable (a
+/// VMO that is not answers `ZX_ERR_UNAVAILABLE` whatever the handle's rights, as in Zircon).
+/// The rest is [`Vmo::set_size`].
+pub fn zx_vmo_set_size(process: &Process, handle: zx_handle_t, size: u64) -> zx_status_t {
+    to_status((|| {
+        let (vmo, rights) = process.vmo(handle)?;
+        require(rights, Rights::WRITE)?;
+        if vmo.is_resizable() {
+            require(rights, Rights::RESIZE)?;
+        }
+        vmo.set_size(size)
+    })())
 }
 
 /// `zx_vmo_read`: reads `buffer.len()` bytes at `offset`. Needs `ZX_RIGHT_READ`.
@@ -113,9 +131,10 @@ pub fn zx_vmo_write(
     })())
 }
 
-/// `zx_vmo_op_range`: `ZX_VMO_OP_COMMIT` and `ZX_VMO_OP_DECOMMIT` (both need `ZX_RIGHT_WRITE`).
-/// Other defined ops are `ZX_ERR_NOT_SUPPORTED`; undefined ones `ZX_ERR_INVALID_ARGS`.
-/// DECOMMIT needs a page-aligned range; COMMIT rounds its range out to pages.
+/// `zx_vmo_op_range`: `ZX_VMO_OP_COMMIT`, `ZX_VMO_OP_DECOMMIT` and `ZX_VMO_OP_ZERO` (each
+/// needs `ZX_RIGHT_WRITE`). Other defined ops are `ZX_ERR_NOT_SUPPORTED`; undefined ones
+/// `ZX_ERR_INVALID_ARGS`. DECOMMIT needs a page-aligned range; COMMIT rounds its range out to
+/// pages; ZERO takes any byte range inside the VMO ([`Vmo::zero`]).
 pub fn zx_vmo_op_range(
     process: &Process,
     handle: zx_handle_t,
@@ -138,6 +157,10 @@ pub fn zx_vmo_op_range(
             ZX_VMO_OP_DECOMMIT => {
                 require(rights, Rights::WRITE)?;
                 vmo.decommit(offset, size)
+            }
+            ZX_VMO_OP_ZERO => {
+                require(rights, Rights::WRITE)?;
+                vmo.zero(offset, size)
             }
             op if is_defined_vmo_op(op) => Err(Status::NotSupported),
             _ => Err(Status::InvalidArgs),

@@ -70,10 +70,11 @@ impl AddressSpace {
         }
         let vmo = mapping.vmo();
         let index = (mapping.vmo_offset() + (va - region.base())) >> PAGE_SHIFT;
+        let mut inner = vmo.lock();
+        // Under the VMO's lock, which keeps its size (a resizable VMO may have shrunk).
         if index >= vmo.size() >> PAGE_SHIFT {
             return Err(FaultError::OutOfRange);
         }
-        let mut inner = vmo.lock();
         let pa = vmo
             .commit_page_locked(&mut inner, index)
             .map_err(|_| FaultError::NoMemory)?;

@@ -157,6 +157,9 @@ impl Vmar {
         if !node.flags.contains(needed) || !can_map.contains(needed) {
             return Err(Status::AccessDenied);
         }
+        if options.contains(VmOptions::REQUIRE_NON_RESIZABLE) && vmo.is_resizable() {
+            return Err(Status::NotSupported);
+        }
         let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
         let platform = &**self.aspace.platform();
         let mut batch = TlbBatch::new(platform);

@@ -11,6 +11,8 @@ mod deferred;
 mod mapping;
 mod page_list;
 mod pin;
+mod resize;
+mod zero;
 
 pub(crate) use self::deferred::RetiredMappings;
 pub use self::mapping::Mapping;
@@ -21,14 +23,15 @@ pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_
 use crate::abi::next_koid;
 use crate::abi::{
     is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, zx_rights_t, Status, ZxResult,
-    PAGE_SHIFT, PAGE_SIZE, ZX_CACHE_POLICY_CACHED, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_TYPE_PAGED,
-    ZX_INFO_VMO_VIA_HANDLE,
+    PAGE_SHIFT, PAGE_SIZE, ZX_CACHE_POLICY_CACHED, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_RESIZABLE,
+    ZX_INFO_VMO_TYPE_PAGED, ZX_INFO_VMO_VIA_HANDLE,
 };
 use crate::platform::{PhysAddr, Platform};
 use crate::tlb::TlbBatch;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use intrusive_collections::LinkedList;
 use spin::mutex::{SpinMutex as Mutex, SpinMutexGuard as MutexGuard};
 
@@ -65,7 +68,12 @@ pub(crate) struct VmoInner {
 /// A virtual memory object.
 pub struct Vmo {
     koid: zx_koid_t,
-    size: u64,
+    /// The size in bytes, whole pages. Changes only under the VMO's lock (`zx_vmo_set_size`),
+    /// so an operation that checks a range against it under the lock sees it hold until it
+    /// lets go.
+    size: AtomicU64,
+    /// Created with `ZX_VMO_RESIZABLE`.
+    resizable: bool,
     kind: VmoKind,
     platform: Arc<dyn Platform>,
     inner: Mutex<VmoInner>,
@@ -80,10 +88,11 @@ fn zero_frame(platform: &dyn Platform, pa: PhysAddr) {
 }
 
 impl Vmo {
-    fn new(platform: Arc<dyn Platform>, size: u64, kind: VmoKind) -> Arc<Vmo> {
+    fn new(platform: Arc<dyn Platform>, size: u64, kind: VmoKind, resizable: bool) -> Arc<Vmo> {
         Arc::new(Vmo {
             koid: next_koid(),
-            size,
+            size: AtomicU64::new(size),
+            resizable,
             kind,
             platform,
             inner: Mutex::new(VmoInner {
@@ -97,11 +106,21 @@ impl Vmo {
 
     /// A paged VMO of `size` bytes (rounded up to whole pages), with nothing committed.
     pub fn create(platform: Arc<dyn Platform>, size: u64) -> ZxResult<Arc<Vmo>> {
+        Self::create_paged(platform, size, false)
+    }
+
+    /// A paged VMO of `size` bytes that [`Vmo::set_size`] can grow and shrink
+    /// (`ZX_VMO_RESIZABLE`).
+    pub fn create_resizable(platform: Arc<dyn Platform>, size: u64) -> ZxResult<Arc<Vmo>> {
+        Self::create_paged(platform, size, true)
+    }
+
+    fn create_paged(platform: Arc<dyn Platform>, size: u64, resizable: bool) -> ZxResult<Arc<Vmo>> {
         let size = page_round_up(size).ok_or(Status::OutOfRange)?;
         if size > MAX_VMO_SIZE {
             return Err(Status::OutOfRange);
         }
-        Ok(Self::new(platform, size, VmoKind::Paged))
+        Ok(Self::new(platform, size, VmoKind::Paged, resizable))
     }
 
     /// A VMO over `size` bytes of physically contiguous, zeroed frames. Kernel use only.
@@ -115,7 +134,12 @@ impl Vmo {
         for i in 0..pages as u64 {
             zero_frame(&*platform, PhysAddr(base.0 + i * PAGE_SIZE));
         }
-        Ok(Self::new(platform, size, VmoKind::Contiguous { base }))
+        Ok(Self::new(
+            platform,
+            size,
+            VmoKind::Contiguous { base },
+            false,
+        ))
     }
 
     /// A VMO over the physical range `[base, base + size)`, e.g. device memory. Kernel use only;
@@ -129,7 +153,7 @@ impl Vmo {
             return Err(Status::InvalidArgs);
         }
         base.0.checked_add(size).ok_or(Status::InvalidArgs)?;
-        Ok(Self::new(platform, size, VmoKind::Physical { base }))
+        Ok(Self::new(platform, size, VmoKind::Physical { base }, false))
     }
 
     /// The kernel object id.
@@ -139,7 +163,12 @@ impl Vmo {
 
     /// The size in bytes (whole pages).
     pub fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Whether [`Vmo::set_size`] may change the size (`ZX_VMO_RESIZABLE`).
+    pub fn is_resizable(&self) -> bool {
+        self.resizable
     }
 
     /// What backs the VMO.
@@ -194,7 +223,7 @@ impl Vmo {
     pub fn committed_bytes(&self) -> u64 {
         match self.kind {
             VmoKind::Paged => self.lock().pages.committed_pages() << PAGE_SHIFT,
-            VmoKind::Contiguous { .. } => self.size,
+            VmoKind::Contiguous { .. } => self.size(),
             VmoKind::Physical { .. } => 0,
         }
     }
@@ -216,16 +245,21 @@ impl Vmo {
             VmoKind::Contiguous { .. } => ZX_INFO_VMO_TYPE_PAGED | ZX_INFO_VMO_CONTIGUOUS,
             VmoKind::Physical { .. } => 0,
         };
+        let resizable = if self.resizable {
+            ZX_INFO_VMO_RESIZABLE
+        } else {
+            0
+        };
         let (num_mappings, share_count) = {
             let inner = self.lock();
             (inner.mapping_count, Self::address_spaces_locked(&inner))
         };
         zx_info_vmo_t {
             koid: self.koid,
-            size_bytes: self.size,
+            size_bytes: self.size(),
             num_mappings,
             share_count,
-            flags: kind | ZX_INFO_VMO_VIA_HANDLE,
+            flags: kind | resizable | ZX_INFO_VMO_VIA_HANDLE,
             committed_bytes: self.committed_bytes(),
             handle_rights: rights,
             cache_policy: ZX_CACHE_POLICY_CACHED,
@@ -251,10 +285,11 @@ impl Vmo {
             .count() as u64
     }
 
-    /// `[offset, offset + len)` as page indices, if it lies within the VMO.
-    fn page_range(&self, offset: u64, len: u64) -> ZxResult<(u64, u64)> {
+    /// `[offset, offset + len)` as page indices, if it lies within the VMO. Called under the
+    /// VMO's lock, which keeps the size.
+    fn page_range(&self, _locked: &VmoInner, offset: u64, len: u64) -> ZxResult<(u64, u64)> {
         let end = offset.checked_add(len).ok_or(Status::OutOfRange)?;
-        if end > self.size {
+        if end > self.size() {
             return Err(Status::OutOfRange);
         }
         let first = offset >> PAGE_SHIFT;
@@ -282,7 +317,7 @@ impl Vmo {
         inner: &mut VmoInner,
         index: u64,
     ) -> ZxResult<PhysAddr> {
-        debug_assert!(index < self.size >> PAGE_SHIFT);
+        debug_assert!(index < self.size() >> PAGE_SHIFT);
         if let Some(pa) = self.lookup_page_locked(inner, index) {
             return Ok(pa);
         }
@@ -328,8 +363,8 @@ impl Vmo {
     /// Commits every page of `[offset, offset + len)` (rounded out to pages). On failure, the
     /// pages this call committed are given back, so nothing changes.
     pub fn commit(&self, offset: u64, len: u64) -> ZxResult {
-        let (first, last) = self.page_range(offset, len)?;
         let mut inner = self.lock();
+        let (first, last) = self.page_range(&inner, offset, len)?;
         self.commit_all_locked(&mut inner, first, last)
     }
 
@@ -338,8 +373,8 @@ impl Vmo {
         if matches!(self.kind, VmoKind::Physical { .. }) {
             return Err(Status::NotSupported);
         }
-        let (first, last) = self.page_range(offset, buffer.len() as u64)?;
         let inner = self.lock();
+        let (first, last) = self.page_range(&inner, offset, buffer.len() as u64)?;
         let mut done = 0usize;
         for index in first..last {
             let page_start = index << PAGE_SHIFT;
@@ -368,8 +403,8 @@ impl Vmo {
         if matches!(self.kind, VmoKind::Physical { .. }) {
             return Err(Status::NotSupported);
         }
-        let (first, last) = self.page_range(offset, data.len() as u64)?;
         let mut inner = self.lock();
+        let (first, last) = self.page_range(&inner, offset, data.len() as u64)?;
         // Commit first, so that a failure changes nothing.
         self.commit_all_locked(&mut inner, first, last)?;
         let mut done = 0usize;
@@ -435,13 +470,13 @@ impl Vmo {
         if !is_page_aligned(offset) || !is_page_aligned(len) {
             return Err(Status::InvalidArgs);
         }
-        let (first, last) = self.page_range(offset, len)?;
-        if !self.supports_decommit() {
-            return Err(Status::NotSupported);
-        }
         let mut batch = TlbBatch::new(&*self.platform);
         {
             let mut inner = self.lock();
+            let (first, last) = self.page_range(&inner, offset, len)?;
+            if !self.supports_decommit() {
+                return Err(Status::NotSupported);
+            }
             if Self::any_pinned_locked(&inner, first, last) {
                 return Err(Status::BadState);
             }
@@ -461,7 +496,7 @@ impl Vmo {
         batch: &mut TlbBatch,
     ) {
         debug_assert!(self.supports_decommit());
-        let last = last.min(self.size >> PAGE_SHIFT);
+        let last = last.min(self.size() >> PAGE_SHIFT);
         if inner
             .pages
             .remove_range(first, last, batch.deferred::<RemovedPages>())
@@ -518,9 +553,10 @@ impl Drop for Vmo {
         let mut removed = RemovedPages::default();
         inner.pages.remove_range(0, u64::MAX, &mut removed);
         if let VmoKind::Contiguous { base } = self.kind {
-            removed
-                .frames
-                .extend((0..self.size >> PAGE_SHIFT).map(|i| PhysAddr(base.0 + (i << PAGE_SHIFT))));
+            removed.frames.extend(
+                (0..*self.size.get_mut() >> PAGE_SHIFT)
+                    .map(|i| PhysAddr(base.0 + (i << PAGE_SHIFT))),
+            );
         }
         // SAFETY: the VMO has no mappings (each mapping holds it alive, and an unmapped one keeps
         // it alive in its TlbBatch until the shootdown completed), so no page table or TLB refers

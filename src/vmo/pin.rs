@@ -9,8 +9,8 @@ impl Vmo {
         if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
             return Err(Status::InvalidArgs);
         }
-        let (first, last) = self.page_range(offset, len)?;
         let mut inner = self.lock();
+        let (first, last) = self.page_range(&inner, offset, len)?;
         // A page pinned u32::MAX times takes no more pins (Zircon: ZX_ERR_UNAVAILABLE), checked
         // before anything changes.
         if inner
@@ -32,8 +32,8 @@ impl Vmo {
         if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
             return Err(Status::InvalidArgs);
         }
-        let (first, last) = self.page_range(offset, len)?;
         let mut inner = self.lock();
+        let (first, last) = self.page_range(&inner, offset, len)?;
         if (first..last).any(|index| !inner.pins.contains_key(&index)) {
             return Err(Status::BadState);
         }

@@ -121,6 +121,11 @@ pub enum Op {
         p: u8,
         h: H,
     },
+    VmoSetSize {
+        p: u8,
+        h: H,
+        size: Len,
+    },
     VmoInfo {
         p: u8,
         h: H,
@@ -333,6 +338,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::VmoWrite { .. } => "zx_vmo_write",
         Op::VmoOpRange { .. } => "zx_vmo_op_range",
         Op::VmoGetSize { .. } => "zx_vmo_get_size",
+        Op::VmoSetSize { .. } => "zx_vmo_set_size",
         Op::VmoInfo { .. } => "zx_object_get_info_vmo",
         Op::VmarAllocate { .. } => "zx_vmar_allocate",
         Op::VmarMap { .. } => "zx_vmar_map",

@@ -392,6 +392,7 @@ impl World {
                 buffer,
             } => self.step_vmo_op_range(p, h, op, offset, size, buffer)?,
             Op::VmoGetSize { p, h } => self.step_vmo_get_size(p, h)?,
+            Op::VmoSetSize { p, h, size } => self.step_vmo_set_size(p, h, size)?,
             Op::VmoInfo { p, h } => self.step_vmo_info(p, h)?,
             Op::VmarAllocate {
                 p,
@@ -532,6 +533,18 @@ impl World {
         if self.settle(&what, None, got, status(want.map(drop)))? && Ok(size) != want {
             return Err(format!("{}: size {size:#x}, model {want:?}", what()));
         }
+        Ok(())
+    }
+
+    /// `Op::VmoSetSize`, on the crate and on the model.
+    pub(super) fn step_vmo_set_size(&mut self, p: u8, h: H, size: Len) -> R2 {
+        let p = self.proc(p);
+        let (h, size) = (self.handle(p, h), Self::len(size));
+        let what = || format!("zx_vmo_set_size(p{p}, {h:#x}, {size:#x})");
+        let saved = self.saved();
+        let got = zx_vmo_set_size(&self.procs[p], h, size);
+        let want = status(self.model.vmo_set_size(p, h, size));
+        self.settle(&what, saved, got, want)?;
         Ok(())
     }
 

@@ -200,6 +200,8 @@ pub enum MKind {
 #[derive(Clone, Debug)]
 pub struct MVmo {
     pub kind: MKind,
+    /// Created with `ZX_VMO_RESIZABLE`.
+    pub resizable: bool,
     pub pages: u64,
     pub data: BTreeMap<u64, Page>,
     pub pins: BTreeMap<u64, u32>,
@@ -431,6 +433,7 @@ impl Model {
         };
         self.vmos.push(MVmo {
             kind,
+            resizable: false,
             pages,
             data,
             pins: BTreeMap::new(),
@@ -438,12 +441,13 @@ impl Model {
         self.vmos.len() - 1
     }
 
-    /// `zx_vmo_create`: a paged VMO, size rounded up to pages (0 allowed).
+    /// `zx_vmo_create`: a paged VMO, size rounded up to pages (0 allowed); `ZX_VMO_RESIZABLE`
+    /// makes it resizable and adds `ZX_RIGHT_RESIZE` to the handle.
     pub fn vmo_create(&mut self, p: usize, size: u64, options: u32, new: zx_handle_t) -> R {
         if options & !(ZX_VMO_RESIZABLE | ZX_VMO_DISCARDABLE) != 0 {
             return Err(ZX_ERR_INVALID_ARGS);
         }
-        if options != 0 {
+        if options & ZX_VMO_DISCARDABLE != 0 {
             return Err(ZX_ERR_NOT_SUPPORTED);
         }
         let size = round_up(size).ok_or(ZX_ERR_OUT_OF_RANGE)?;
@@ -453,7 +457,72 @@ impl Model {
         // A VMO whose handle cannot be added is dropped again: nothing changes.
         self.has_room(p)?;
         let id = self.new_vmo(MKind::Paged, size / PAGE);
-        self.add_handle(p, Obj::Vmo(id), ZX_DEFAULT_VMO_RIGHTS, new)
+        let resizable = options & ZX_VMO_RESIZABLE != 0;
+        self.vmos[id].resizable = resizable;
+        let rights = ZX_DEFAULT_VMO_RIGHTS | if resizable { ZX_RIGHT_RESIZE } else { 0 };
+        self.add_handle(p, Obj::Vmo(id), rights, new)
+    }
+
+    /// `zx_vmo_set_size`: WRITE, then RESIZE if the VMO is resizable; a fixed VMO is
+    /// UNAVAILABLE. A shrink takes the pages past the end (none may be pinned) and zeroes the
+    /// bytes past `size` in the last page.
+    pub fn vmo_set_size(&mut self, p: usize, h: zx_handle_t, size: u64) -> R {
+        let (vmo, rights) = self.vmo_handle(p, h)?;
+        need(rights, ZX_RIGHT_WRITE)?;
+        if self.vmos[vmo].resizable {
+            need(rights, ZX_RIGHT_RESIZE)?;
+        } else {
+            return Err(ZX_ERR_UNAVAILABLE);
+        }
+        let rounded = round_up(size).ok_or(ZX_ERR_OUT_OF_RANGE)?;
+        if rounded > MAX_VMO_SIZE {
+            return Err(ZX_ERR_OUT_OF_RANGE);
+        }
+        let (new, old) = (rounded / PAGE, self.vmos[vmo].pages);
+        if new < old && self.any_pinned(vmo, new, old) {
+            return Err(ZX_ERR_BAD_STATE);
+        }
+        self.decommit_pages(vmo, new, old);
+        if size % PAGE != 0 && size < old * PAGE {
+            self.zero_committed_bytes(vmo, size, rounded.min(old * PAGE));
+        }
+        self.vmos[vmo].pages = new;
+        Ok(())
+    }
+
+    /// `ZX_VMO_OP_ZERO` on `[offset, offset + len)`, rights checked: whole unpinned pages of a
+    /// paged VMO leave it, everything else in the range is written over where committed.
+    fn vmo_zero(&mut self, vmo: usize, offset: u64, len: u64) -> R {
+        let end = offset.checked_add(len).ok_or(ZX_ERR_OUT_OF_RANGE)?;
+        if end > self.vmos[vmo].pages * PAGE {
+            return Err(ZX_ERR_OUT_OF_RANGE);
+        }
+        if self.vmos[vmo].kind == MKind::Physical {
+            return Err(ZX_ERR_NOT_SUPPORTED);
+        }
+        self.zero_committed_bytes(vmo, offset, end);
+        if self.vmos[vmo].kind == MKind::Paged {
+            for index in offset.div_ceil(PAGE)..end / PAGE {
+                if !self.vmos[vmo].pins.contains_key(&index) {
+                    self.vmos[vmo].data.remove(&index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes zeroes over `[start, end)` where the VMO's pages are committed.
+    fn zero_committed_bytes(&mut self, vmo: usize, start: u64, end: u64) {
+        let committed: Vec<u64> = self.vmos[vmo]
+            .data
+            .range(start / PAGE..end.div_ceil(PAGE))
+            .map(|(&i, _)| i)
+            .collect();
+        for index in committed {
+            let from = start.max(index * PAGE) - index * PAGE;
+            let to = end.min((index + 1) * PAGE) - index * PAGE;
+            self.commit_page(vmo, index)[from as usize..to as usize].fill(0);
+        }
     }
 
     /// A contiguous VMO made by the kernel and handed to `p` with the default VMO rights.
@@ -615,6 +684,10 @@ impl Model {
                 }
                 self.decommit_pages(vmo, first, last);
                 Ok(())
+            }
+            ZX_VMO_OP_ZERO => {
+                need(rights, ZX_RIGHT_WRITE)?;
+                self.vmo_zero(vmo, offset, size)
             }
             1..=4 | 6..=14 => Err(ZX_ERR_NOT_SUPPORTED),
             _ => Err(ZX_ERR_INVALID_ARGS),
@@ -1020,6 +1093,11 @@ impl Model {
             return Err(ZX_ERR_ACCESS_DENIED);
         }
         let max_perms = perms_for_rights(both) & vmar_perms;
+        // After the permission checks, before placement (and its CAN_MAP_SPECIFIC check): a
+        // resizable VMO when the caller asked for a fixed one.
+        if options & ZX_VM_REQUIRE_NON_RESIZABLE != 0 && self.vmos[vmo].resizable {
+            return Err(ZX_ERR_NOT_SUPPORTED);
+        }
         let base = if options & (ZX_VM_SPECIFIC | ZX_VM_SPECIFIC_OVERWRITE) != 0 {
             if v.flags & ZX_VM_CAN_MAP_SPECIFIC == 0 {
                 return Err(ZX_ERR_ACCESS_DENIED);

@@ -1,0 +1,91 @@
+//! `ZX_VMO_OP_ZERO`: a range of a VMO reads as zero afterwards, at the least memory cost.
+
+use super::{Vmo, VmoInner, VmoKind};
+use crate::abi::{Status, ZxResult, PAGE_SHIFT, PAGE_SIZE};
+use crate::tlb::TlbBatch;
+use alloc::sync::Arc;
+
+impl Vmo {
+    /// `ZX_VMO_OP_ZERO`: bytes `[offset, offset + len)` read as zero afterwards, as if zeroes had
+    /// been written there. Any offset and length inside the VMO; an empty range does nothing;
+    /// a range past the end (or one whose end overflows) is `ZX_ERR_OUT_OF_RANGE`.
+    ///
+    /// A paged VMO gives the whole pages of the range back instead of writing them, unmapping
+    /// them from every mapping in one shootdown round as DECOMMIT does (the next access faults in
+    /// a zeroed page, so the committed bytes drop). Pinned pages stay committed and are zeroed in
+    /// place, as are the partly covered pages at either end. A contiguous VMO is zeroed in place;
+    /// a physical one (device memory) is `ZX_ERR_NOT_SUPPORTED`, as its reads and writes are.
+    pub fn zero(self: &Arc<Self>, offset: u64, len: u64) -> ZxResult {
+        let end = offset.checked_add(len).ok_or(Status::OutOfRange)?;
+        // The whole pages are [first, last); the partly covered ones are zeroed in place.
+        let first = offset.div_ceil(PAGE_SIZE);
+        let last = end >> PAGE_SHIFT;
+        let mut batch = TlbBatch::new(&*self.platform);
+        {
+            let mut inner = self.lock();
+            if end > self.size() {
+                return Err(Status::OutOfRange);
+            }
+            if matches!(self.kind, VmoKind::Physical { .. }) {
+                return Err(Status::NotSupported);
+            }
+            if len == 0 {
+                return Ok(());
+            }
+            if first > last {
+                // Inside one page.
+                self.zero_in_place_locked(&inner, offset, end);
+            } else {
+                self.zero_in_place_locked(&inner, offset, first << PAGE_SHIFT);
+                self.zero_in_place_locked(&inner, last << PAGE_SHIFT, end);
+                self.zero_pages_locked(&mut inner, first, last, &mut batch);
+            }
+        }
+        batch.finish(&*self.platform);
+        Ok(())
+    }
+
+    /// Zeroes the whole pages `[first, last)`: given back where the VMO can give them back (paged
+    /// and not pinned), written over where it cannot.
+    fn zero_pages_locked(&self, inner: &mut VmoInner, first: u64, last: u64, batch: &mut TlbBatch) {
+        if !self.supports_decommit() {
+            self.zero_in_place_locked(inner, first << PAGE_SHIFT, last << PAGE_SHIFT);
+            return;
+        }
+        let mut from = first;
+        while from < last {
+            // The runs between pinned pages go back; each pinned page is written over.
+            let pinned = inner.pins.range(from..last).next().map(|(&index, _)| index);
+            let run_end = pinned.unwrap_or(last);
+            if from < run_end {
+                self.decommit_locked(inner, from, run_end, batch);
+            }
+            let Some(index) = pinned else {
+                break;
+            };
+            self.zero_in_place_locked(inner, index << PAGE_SHIFT, (index + 1) << PAGE_SHIFT);
+            from = index + 1;
+        }
+    }
+
+    /// Writes zeroes over the bytes `[start, end)` of the VMO where its pages are committed
+    /// (an uncommitted page reads as zero already).
+    pub(super) fn zero_in_place_locked(&self, inner: &VmoInner, start: u64, end: u64) {
+        let mut at = start;
+        while at < end {
+            let index = at >> PAGE_SHIFT;
+            let page_end = ((index + 1) << PAGE_SHIFT).min(end);
+            if let Some(pa) = self.lookup_page_locked(inner, index) {
+                let from = (at & (PAGE_SIZE - 1)) as usize;
+                let ptr = self.platform.phys_to_virt(pa);
+                // SAFETY: the frame is committed to this VMO (a contiguous VMO's frames are, for
+                // its life) and cannot be freed while we hold its lock; `phys_to_virt` gives a
+                // pointer valid for the whole page (Platform contract), and `from` plus the
+                // length stay inside it. Other CPUs may access the page through mappings at the
+                // same time, as with `zx_vmo_write`: the bytes are plain memory, not Rust data.
+                unsafe { core::ptr::write_bytes(ptr.add(from), 0, (page_end - at) as usize) };
+            }
+            at = page_end;
+        }
+    }
+}
