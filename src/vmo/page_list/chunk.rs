@@ -229,8 +229,8 @@ impl Chunk {
             // of them lie below the highest committed page, so inside the slots).
             Slots::Direct(slots) => {
                 for (w, &bits) in self.present.iter().enumerate() {
-                    let word = &slots[w * 64..w * 64 + 64];
                     if bits == u64::MAX {
+                        let word = &slots[w * 64..w * 64 + 64];
                         // SAFETY: forwarded from the caller.
                         unsafe { give(platform, batch, word.iter().copied()) };
                     } else if bits != 0 {
