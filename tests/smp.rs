@@ -11,6 +11,7 @@ use zx_vm::abi::*;
 use zx_vm::arch::Format;
 use zx_vm::sim::{SimConfig, SimMachine, FREED_POISON};
 use zx_vm::syscall::*;
+use zx_vm::vmar::FaultError;
 use zx_vm::{Platform, Process};
 
 fn smp_machine(cpus: usize, tags: u16, broadcast: bool) -> Arc<SimMachine> {
@@ -58,9 +59,10 @@ const PAGES: u64 = 16;
 const PROTECTED: u64 = 12;
 
 /// Three CPUs read and write their own word of every page of a VMO mapped in two address spaces
-/// while a fourth decommits random ranges. A CPU must read back, in each page, either the last
-/// value it wrote there or zero (the page was decommitted since), never another value and never
-/// the poison of a freed frame; in the protected pages, always the last value.
+/// while a fourth decommits random ranges (through either address space or the VMO) and zeroes
+/// random byte ranges (`ZX_VMO_OP_ZERO`). A CPU must read back, in each page, either the last
+/// value it wrote there or zero (the page was decommitted or zeroed since), never another value
+/// and never the poison of a freed frame; in the protected pages, always the last value.
 fn stress(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
     let machine = smp_machine(4, 8, broadcast);
     let a = new_process(&machine, format);
@@ -141,7 +143,7 @@ fn stress(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
             for call in 0..decommits {
                 let first = rng.below(PROTECTED);
                 let count = 1 + rng.below(PROTECTED - first);
-                let status = match call % 3 {
+                let status = match call % 4 {
                     0 => zx_vmar_op_range(
                         &a,
                         a.root_vmar_handle(),
@@ -160,7 +162,7 @@ fn stress(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
                         0,
                         0,
                     ),
-                    _ => zx_vmo_op_range(
+                    2 => zx_vmo_op_range(
                         &a,
                         vmo,
                         ZX_VMO_OP_DECOMMIT,
@@ -169,6 +171,22 @@ fn stress(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
                         0,
                         0,
                     ),
+                    // A byte range inside the same pages: whole pages go back, the ends are
+                    // written over.
+                    _ => {
+                        // Whole words, so that a word reads its last value or zero.
+                        let (head, tail) =
+                            (rng.below(PAGE_SIZE / 16) * 8, rng.below(PAGE_SIZE / 16) * 8);
+                        zx_vmo_op_range(
+                            &a,
+                            vmo,
+                            ZX_VMO_OP_ZERO,
+                            first * PAGE_SIZE + head,
+                            count * PAGE_SIZE - head - tail,
+                            0,
+                            0,
+                        )
+                    }
                 };
                 assert_eq!(status, ZX_OK);
                 // Let the workers touch pages again between calls, however busy the machine is.
@@ -563,4 +581,123 @@ fn the_object_model_under_concurrency() {
         drop(p);
         assert_eq!(machine.frames_in_use(), 0, "{format:?}");
     }
+}
+
+/// Three CPUs read and write their own word of every page of a resizable VMO mapped in two
+/// address spaces while a fourth shrinks it to random byte sizes and grows it back. An access
+/// past the end faults `OutOfRange`; any other reads the CPU's last value or zero (the page went
+/// with a shrink, or the tail of the last page was zeroed), never another value and never a freed
+/// frame: every shrink's shootdown covers every CPU that may cache a page past the new end.
+fn resize_stress(format: Format, broadcast: bool, resizes: u64) {
+    let machine = smp_machine(4, 8, broadcast);
+    let a = new_process(&machine, format);
+    let b = new_process(&machine, format);
+    let mut vmo = 0;
+    assert_eq!(
+        zx_vmo_create(&a, PAGES * PAGE_SIZE, ZX_VMO_RESIZABLE, &mut vmo),
+        ZX_OK
+    );
+    let object = a.handle(vmo).unwrap();
+    let vmo_b = b.add_handle(object.object, object.rights).unwrap();
+    let addr_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, PAGES);
+    let addr_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, PAGES);
+    let start = Arc::new(Barrier::new(4));
+    let done = Arc::new(AtomicBool::new(false));
+    let accesses = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for (cpu, process, base) in [(0usize, &a, addr_a), (1, &a, addr_a), (2, &b, addr_b)] {
+        let (machine, process, start, done, accesses) = (
+            machine.clone(),
+            process.clone(),
+            start.clone(),
+            done.clone(),
+            accesses.clone(),
+        );
+        workers.push(std::thread::spawn(move || {
+            let cpu_handle = machine.cpu(cpu);
+            let _attached = cpu_handle.attach();
+            cpu_handle.switch_to(Some(process.aspace()));
+            start.wait();
+            let mut rng = Rng(0x51ed_270b_a3f2_c1e9 ^ (cpu as u64 + 1));
+            let mut last = [0u64; PAGES as usize];
+            let (mut round, mut faults) = (0u64, 0u64);
+            while !done.load(Ordering::SeqCst) {
+                round += 1;
+                let page = rng.below(PAGES);
+                let va = base + page * PAGE_SIZE + cpu as u64 * 8;
+                match cpu_handle.load(va) {
+                    Ok(seen) => {
+                        assert_ne!(
+                            seen, FREED_POISON,
+                            "{format:?} CPU {cpu} read a freed frame"
+                        );
+                        assert!(
+                            seen == last[page as usize] || seen == 0,
+                            "{format:?} CPU {cpu}: page {page} read {seen:#x}, last wrote {:#x}",
+                            last[page as usize]
+                        );
+                    }
+                    Err(fault) => {
+                        assert_eq!(fault, FaultError::OutOfRange, "{format:?} CPU {cpu}");
+                        faults += 1;
+                    }
+                }
+                let value = ((cpu as u64 + 1) << 56) | round;
+                if cpu_handle.store(va, value).is_ok() {
+                    last[page as usize] = value;
+                }
+                accesses.fetch_add(1, Ordering::Relaxed);
+            }
+            cpu_handle.switch_to(None);
+            faults
+        }));
+    }
+    let resizer = {
+        let (machine, a, start, done, accesses) = (
+            machine.clone(),
+            a.clone(),
+            start.clone(),
+            done.clone(),
+            accesses.clone(),
+        );
+        std::thread::spawn(move || {
+            let cpu = machine.cpu(3);
+            let _attached = cpu.attach();
+            let _done = SetOnDrop(done);
+            start.wait();
+            let mut rng = Rng(7);
+            for call in 0..resizes {
+                // Whole words, so that a word reads its last value or zero (the bytes past the
+                // size in the last page are zeroed).
+                let size = if call % 2 == 0 {
+                    rng.below(PAGES * PAGE_SIZE / 8) * 8
+                } else {
+                    PAGES * PAGE_SIZE
+                };
+                assert_eq!(zx_vmo_set_size(&a, vmo, size), ZX_OK);
+                let seen = accesses.load(Ordering::Relaxed);
+                while accesses.load(Ordering::Relaxed) < seen + 48 {
+                    cpu.poll();
+                    std::thread::yield_now();
+                }
+            }
+        })
+    };
+    let faults: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    resizer.join().expect("resizer");
+    // The workers really met the end of the VMO, and the shrinks really shot down.
+    assert!(faults > 0, "{format:?}: no access ever went past the end");
+    assert!(machine.counters().shootdowns >= resizes / 4);
+    drop((a, b));
+    assert_eq!(machine.frames_in_use(), 0);
+}
+
+#[test]
+fn resize_stress_x86_64_ipis() {
+    resize_stress(Format::X86_64, false, 300);
+}
+
+#[test]
+fn resize_stress_aarch64_broadcast() {
+    resize_stress(Format::Aarch64, true, 300);
 }
