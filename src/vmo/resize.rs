@@ -1,7 +1,7 @@
 //! `zx_vmo_set_size`: resizable VMOs grow and shrink.
 
 use super::{Vmo, MAX_VMO_SIZE};
-use crate::abi::{page_round_up, Status, ZxResult, PAGE_SHIFT, PAGE_SIZE};
+use crate::abi::{page_round_up, Status, ZxResult, PAGE_SHIFT};
 use crate::tlb::TlbBatch;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
@@ -37,10 +37,9 @@ impl Vmo {
                 }
                 self.decommit_locked(&mut inner, new_pages, old_pages, &mut batch);
             }
-            // The tail of the last page, past the size asked for.
-            if size % PAGE_SIZE != 0 && size < old_size {
-                self.zero_in_place_locked(&inner, size, new_size.min(old_size));
-            }
+            // The tail of the last page past the size asked for, where the VMO had it (empty
+            // when the size is whole pages or the VMO grows past its old end).
+            self.zero_in_place_locked(&inner, size, new_size.min(old_size));
             self.size.store(new_size, Ordering::Release);
         }
         batch.finish(&*self.platform);
