@@ -390,6 +390,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct Case {
     tags: u16,
     broadcast: bool,
+    zero_page: bool,
     ops: Vec<Op>,
 }
 
@@ -397,17 +398,20 @@ fn case() -> impl Strategy<Value = Case> {
     (
         prop_oneof![Just(64u16), Just(1), Just(0)],
         any::<bool>(),
+        any::<bool>(),
         prop::collection::vec(op(), 1..=64),
     )
-        .prop_map(|(tags, broadcast, ops)| Case {
+        .prop_map(|(tags, broadcast, zero_page, ops)| Case {
             tags,
             broadcast,
+            zero_page,
             ops,
         })
 }
 
 fn run_case(format: Format, case: &Case) -> Result<(), TestCaseError> {
-    let config = WorldConfig::standard(format, case.tags, case.broadcast);
+    let mut config = WorldConfig::standard(format, case.tags, case.broadcast);
+    config.zero_page = case.zero_page;
     let ops: Vec<Op> = prelude()
         .into_iter()
         .chain(case.ops.iter().cloned())

@@ -147,6 +147,10 @@ fn run(data: &[u8]) {
         tags: u16::from(flags >> 1 & 3),
         broadcast: flags & 8 != 0,
     });
+    if flags & 16 != 0 {
+        // Read faults map the shared zero page instead of committing.
+        machine.enable_zero_page();
+    }
     let platform: Arc<dyn Platform> = machine.clone();
     let mut world = World {
         machine: machine.clone(),

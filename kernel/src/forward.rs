@@ -68,6 +68,10 @@ unsafe impl<P: Platform, H: Hooks> Platform for Forward<P, H> {
             .unwrap_or_else(|| self.inner.memory_attributes())
     }
 
+    fn zero_frame(&self) -> Option<PhysAddr> {
+        self.inner.zero_frame()
+    }
+
     fn preempt_disable(&self) {
         self.inner.preempt_disable()
     }

@@ -264,6 +264,13 @@ impl<F: PteFormat> PageTable<F> {
         // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller's &mut.
         let table = unsafe { entries(platform, table_pa) };
         let span = entry_span(level);
+        // The shared zero page never becomes writable: its entries keep read-only (the next
+        // write faults and replaces it with a page of the VMO's own).
+        let zero = if level == 0 && flags.contains(MmuFlags::WRITE) {
+            platform.zero_frame()
+        } else {
+            None
+        };
         let mut va = start;
         while va < end {
             let entry_end = ((va & !(span - 1)) + span).min(end);
@@ -271,7 +278,13 @@ impl<F: PteFormat> PageTable<F> {
             let entry = slot.load(Ordering::Relaxed);
             if F::is_valid(entry) {
                 if level == 0 {
-                    let new = F::page_entry_with(F::address(entry), flags, attrs);
+                    let frame = F::address(entry);
+                    let flags = if zero == Some(frame) {
+                        flags - MmuFlags::WRITE
+                    } else {
+                        flags
+                    };
+                    let new = F::page_entry_with(frame, flags, attrs);
                     if new != entry {
                         slot.store(new, Ordering::Release);
                         out.add_page(va);

@@ -343,6 +343,16 @@ pub unsafe trait Platform: Send + Sync {
         MemoryAttributes::DEFAULT
     }
 
+    /// The shared zero page: one frame of zeroes that the kernel never writes, never frees and
+    /// never hands out, for as long as the platform lives. A read fault on an uncommitted page of a
+    /// paged VMO maps it read-only instead of committing a frame; the first write replaces it.
+    /// The crate never maps it writable, never writes or frees it, and never counts it as
+    /// committed. Optional: the default has none, and a read fault commits a zeroed frame.
+    /// (Part of the `unsafe trait`'s contract: user code can read this frame.)
+    fn zero_frame(&self) -> Option<PhysAddr> {
+        None
+    }
+
     /// Keeps the calling thread on its CPU until the matching [`Platform::preempt_enable`]; calls
     /// nest. The crate calls it through [`CpuPin`] around every shootdown and activation. Optional:
     /// the default does nothing, which is right for a kernel that never migrates a thread while it

@@ -194,6 +194,7 @@ impl SimCpu {
                 if let Some(entry) = tlb.entries.get(&(tag, vpn)).copied() {
                     if entry.flags.contains(needed) {
                         counters.tlb_hits.fetch_add(1, Ordering::Relaxed);
+                        self.machine.check_not_zero_page(entry.frame, access);
                         return Ok(op(self.machine.word(PhysAddr(entry.frame.0 + offset))));
                     }
                 }
@@ -234,6 +235,7 @@ impl SimCpu {
                 if let Some((frame, flags)) = walked {
                     if flags.contains(needed) {
                         tlb.entries.insert((tag, vpn), TlbEntry { frame, flags });
+                        self.machine.check_not_zero_page(frame, access);
                         return Ok(op(self.machine.word(PhysAddr(frame.0 + offset))));
                     }
                 }

@@ -187,6 +187,8 @@ pub struct SimMachine {
     /// Called at the start of every [`Platform::load_root`], as the CPU that loads: a test's way
     /// to run something in the middle of a context switch.
     load_root_hook: Mutex<Option<LoadRootHook>>,
+    /// The shared zero page's address once [`SimMachine::enable_zero_page`] made one (0: none).
+    zero_frame: AtomicU64,
 }
 
 /// A test's hook into [`Platform::load_root`]: called with the loading CPU's index.
@@ -243,6 +245,7 @@ impl SimMachine {
             allocator: Mutex::new(allocator),
             check_scratch: Mutex::new(Vec::new()),
             load_root_hook: Mutex::new(None),
+            zero_frame: AtomicU64::new(0),
             cpus: (0..config.cpus)
                 .map(|_| CpuState {
                     tlb: Mutex::new(CpuTlb::default()),
@@ -316,6 +319,43 @@ impl SimMachine {
     pub fn frames_in_use(&self) -> u64 {
         let c = self.counters();
         c.frames_allocated - c.frames_freed
+    }
+
+    /// Gives the machine a shared zero page ([`Platform::zero_frame`]): one frame taken from its
+    /// memory for good, zeroed, not counted as allocated (the leak check does not expect it
+    /// back). From then on, a read fault on an uncommitted page maps it read-only. The machine
+    /// refuses to free it, panics on any store that reaches it, and checks, when dropped, that it
+    /// still holds zeroes. Call it before the machine's first process; calling it again returns
+    /// the same frame.
+    pub fn enable_zero_page(&self) -> PhysAddr {
+        let known = self.zero_frame.load(Ordering::SeqCst);
+        if known != 0 {
+            return PhysAddr(known);
+        }
+        let frame = self.alloc_frame().expect("a frame for the zero page");
+        self.counters
+            .frames_allocated
+            .fetch_sub(1, Ordering::SeqCst);
+        let first = self.frame_index(frame) * WORDS_PER_FRAME;
+        for word in &self.memory[first..first + WORDS_PER_FRAME] {
+            word.store(0, Ordering::Relaxed);
+        }
+        self.zero_frame.store(frame.0, Ordering::SeqCst);
+        frame
+    }
+
+    /// The zero page, if [`SimMachine::enable_zero_page`] made one.
+    pub(crate) fn zero_page(&self) -> Option<PhysAddr> {
+        let frame = self.zero_frame.load(Ordering::Relaxed);
+        (frame != 0).then_some(PhysAddr(frame))
+    }
+
+    /// Panics if a store is about to reach the zero page.
+    pub(crate) fn check_not_zero_page(&self, frame: PhysAddr, access: Access) {
+        assert!(
+            access != Access::Write || self.zero_page() != Some(frame),
+            "a store reached the shared zero page"
+        );
     }
 
     /// Lets only `frames` more frame allocations succeed (`None`: no limit).
@@ -452,5 +492,14 @@ impl Drop for SimMachine {
             "frames leaked: {} allocated, {} freed",
             c.frames_allocated, c.frames_freed
         );
+        if let Some(zero) = self.zero_page() {
+            let first = self.frame_index(zero) * WORDS_PER_FRAME;
+            assert!(
+                self.memory[first..first + WORDS_PER_FRAME]
+                    .iter()
+                    .all(|word| word.load(Ordering::Relaxed) == 0),
+                "the shared zero page was written"
+            );
+        }
     }
 }

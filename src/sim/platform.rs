@@ -9,6 +9,10 @@ use super::*;
 // thread does not migrate on its own); the TLB operations act on the simulated TLBs as their
 // documentation says; `prepare_root` fills only slot 511.
 unsafe impl Platform for SimMachine {
+    fn zero_frame(&self) -> Option<PhysAddr> {
+        self.zero_page()
+    }
+
     fn alloc_frame(&self) -> Option<PhysAddr> {
         let mut allocator = lock(&self.allocator);
         if allocator.budget == Some(0) {
@@ -65,6 +69,9 @@ unsafe impl Platform for SimMachine {
     }
 
     unsafe fn free_frames(&self, frames: &[PhysAddr]) {
+        if let Some(zero) = self.zero_page() {
+            assert!(!frames.contains(&zero), "the shared zero page was freed");
+        }
         self.check_not_cached(frames);
         let poison = self.poison_freed.load(Ordering::Relaxed);
         if poison {

@@ -39,7 +39,20 @@ impl AddressSpace {
             }
             let index = (va - region.base() + mapping.vmo_offset()) >> PAGE_SHIFT;
             let vmo = mapping.vmo();
-            if vmo.lookup_page_locked(&vmo.lock(), index) != Some(pa) {
+            let inner = vmo.lock();
+            if vmo.is_zero_frame(pa) {
+                // The shared zero page: read-only, for an uncommitted page the VMO lists.
+                if flags.contains(MmuFlags::WRITE) {
+                    return fail("a writable translation to the zero page");
+                }
+                if vmo.lookup_page_locked(&inner, index).is_some()
+                    || !Vmo::is_zero_mapped_locked(&inner, index)
+                {
+                    return fail("a zero-page translation for a page the VMO does not list");
+                }
+                continue;
+            }
+            if vmo.lookup_page_locked(&inner, index) != Some(pa) {
                 return fail("a translation to a frame that is not the VMO's page");
             }
         }
@@ -70,19 +83,43 @@ impl AddressSpace {
         }
         let vmo = mapping.vmo();
         let index = (mapping.vmo_offset() + (va - region.base())) >> PAGE_SHIFT;
+        // With a zero page, committing a page may have to take its zero-page entries away.
+        let mut batch = self
+            .platform
+            .zero_frame()
+            .map(|_| TlbBatch::new(&*self.platform));
         let mut inner = vmo.lock();
         // Under the VMO's lock, which keeps its size (a resizable VMO may have shrunk).
         if index >= vmo.size() >> PAGE_SHIFT {
             return Err(FaultError::OutOfRange);
         }
-        let pa = vmo
-            .commit_page_locked(&mut inner, index)
-            .map_err(|_| FaultError::NoMemory)?;
-        let replaced = self
+        let zero = match access {
+            Access::Write => None,
+            _ => vmo.zero_page_for_read_locked(&mut inner, index),
+        };
+        let (pa, flags) = match zero {
+            // Read-only, whatever the mapping allows: the first write faults and replaces it.
+            Some(zero) => (zero, flags - MmuFlags::WRITE),
+            None => {
+                let pa = vmo
+                    .commit_page_locked(&mut inner, index)
+                    .map_err(|_| FaultError::NoMemory)?;
+                if let Some(batch) = batch.as_mut() {
+                    vmo.unmap_zero_pages_locked(&mut inner, index, index + 1, batch);
+                }
+                (pa, flags)
+            }
+        };
+        let mapped = self
             .mmu
             .lock()
-            .map(&*self.platform, va, pa, flags | MmuFlags::USER)
-            .map_err(|_| FaultError::NoMemory)?;
+            .map(&*self.platform, va, pa, flags | MmuFlags::USER);
+        // The zero-page entries' round runs once no lock is held, before the fault returns.
+        drop((inner, tree));
+        if let Some(batch) = batch {
+            batch.finish(&*self.platform);
+        }
+        let replaced = mapped.map_err(|_| FaultError::NoMemory)?;
         crate::arch::publish_new_entries();
         if replaced {
             // The entry was there already: this CPU faulted on a narrower translation it caches

@@ -8,11 +8,13 @@
 //! decommit reaches every translation of its pages. The lock order is in [`crate::vmar`].
 
 mod deferred;
+mod io;
 mod mapping;
 mod page_list;
 mod pin;
 mod resize;
 mod zero;
+mod zero_page;
 
 pub(crate) use self::deferred::RetiredMappings;
 pub use self::mapping::Mapping;
@@ -28,7 +30,7 @@ use crate::abi::{
 };
 use crate::platform::{PhysAddr, Platform};
 use crate::tlb::TlbBatch;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +65,11 @@ pub(crate) struct VmoInner {
     /// Every mapping of this VMO, in every address space.
     mappings: LinkedList<VmoListAdapter>,
     mapping_count: u64,
+    /// Uncommitted pages that a read fault mapped to the shared zero page somewhere (a superset:
+    /// an unmap may have cleared the entry since). Each entry that points at the zero page is for
+    /// a page listed here; a page leaves the set when it is committed or decommitted, its zero
+    /// entries cleared in every mapping (`src/vmo/zero_page.rs`).
+    zero_mapped: BTreeSet<u64>,
 }
 
 /// A virtual memory object.
@@ -100,6 +107,7 @@ impl Vmo {
                 pins: BTreeMap::new(),
                 mappings: LinkedList::new(VmoListAdapter::new()),
                 mapping_count: 0,
+                zero_mapped: BTreeSet::new(),
             }),
         })
     }
@@ -363,65 +371,14 @@ impl Vmo {
     /// Commits every page of `[offset, offset + len)` (rounded out to pages). On failure, the
     /// pages this call committed are given back, so nothing changes.
     pub fn commit(&self, offset: u64, len: u64) -> ZxResult {
-        let mut inner = self.lock();
-        let (first, last) = self.page_range(&inner, offset, len)?;
-        self.commit_all_locked(&mut inner, first, last)
-    }
-
-    /// Reads `buffer.len()` bytes at `offset`. Uncommitted pages read as zero and stay uncommitted.
-    pub fn read(&self, offset: u64, buffer: &mut [u8]) -> ZxResult {
-        if matches!(self.kind, VmoKind::Physical { .. }) {
-            return Err(Status::NotSupported);
+        let mut batch = TlbBatch::new(&*self.platform);
+        {
+            let mut inner = self.lock();
+            let (first, last) = self.page_range(&inner, offset, len)?;
+            self.commit_all_locked(&mut inner, first, last)?;
+            self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
         }
-        let inner = self.lock();
-        let (first, last) = self.page_range(&inner, offset, buffer.len() as u64)?;
-        let mut done = 0usize;
-        for index in first..last {
-            let page_start = index << PAGE_SHIFT;
-            let from = (offset + done as u64) - page_start;
-            let n = ((PAGE_SIZE - from) as usize).min(buffer.len() - done);
-            let out = &mut buffer[done..done + n];
-            match self.lookup_page_locked(&inner, index) {
-                Some(pa) => {
-                    let src = self.platform.phys_to_virt(pa);
-                    // SAFETY: the frame is committed to this VMO and cannot be freed while we hold
-                    // its lock; `from + n <= PAGE_SIZE`, and `out` is a distinct Rust buffer.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(src.add(from as usize), out.as_mut_ptr(), n)
-                    };
-                }
-                None => out.fill(0),
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Writes `data` at `offset`, committing the pages it touches. On `ZX_ERR_NO_MEMORY` nothing
-    /// is written, and the pages this call committed are given back.
-    pub fn write(&self, offset: u64, data: &[u8]) -> ZxResult {
-        if matches!(self.kind, VmoKind::Physical { .. }) {
-            return Err(Status::NotSupported);
-        }
-        let mut inner = self.lock();
-        let (first, last) = self.page_range(&inner, offset, data.len() as u64)?;
-        // Commit first, so that a failure changes nothing.
-        self.commit_all_locked(&mut inner, first, last)?;
-        let mut done = 0usize;
-        for index in first..last {
-            let page_start = index << PAGE_SHIFT;
-            let to = (offset + done as u64) - page_start;
-            let n = ((PAGE_SIZE - to) as usize).min(data.len() - done);
-            let pa = self
-                .lookup_page_locked(&inner, index)
-                .expect("committed above, under the same lock");
-            let dst = self.platform.phys_to_virt(pa);
-            // SAFETY: as in `read`: the frame is committed and locked, `to + n <= PAGE_SIZE`.
-            unsafe {
-                core::ptr::copy_nonoverlapping(data[done..].as_ptr(), dst.add(to as usize), n)
-            };
-            done += n;
-        }
+        batch.finish(&*self.platform);
         Ok(())
     }
 
@@ -497,14 +454,19 @@ impl Vmo {
     ) {
         debug_assert!(self.supports_decommit());
         let last = last.min(self.size() >> PAGE_SHIFT);
-        if inner
+        let removed = inner
             .pages
-            .remove_range(first, last, batch.deferred::<RemovedPages>())
-            == 0
-        {
-            // No page was committed, so no translation to one can exist.
+            .remove_range(first, last, batch.deferred::<RemovedPages>());
+        if removed == 0 && !Self::forget_zero_pages_locked(inner, first, last) {
+            // No page was committed or mapped to the zero page: no translation can exist.
             return;
         }
+        self.unmap_range_locked(inner, first, last, batch);
+    }
+
+    /// Clears every translation of pages `[first, last)` in every mapping of the VMO, into
+    /// `batch`.
+    fn unmap_range_locked(&self, inner: &VmoInner, first: u64, last: u64, batch: &mut TlbBatch) {
         let (start, end) = (first << PAGE_SHIFT, last << PAGE_SHIFT);
         for mapping in inner.mappings.iter() {
             let offset = mapping.vmo_offset();

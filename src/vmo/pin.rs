@@ -9,6 +9,7 @@ impl Vmo {
         if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
             return Err(Status::InvalidArgs);
         }
+        let mut batch = TlbBatch::new(&*self.platform);
         let mut inner = self.lock();
         let (first, last) = self.page_range(&inner, offset, len)?;
         // A page pinned u32::MAX times takes no more pins (Zircon: ZX_ERR_UNAVAILABLE), checked
@@ -24,6 +25,9 @@ impl Vmo {
         for index in first..last {
             *inner.pins.entry(index).or_insert(0) += 1;
         }
+        self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
+        drop(inner);
+        batch.finish(&*self.platform);
         Ok(())
     }
 

@@ -17,6 +17,8 @@ pub struct WorldConfig {
     pub frames: usize,
     /// One process per entry, with this handle limit.
     pub handle_limits: Vec<usize>,
+    /// The machine has a shared zero page: read faults commit nothing.
+    pub zero_page: bool,
 }
 
 impl WorldConfig {
@@ -29,6 +31,7 @@ impl WorldConfig {
             broadcast,
             frames: 4096,
             handle_limits: vec![1 << 16, 6],
+            zero_page: false,
         }
     }
 }
@@ -85,6 +88,11 @@ impl World {
         });
         let platform: Arc<dyn Platform> = machine.clone();
         let mut model = Model::new(config.cpus, config.frames as u64);
+        if config.zero_page {
+            machine.enable_zero_page();
+            model.zero_page = true;
+            model.frames -= 1;
+        }
         let mut procs = Vec::new();
         let mut vmar_objs = Vec::new();
         let mut issued = Vec::new();

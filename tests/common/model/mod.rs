@@ -276,6 +276,9 @@ pub struct Model {
     pub cpus: Vec<Option<usize>>,
     /// The machine's frames: a commit of more new pages than that cannot succeed.
     pub frames: u64,
+    /// The machine has a shared zero page: a load of an uncommitted page of a paged VMO reads
+    /// zero and commits nothing.
+    pub zero_page: bool,
 }
 
 impl Model {
@@ -287,6 +290,7 @@ impl Model {
             vmars: Vec::new(),
             cpus: vec![None; cpus],
             frames,
+            zero_page: false,
         }
     }
 
@@ -1376,6 +1380,13 @@ impl Model {
             return Err(MFault::OutOfRange);
         }
         let at = (va % PAGE) as usize;
+        let v = &self.vmos[mapping.vmo];
+        if store.is_none() && self.zero_page && v.kind == MKind::Paged {
+            // A load reads the page or the zero page; it commits nothing.
+            return Ok(v.data.get(&index).map_or(0, |page| {
+                u64::from_le_bytes(page[at..at + 8].try_into().expect("8 bytes"))
+            }));
+        }
         let word = &mut self.commit_page(mapping.vmo, index)[at..at + 8];
         match store {
             Some(value) => {
