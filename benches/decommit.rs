@@ -906,9 +906,12 @@ impl Workload for SimFree {
 const FAULT_PAGES: u64 = 64;
 
 /// A VMO of [`FAULT_PAGES`] mapped read-write with nothing committed, in a process that runs on
-/// CPU 0; a run takes one write fault per page through `AddressSpace::page_fault`, as a kernel's
-/// page-fault handler would.
+/// CPU 0; a run takes one fault per page through `AddressSpace::page_fault`, as a kernel's
+/// page-fault handler would: write faults (commit a zeroed frame and map it), or, on a machine
+/// with a shared zero page, read faults (map the zero page read-only, commit nothing).
 struct FirstTouch {
+    /// Read faults on a machine with a zero page.
+    zero_page: bool,
     machine: Arc<SimMachine>,
     process: Arc<Process>,
     vmo: zx_handle_t,
@@ -918,13 +921,17 @@ struct FirstTouch {
 }
 
 impl FirstTouch {
-    fn new(format: Format) -> FirstTouch {
+    fn new(format: Format, zero_page: bool) -> FirstTouch {
         let machine = machine(frames_for(FAULT_PAGES, 1), 1);
+        if zero_page {
+            machine.enable_zero_page();
+        }
         let process = process(&machine, format);
         machine.cpu(0).switch_to(Some(process.aspace()));
         let vmo = vmo_create(&process, FAULT_PAGES);
         let addr = map_anywhere(&process, vmo, 0, FAULT_PAGES);
         FirstTouch {
+            zero_page,
             machine,
             process,
             vmo,
@@ -951,10 +958,15 @@ impl Workload for FirstTouch {
 
     fn run(&mut self, _slot: usize) {
         let aspace = self.process.aspace();
+        let access = if self.zero_page {
+            zx_vm::vmar::Access::Read
+        } else {
+            zx_vm::vmar::Access::Write
+        };
         for page in 0..FAULT_PAGES {
             let va = black_box(self.addr + page * PAGE_SIZE);
             aspace
-                .page_fault(va, zx_vm::vmar::Access::Write)
+                .page_fault(va, access)
                 .expect("a fault in a mapping resolves");
         }
     }
@@ -962,12 +974,17 @@ impl Workload for FirstTouch {
     fn check(&mut self, _slot: usize) {
         let delta = self.machine.counters().since(&self.before);
         self.last = delta;
-        assert!(delta.frames_allocated >= FAULT_PAGES, "a frame per page");
         assert_eq!(delta.shootdowns, 0, "a first touch replaces nothing");
-        assert_eq!(
-            committed_bytes(&self.process, self.vmo),
-            FAULT_PAGES * PAGE_SIZE
-        );
+        if self.zero_page {
+            assert!(delta.frames_allocated < FAULT_PAGES, "page tables only");
+            assert_eq!(committed_bytes(&self.process, self.vmo), 0);
+        } else {
+            assert!(delta.frames_allocated >= FAULT_PAGES, "a frame per page");
+            assert_eq!(
+                committed_bytes(&self.process, self.vmo),
+                FAULT_PAGES * PAGE_SIZE
+            );
+        }
     }
 
     fn counters(&self) -> Option<CounterSnapshot> {
@@ -1114,13 +1131,20 @@ fn cases() -> Vec<Case> {
             );
         }
     }
-    // The fault path: 64 first-touch write faults, against zeroing 64 pages.
+    // The fault path: 64 first-touch write faults, against zeroing 64 pages; and 64 read faults
+    // that map the shared zero page.
     for format in Format::ALL {
         add(
             "fault",
             format!("ours-{}", format.name()),
             format!("first-touch-{FAULT_PAGES}"),
-            Box::new(move || Box::new(FirstTouch::new(format))),
+            Box::new(move || Box::new(FirstTouch::new(format, false))),
+        );
+        add(
+            "fault",
+            format!("ours-{}", format.name()),
+            format!("zero-page-read-{FAULT_PAGES}"),
+            Box::new(move || Box::new(FirstTouch::new(format, true))),
         );
     }
     add(

@@ -150,6 +150,17 @@ def tables(results, extra):
                   f"{r['median_ns'] / zero['median_ns']:.2f}x |")
         w(f"| zero-4k | {fmt_time(zero['median_ns'])} | {zero['median_ns'] / 64:.1f} | 1.00x |")
         w("")
+        w("64 read faults that map the shared zero page (nothing committed) against the 64 "
+          "first-touch write faults of the same format. Ratio: zero-page read / zero-fill write.\n")
+        w("| format | zero-page read | ns/page | zero-fill write | ratio |")
+        w("|---|---:|---:|---:|---:|")
+        for fmt in FORMATS:
+            r = results.get(("fault", f"ours-{fmt}", "zero-page-read-64"))
+            fill = results.get(("fault", f"ours-{fmt}", "first-touch-64"))
+            if r and fill:
+                w(f"| {fmt} | {fmt_time(r['median_ns'])} | {r['median_ns'] / 64:.1f} | "
+                  f"{fmt_time(fill['median_ns'])} | {r['median_ns'] / fill['median_ns']:.2f}x |")
+        w("")
     w("### Shootdown rounds per call (counter deltas of one checked run)\n")
     w("| case | rounds | IPIs | page invalidations | full invalidations | frames freed |")
     w("|---|---:|---:|---:|---:|---:|")
