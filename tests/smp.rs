@@ -64,7 +64,30 @@ const PROTECTED: u64 = 12;
 /// value it wrote there or zero (the page was decommitted or zeroed since), never another value
 /// and never the poison of a freed frame; in the protected pages, always the last value.
 fn stress(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
+    stress_on(
+        smp_machine(4, 8, broadcast),
+        format,
+        broadcast,
+        rounds,
+        decommits,
+    );
+}
+
+/// [`stress`] on a machine with a shared zero page: the workers' loads of decommitted pages map
+/// it, and each store replaces it, shooting its read-only translations down on every CPU.
+fn stress_with_zero_page(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
     let machine = smp_machine(4, 8, broadcast);
+    machine.enable_zero_page();
+    stress_on(machine, format, broadcast, rounds, decommits);
+}
+
+fn stress_on(
+    machine: Arc<SimMachine>,
+    format: Format,
+    broadcast: bool,
+    rounds: u64,
+    decommits: u64,
+) {
     let a = new_process(&machine, format);
     let b = new_process(&machine, format);
     let mut vmo = 0;
@@ -210,6 +233,16 @@ fn stress(format: Format, broadcast: bool, rounds: u64, decommits: u64) {
     }
     drop((a, b));
     assert_eq!(machine.frames_in_use(), 0);
+}
+
+#[test]
+fn stress_x86_64_ipis_zero_page() {
+    stress_with_zero_page(Format::X86_64, false, 2000, 100);
+}
+
+#[test]
+fn stress_aarch64_broadcast_zero_page() {
+    stress_with_zero_page(Format::Aarch64, true, 2000, 100);
 }
 
 #[test]
