@@ -101,53 +101,15 @@ fn stress_on(
     let done = Arc::new(AtomicBool::new(false));
     // Accesses made by the workers, so the decommitter can wait for them between calls.
     let accesses = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for (cpu, process, base) in [(0usize, &a, addr_a), (1, &a, addr_a), (2, &b, addr_b)] {
-        let (machine, process, start, done, accesses) = (
-            machine.clone(),
-            process.clone(),
-            start.clone(),
-            done.clone(),
-            accesses.clone(),
-        );
-        workers.push(std::thread::spawn(move || {
-            let cpu_handle = machine.cpu(cpu);
-            let _attached = cpu_handle.attach();
-            cpu_handle.switch_to(Some(process.aspace()));
-            start.wait();
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1));
-            let mut last = [0u64; PAGES as usize];
-            let mut round = 0u64;
-            // Run until the decommitter is done, and at least `rounds` accesses.
-            while round < rounds || !done.load(Ordering::SeqCst) {
-                round += 1;
-                let page = rng.below(PAGES);
-                let va = base + page * PAGE_SIZE + cpu as u64 * 8;
-                let seen = cpu_handle.load(va).unwrap();
-                assert_ne!(
-                    seen, FREED_POISON,
-                    "{format:?} CPU {cpu} read a freed frame"
-                );
-                if page >= PROTECTED {
-                    assert_eq!(
-                        seen, last[page as usize],
-                        "{format:?} CPU {cpu}: write lost in page {page}"
-                    );
-                } else {
-                    assert!(
-                        seen == last[page as usize] || seen == 0,
-                        "{format:?} CPU {cpu}: page {page} read {seen:#x}, last wrote {:#x}",
-                        last[page as usize]
-                    );
-                }
-                let value = ((cpu as u64 + 1) << 56) | round;
-                cpu_handle.store(va, value).unwrap();
-                last[page as usize] = value;
-                accesses.fetch_add(1, Ordering::Relaxed);
-            }
-            cpu_handle.switch_to(None);
-        }));
-    }
+    let spaces = [(0usize, &a, addr_a), (1, &a, addr_a), (2, &b, addr_b)];
+    let workers = spawn_workers(
+        &machine,
+        format,
+        spaces,
+        (&start, &done, &accesses),
+        rounds,
+        false,
+    );
     let decommitter = {
         let (machine, a, b, start, done, accesses) = (
             machine.clone(),
@@ -222,7 +184,7 @@ fn stress_on(
         })
     };
     for worker in workers {
-        worker.join().expect("worker");
+        assert_eq!(worker.join().expect("worker"), 0, "no access past the end");
     }
     decommitter.join().expect("decommitter");
     let counters = machine.counters();
@@ -637,54 +599,15 @@ fn resize_stress(format: Format, broadcast: bool, resizes: u64) {
     let start = Arc::new(Barrier::new(4));
     let done = Arc::new(AtomicBool::new(false));
     let accesses = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for (cpu, process, base) in [(0usize, &a, addr_a), (1, &a, addr_a), (2, &b, addr_b)] {
-        let (machine, process, start, done, accesses) = (
-            machine.clone(),
-            process.clone(),
-            start.clone(),
-            done.clone(),
-            accesses.clone(),
-        );
-        workers.push(std::thread::spawn(move || {
-            let cpu_handle = machine.cpu(cpu);
-            let _attached = cpu_handle.attach();
-            cpu_handle.switch_to(Some(process.aspace()));
-            start.wait();
-            let mut rng = Rng(0x51ed_270b_a3f2_c1e9 ^ (cpu as u64 + 1));
-            let mut last = [0u64; PAGES as usize];
-            let (mut round, mut faults) = (0u64, 0u64);
-            while !done.load(Ordering::SeqCst) {
-                round += 1;
-                let page = rng.below(PAGES);
-                let va = base + page * PAGE_SIZE + cpu as u64 * 8;
-                match cpu_handle.load(va) {
-                    Ok(seen) => {
-                        assert_ne!(
-                            seen, FREED_POISON,
-                            "{format:?} CPU {cpu} read a freed frame"
-                        );
-                        assert!(
-                            seen == last[page as usize] || seen == 0,
-                            "{format:?} CPU {cpu}: page {page} read {seen:#x}, last wrote {:#x}",
-                            last[page as usize]
-                        );
-                    }
-                    Err(fault) => {
-                        assert_eq!(fault, FaultError::OutOfRange, "{format:?} CPU {cpu}");
-                        faults += 1;
-                    }
-                }
-                let value = ((cpu as u64 + 1) << 56) | round;
-                if cpu_handle.store(va, value).is_ok() {
-                    last[page as usize] = value;
-                }
-                accesses.fetch_add(1, Ordering::Relaxed);
-            }
-            cpu_handle.switch_to(None);
-            faults
-        }));
-    }
+    let spaces = [(0usize, &a, addr_a), (1, &a, addr_a), (2, &b, addr_b)];
+    let workers = spawn_workers(
+        &machine,
+        format,
+        spaces,
+        (&start, &done, &accesses),
+        0,
+        true,
+    );
     let resizer = {
         let (machine, a, start, done, accesses) = (
             machine.clone(),
@@ -723,6 +646,79 @@ fn resize_stress(format: Format, broadcast: bool, resizes: u64) {
     assert!(machine.counters().shootdowns >= resizes / 4);
     drop((a, b));
     assert_eq!(machine.frames_in_use(), 0);
+}
+
+/// Spawns the stress workers, one per `(cpu, process, base)`: each reads and writes its own word
+/// of random pages of the mapping at `base` until `done` is set and it made at least `rounds`
+/// accesses, counting them in `accesses`. A load must read the word's last value or zero (the
+/// page was decommitted, zeroed or cut off since), never another value and never a freed frame;
+/// in the pages from [`PROTECTED`] on, always the last value unless `resizing`. Only while
+/// `resizing` may an access fault, and then only as past the end: each worker returns how many
+/// did.
+fn spawn_workers(
+    machine: &Arc<SimMachine>,
+    format: Format,
+    spaces: [(usize, &Arc<Process>, u64); 3],
+    (start, done, accesses): (&Arc<Barrier>, &Arc<AtomicBool>, &Arc<AtomicU64>),
+    rounds: u64,
+    resizing: bool,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    let mut workers = Vec::new();
+    for (cpu, process, base) in spaces {
+        let (machine, process, start, done, accesses) = (
+            machine.clone(),
+            process.clone(),
+            start.clone(),
+            done.clone(),
+            accesses.clone(),
+        );
+        workers.push(std::thread::spawn(move || {
+            let cpu_handle = machine.cpu(cpu);
+            let _attached = cpu_handle.attach();
+            cpu_handle.switch_to(Some(process.aspace()));
+            start.wait();
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1));
+            let mut last = [0u64; PAGES as usize];
+            let (mut round, mut faults) = (0u64, 0u64);
+            // Run until the other side is done, and at least `rounds` accesses.
+            while round < rounds || !done.load(Ordering::SeqCst) {
+                round += 1;
+                let page = rng.below(PAGES);
+                let va = base + page * PAGE_SIZE + cpu as u64 * 8;
+                let expected = last[page as usize];
+                match cpu_handle.load(va) {
+                    Ok(seen) => {
+                        assert_ne!(seen, FREED_POISON, "{format:?} CPU {cpu} read a freed frame");
+                        if page >= PROTECTED && !resizing {
+                            assert_eq!(seen, expected, "{format:?} CPU {cpu}: write lost in page {page}");
+                        } else {
+                            assert!(
+                                seen == expected || seen == 0,
+                                "{format:?} CPU {cpu}: page {page} read {seen:#x}, last wrote {expected:#x}"
+                            );
+                        }
+                    }
+                    Err(fault) => {
+                        assert!(resizing, "{format:?} CPU {cpu}: {fault:?}");
+                        assert_eq!(fault, FaultError::OutOfRange, "{format:?} CPU {cpu}");
+                        faults += 1;
+                    }
+                }
+                let value = ((cpu as u64 + 1) << 56) | round;
+                match cpu_handle.store(va, value) {
+                    Ok(()) => last[page as usize] = value,
+                    Err(fault) => assert!(
+                        resizing && fault == FaultError::OutOfRange,
+                        "{format:?} CPU {cpu}: {fault:?}"
+                    ),
+                }
+                accesses.fetch_add(1, Ordering::Relaxed);
+            }
+            cpu_handle.switch_to(None);
+            faults
+        }));
+    }
+    workers
 }
 
 #[test]

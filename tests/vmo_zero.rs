@@ -31,26 +31,17 @@ fn zero(p: &Process, vmo: zx_handle_t, offset: u64, len: u64) -> zx_status_t {
 fn whole_pages_go_back_and_every_alias_reads_zero() {
     for format in Format::ALL {
         let machine = machine(2);
-        let a = process(&machine, format);
-        let b = process(&machine, format);
-        let vmo = patterned_vmo(&a, 4);
-        let object = a.handle(vmo).unwrap();
-        let vmo_b = b.add_handle(object.object, object.rights).unwrap();
-        let in_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, 4);
-        let in_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, 4);
-        let (cpu_a, cpu_b) = (machine.cpu(0), machine.cpu(1));
-        cpu_a.switch_to(Some(a.aspace()));
-        cpu_b.switch_to(Some(b.aspace()));
-        for page in 0..4 {
-            assert_eq!(
-                cpu_a.load(in_a + page * PAGE_SIZE).unwrap(),
-                pattern(page, 0)
-            );
-            assert_eq!(
-                cpu_b.load(in_b + page * PAGE_SIZE).unwrap(),
-                pattern(page, 0)
-            );
-        }
+        let spaces = TwoSpaces::new(&machine, format, 4, patterned_vmo);
+        spaces.expect_patterns(4);
+        let TwoSpaces {
+            a,
+            b,
+            vmo,
+            in_a,
+            in_b,
+            cpu_a,
+            cpu_b,
+        } = spaces;
         assert!(cpu_b.tlb_entry(in_b + 2 * PAGE_SIZE).is_some());
         let counters = machine.counters();
 

@@ -40,16 +40,15 @@ fn fresh_vmo(p: &Process, pages: u64, options: u32) -> zx_handle_t {
 fn reads_share_the_zero_page_and_the_first_write_replaces_it_everywhere() {
     for format in Format::ALL {
         let (machine, zero) = zero_machine(2);
-        let a = process(&machine, format);
-        let b = process(&machine, format);
-        let vmo = fresh_vmo(&a, 4, 0);
-        let object = a.handle(vmo).unwrap();
-        let vmo_b = b.add_handle(object.object, object.rights).unwrap();
-        let in_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, 4);
-        let in_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, 4);
-        let (cpu_a, cpu_b) = (machine.cpu(0), machine.cpu(1));
-        cpu_a.switch_to(Some(a.aspace()));
-        cpu_b.switch_to(Some(b.aspace()));
+        let TwoSpaces {
+            a,
+            b,
+            vmo,
+            in_a,
+            in_b,
+            cpu_a,
+            cpu_b,
+        } = TwoSpaces::new(&machine, format, 4, |p, pages| fresh_vmo(p, pages, 0));
         let allocated = machine.counters().frames_allocated;
         for page in 0..4 {
             assert_eq!(cpu_a.load(in_a + page * PAGE_SIZE).unwrap(), 0);

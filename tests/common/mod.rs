@@ -105,3 +105,63 @@ pub fn first_words(process: &Process, vmo: zx_handle_t, pages: u64) -> Vec<u64> 
         })
         .collect()
 }
+
+/// One VMO of `pages` pages mapped read-write in two processes on one machine, each running on
+/// a CPU of its own (CPU 0 runs `a`, CPU 1 runs `b`): the set-up of the tests that check that
+/// an operation reaches every address space.
+pub struct TwoSpaces {
+    pub a: Arc<Process>,
+    pub b: Arc<Process>,
+    /// The VMO's handle in `a`.
+    pub vmo: zx_handle_t,
+    pub in_a: u64,
+    pub in_b: u64,
+    pub cpu_a: zx_vm::sim::SimCpu,
+    pub cpu_b: zx_vm::sim::SimCpu,
+}
+
+impl TwoSpaces {
+    /// `make` creates the VMO in `a`, of `pages` pages.
+    pub fn new(
+        machine: &Arc<zx_vm::sim::SimMachine>,
+        format: Format,
+        pages: u64,
+        make: impl Fn(&Process, u64) -> zx_handle_t,
+    ) -> TwoSpaces {
+        let a = process(machine, format);
+        let b = process(machine, format);
+        let vmo = make(&a, pages);
+        let object = a.handle(vmo).unwrap();
+        let vmo_b = b.add_handle(object.object, object.rights).unwrap();
+        let in_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, pages);
+        let in_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, pages);
+        let (cpu_a, cpu_b) = (machine.cpu(0), machine.cpu(1));
+        cpu_a.switch_to(Some(a.aspace()));
+        cpu_b.switch_to(Some(b.aspace()));
+        TwoSpaces {
+            a,
+            b,
+            vmo,
+            in_a,
+            in_b,
+            cpu_a,
+            cpu_b,
+        }
+    }
+
+    /// Both CPUs read [`pattern`] at the start of each of the first `pages` pages (and so cache
+    /// their translations).
+    pub fn expect_patterns(&self, pages: u64) {
+        for page in 0..pages {
+            let offset = page * PAGE_SIZE;
+            assert_eq!(
+                self.cpu_a.load(self.in_a + offset).unwrap(),
+                pattern(page, 0)
+            );
+            assert_eq!(
+                self.cpu_b.load(self.in_b + offset).unwrap(),
+                pattern(page, 0)
+            );
+        }
+    }
+}
