@@ -110,26 +110,31 @@ fn byte_ranges_zero_exactly_their_bytes() {
 }
 
 /// A pinned page inside the range stays committed (its frame may be in a device's hands) and is
-/// written over; its unpinned neighbours go back.
+/// written over; its unpinned neighbours in the range go back, and the pages outside the range
+/// keep their data.
 #[test]
 fn pinned_pages_are_written_over_not_given_back() {
     let machine = machine(1);
     let p = process(&machine, Format::X86_64);
-    let vmo = patterned_vmo(&p, 4);
+    let vmo = patterned_vmo(&p, 5);
     let object = p.vmo(vmo).unwrap().0;
-    object.pin(PAGE_SIZE, PAGE_SIZE).unwrap();
+    object.pin(2 * PAGE_SIZE, PAGE_SIZE).unwrap();
     let counters = machine.counters();
-    assert_eq!(zero(&p, vmo, 0, 3 * PAGE_SIZE), ZX_OK);
-    assert_eq!(committed(&p, vmo), 2 * PAGE_SIZE, "pages 1 and 3 stay");
+    assert_eq!(zero(&p, vmo, PAGE_SIZE, 3 * PAGE_SIZE), ZX_OK);
+    assert_eq!(committed(&p, vmo), 3 * PAGE_SIZE, "pages 0, 2 and 4 stay");
     let delta = machine.counters().since(&counters);
     assert_eq!(
         (delta.frames_freed, delta.frames_allocated),
         (2, 0),
-        "pages 0 and 2 go back; the pinned frame stays"
+        "pages 1 and 3 go back; the pinned frame stays"
     );
-    assert_eq!(contents(&p, vmo, 3), vec![0u8; 3 * PAGE_SIZE as usize]);
-    assert_eq!(first_words(&p, vmo, 4)[3], pattern(3, 0));
-    object.unpin(PAGE_SIZE, PAGE_SIZE).unwrap();
+    let bytes = contents(&p, vmo, 5);
+    assert!(bytes[PAGE_SIZE as usize..4 * PAGE_SIZE as usize]
+        .iter()
+        .all(|&b| b == 0));
+    let words = first_words(&p, vmo, 5);
+    assert_eq!((words[0], words[4]), (pattern(0, 0), pattern(4, 0)));
+    object.unpin(2 * PAGE_SIZE, PAGE_SIZE).unwrap();
 }
 
 /// A contiguous VMO is zeroed in place (nothing goes back: its memory is its own for life); a

@@ -32,12 +32,12 @@ impl Vmo {
             if len == 0 {
                 return Ok(());
             }
-            if first > last {
-                // Inside one page.
-                self.zero_in_place_locked(&inner, offset, end);
-            } else {
-                self.zero_in_place_locked(&inner, offset, first << PAGE_SHIFT);
-                self.zero_in_place_locked(&inner, last << PAGE_SHIFT, end);
+            // The partly covered page at the start (or the whole range, inside one page), the
+            // one at the end, then the whole pages between.
+            let head_end = (first << PAGE_SHIFT).min(end);
+            self.zero_in_place_locked(&inner, offset, head_end);
+            self.zero_in_place_locked(&inner, (last << PAGE_SHIFT).max(head_end), end);
+            if first < last {
                 self.zero_pages_locked(&mut inner, first, last, &mut batch);
             }
         }
@@ -45,21 +45,19 @@ impl Vmo {
         Ok(())
     }
 
-    /// Zeroes the whole pages `[first, last)`: given back where the VMO can give them back (paged
-    /// and not pinned), written over where it cannot.
+    /// Zeroes the whole pages `[first, last)` (`first < last`): given back where the VMO can give
+    /// them back (paged and not pinned), written over where it cannot.
     fn zero_pages_locked(&self, inner: &mut VmoInner, first: u64, last: u64, batch: &mut TlbBatch) {
         if !self.supports_decommit() {
             self.zero_in_place_locked(inner, first << PAGE_SHIFT, last << PAGE_SHIFT);
             return;
         }
         let mut from = first;
-        while from < last {
-            // The runs between pinned pages go back; each pinned page is written over.
+        loop {
+            // The runs between pinned pages go back (an empty run is nothing to decommit); each
+            // pinned page is written over. `from` stays at most `last`: a pinned page is below it.
             let pinned = inner.pins.range(from..last).next().map(|(&index, _)| index);
-            let run_end = pinned.unwrap_or(last);
-            if from < run_end {
-                self.decommit_locked(inner, from, run_end, batch);
-            }
+            self.decommit_locked(inner, from, pinned.unwrap_or(last), batch);
             let Some(index) = pinned else {
                 break;
             };
