@@ -114,13 +114,15 @@ impl AddressSpace {
             .mmu
             .lock()
             .map(&*self.platform, va, pa, flags | MmuFlags::USER);
+        if mapped.is_ok() {
+            crate::arch::publish_new_entries();
+        }
         // The zero-page entries' round runs once no lock is held, before the fault returns.
         drop((inner, tree));
         if let Some(batch) = batch {
             batch.finish(&*self.platform);
         }
         let replaced = mapped.map_err(|_| FaultError::NoMemory)?;
-        crate::arch::publish_new_entries();
         if replaced {
             // The entry was there already: this CPU faulted on a narrower translation it caches
             // (another CPU's fault or a protect upgraded the entry meanwhile). aarch64 keeps such
