@@ -451,6 +451,38 @@ mod tests {
         assert!(!removed.is_empty());
     }
 
+    /// A range whose ends cut two direct chunks counts every page it takes from each (the second
+    /// chunk's count must not include the first's frames already taken out), and the heap
+    /// accounting is each chunk's size and its slots' capacity, in both forms.
+    #[test]
+    fn counts_across_two_direct_chunks_and_heap_bytes_are_exact() {
+        let mut list = PageList::new();
+        for page in (CHUNK_PAGES - 200)..(CHUNK_PAGES + 200) {
+            list.insert(page, PhysAddr::from_frame_number(page));
+        }
+        assert!(list.chunks.values().all(|c| c.is_direct()));
+        let mut removed = RemovedPages::default();
+        assert_eq!(
+            list.remove_range(CHUNK_PAGES - 10, CHUNK_PAGES + 10, &mut removed),
+            20
+        );
+        assert_eq!(list.committed_pages(), 380);
+        assert_eq!(removed.frames().count(), 20);
+        let exact = |list: &PageList| {
+            list.chunks
+                .values()
+                .map(|c| core::mem::size_of::<Chunk>() + 4 * c.slot_capacity())
+                .sum::<usize>()
+        };
+        assert_eq!(list.heap_bytes(), exact(&list));
+        let mut packed = PageList::new();
+        for page in [3, 9, 70] {
+            packed.insert(page, PhysAddr::from_frame_number(page));
+        }
+        assert!(!packed.chunks.values().any(|c| c.is_direct()));
+        assert_eq!(packed.heap_bytes(), exact(&packed));
+    }
+
     #[test]
     fn frame_zero_is_representable() {
         let mut list = PageList::new();

@@ -66,10 +66,10 @@ impl Chunk {
     fn rank_of(present: &[u64; WORDS], i: usize) -> usize {
         let (word, bit) = (i / 64, i % 64);
         let below: u32 = present[..word].iter().map(|w| w.count_ones()).sum();
-        let partial = match present.get(word) {
-            Some(&w) if bit != 0 => (w & ((1u64 << bit) - 1)).count_ones(),
-            _ => 0,
-        };
+        // (No word at `i` = CHUNK_PAGES; an empty mask at bit 0.)
+        let partial = present
+            .get(word)
+            .map_or(0, |&w| (w & ((1u64 << bit) - 1)).count_ones());
         (below + partial) as usize
     }
 
@@ -157,12 +157,8 @@ impl Chunk {
 
     /// [`Chunk::pages`] over a bitmap alone, for when the slots are borrowed apart.
     fn pages_of(present: &[u64; WORDS], lo: usize, hi: usize) -> impl Iterator<Item = usize> + '_ {
-        let words = if lo < hi {
-            lo / 64..hi.div_ceil(64)
-        } else {
-            0..0
-        };
-        words.flat_map(move |w| {
+        // An empty range meets at most one word, in no bit.
+        (lo / 64..hi.div_ceil(64)).flat_map(move |w| {
             let mut bits = present[w] & word_mask(w, lo, hi);
             core::iter::from_fn(move || {
                 let bit = bits.trailing_zeros() as usize;
@@ -277,5 +273,12 @@ impl Chunk {
     /// Whether the chunk keeps one slot per page.
     pub(super) fn is_direct(&self) -> bool {
         matches!(self.slots, Slots::Direct(_))
+    }
+
+    /// The frame numbers' capacity, whichever the form.
+    pub(super) fn slot_capacity(&self) -> usize {
+        match &self.slots {
+            Slots::Packed(numbers) | Slots::Direct(numbers) => numbers.capacity(),
+        }
     }
 }
