@@ -37,16 +37,14 @@ impl Vmo {
             let head_end = (first << PAGE_SHIFT).min(end);
             self.zero_in_place_locked(&inner, offset, head_end);
             self.zero_in_place_locked(&inner, (last << PAGE_SHIFT).max(head_end), end);
-            if first < last {
-                self.zero_pages_locked(&mut inner, first, last, &mut batch);
-            }
+            self.zero_pages_locked(&mut inner, first, last.max(first), &mut batch);
         }
         batch.finish(&*self.platform);
         Ok(())
     }
 
-    /// Zeroes the whole pages `[first, last)` (`first < last`): given back where the VMO can give
-    /// them back (paged and not pinned), written over where it cannot.
+    /// Zeroes the whole pages `[first, last)` (`first <= last`; none when equal): given back where
+    /// the VMO can give them back (paged and not pinned), written over where it cannot.
     fn zero_pages_locked(&self, inner: &mut VmoInner, first: u64, last: u64, batch: &mut TlbBatch) {
         if !self.supports_decommit() {
             self.zero_in_place_locked(inner, first << PAGE_SHIFT, last << PAGE_SHIFT);
