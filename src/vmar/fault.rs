@@ -104,8 +104,19 @@ impl AddressSpace {
                 let pa = vmo
                     .commit_page_locked(&mut inner, index)
                     .map_err(|_| FaultError::NoMemory)?;
-                if let Some(batch) = batch.as_mut() {
-                    vmo.unmap_zero_pages_locked(&mut inner, index, index + 1, batch);
+                let unzeroed = batch
+                    .as_mut()
+                    .is_some_and(|b| vmo.unmap_zero_pages_locked(&mut inner, index, index + 1, b));
+                if unzeroed {
+                    // The page was mapped to the zero page: its entries are cleared, and the
+                    // round that invalidates them must complete before an entry to the new frame
+                    // is made (break-before-make). Run it, and let the access fault once more:
+                    // that fault maps the committed page.
+                    drop((inner, tree));
+                    if let Some(batch) = batch {
+                        batch.finish(&*self.platform);
+                    }
+                    return Ok(());
                 }
                 (pa, flags)
             }
@@ -114,31 +125,33 @@ impl AddressSpace {
             .mmu
             .lock()
             .map(&*self.platform, va, pa, flags | MmuFlags::USER);
-        if mapped.is_ok() {
-            crate::arch::publish_new_entries();
-        }
-        // The zero-page entries' round runs once no lock is held, before the fault returns.
+        let replaced = mapped.map_err(|_| FaultError::NoMemory)?;
+        crate::arch::publish_new_entries();
         drop((inner, tree));
         if let Some(batch) = batch {
+            // Empty: this hands its scratch space back for the next operation on this CPU.
             batch.finish(&*self.platform);
         }
-        let replaced = mapped.map_err(|_| FaultError::NoMemory)?;
         if replaced {
-            // The entry was there already: this CPU faulted on a narrower translation it caches
-            // (another CPU's fault or a protect upgraded the entry meanwhile). aarch64 keeps such
-            // an entry in the TLB after the fault, and the access would fault forever: drop it
-            // here, so that the kernel's handler need not. The walk is dropped too
-            // (`tables_freed`: TLBI VAE1 rather than VALE1 on aarch64; INVLPG drops it anyway):
-            // the CPU may have faulted through a cached walk to a table that another CPU's
-            // decommit unlinked and has not invalidated yet, while this fault mapped the page
-            // through a new table; keeping that walk would fault again until then.
-            self.platform.invalidate_local(&TlbInvalidate {
-                asid: self.asid,
-                root: self.root_table,
-                scope: TlbScope::Pages(&[va]),
-                tables_freed: true,
-            });
+            self.drop_narrower_entry(va);
         }
         Ok(())
+    }
+
+    /// After a fault found its entry already there: this CPU faulted on a narrower translation it
+    /// caches (another CPU's fault or a protect upgraded the entry meanwhile).
+    fn drop_narrower_entry(&self, va: u64) {
+        // aarch64 keeps such an entry in the TLB after the fault, and the access would fault
+        // forever: drop it here, so that the kernel's handler need not. The walk is dropped too
+        // (`tables_freed`: TLBI VAE1 rather than VALE1 on aarch64; INVLPG drops it anyway):
+        // the CPU may have faulted through a cached walk to a table that another CPU's
+        // decommit unlinked and has not invalidated yet, while this fault mapped the page
+        // through a new table; keeping that walk would fault again until then.
+        self.platform.invalidate_local(&TlbInvalidate {
+            asid: self.asid,
+            root: self.root_table,
+            scope: TlbScope::Pages(&[va]),
+            tables_freed: true,
+        });
     }
 }

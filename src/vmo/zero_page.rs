@@ -38,21 +38,25 @@ impl Vmo {
     }
 
     /// After pages `[first, last)` were committed: clears their zero-page entries in every
-    /// mapping into `batch`, whose round the caller runs before its call returns.
+    /// mapping into `batch`, whose round the caller runs before its call returns (and before any
+    /// new entry for those pages is made: break-before-make). Answers whether there were any.
     pub(crate) fn unmap_zero_pages_locked(
         &self,
         inner: &mut VmoInner,
         first: u64,
         last: u64,
         batch: &mut TlbBatch,
-    ) {
+    ) -> bool {
         if first >= last {
-            return;
+            return false;
         }
+        let mut any = false;
         while let Some(&index) = inner.zero_mapped.range(first..last).next() {
             inner.zero_mapped.remove(&index);
             self.unmap_range_locked(inner, index, index + 1, batch);
+            any = true;
         }
+        any
     }
 
     /// Forgets the zero-mapped pages of `[first, last)` (their entries are about to be cleared
