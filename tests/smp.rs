@@ -29,6 +29,27 @@ fn new_process(machine: &Arc<SimMachine>, format: Format) -> Arc<Process> {
     Process::new(platform, format).unwrap()
 }
 
+/// Two processes with one VMO of [`PAGES`] pages (made with `options`) mapped read-write in each:
+/// the processes, the VMO's handle in the first, and the two mappings' addresses.
+fn shared_vmo(
+    machine: &Arc<SimMachine>,
+    format: Format,
+    options: u32,
+) -> (Arc<Process>, Arc<Process>, zx_handle_t, u64, u64) {
+    let a = new_process(machine, format);
+    let b = new_process(machine, format);
+    let mut vmo = 0;
+    assert_eq!(
+        zx_vmo_create(&a, PAGES * PAGE_SIZE, options, &mut vmo),
+        ZX_OK
+    );
+    let object = a.handle(vmo).unwrap();
+    let vmo_b = b.add_handle(object.object, object.rights).unwrap();
+    let addr_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, PAGES);
+    let addr_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, PAGES);
+    (a, b, vmo, addr_a, addr_b)
+}
+
 /// Sets the flag when dropped, even by a panic, so that no thread waits for a dead one.
 struct SetOnDrop(Arc<AtomicBool>);
 
@@ -88,14 +109,7 @@ fn stress_on(
     rounds: u64,
     decommits: u64,
 ) {
-    let a = new_process(&machine, format);
-    let b = new_process(&machine, format);
-    let mut vmo = 0;
-    assert_eq!(zx_vmo_create(&a, PAGES * PAGE_SIZE, 0, &mut vmo), ZX_OK);
-    let object = a.handle(vmo).unwrap();
-    let vmo_b = b.add_handle(object.object, object.rights).unwrap();
-    let addr_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, PAGES);
-    let addr_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, PAGES);
+    let (a, b, vmo, addr_a, addr_b) = shared_vmo(&machine, format, 0);
 
     let start = Arc::new(Barrier::new(4));
     let done = Arc::new(AtomicBool::new(false));
@@ -585,17 +599,7 @@ fn the_object_model_under_concurrency() {
 /// frame: every shrink's shootdown covers every CPU that may cache a page past the new end.
 fn resize_stress(format: Format, broadcast: bool, resizes: u64) {
     let machine = smp_machine(4, 8, broadcast);
-    let a = new_process(&machine, format);
-    let b = new_process(&machine, format);
-    let mut vmo = 0;
-    assert_eq!(
-        zx_vmo_create(&a, PAGES * PAGE_SIZE, ZX_VMO_RESIZABLE, &mut vmo),
-        ZX_OK
-    );
-    let object = a.handle(vmo).unwrap();
-    let vmo_b = b.add_handle(object.object, object.rights).unwrap();
-    let addr_a = map_rw(&a, a.root_vmar_handle(), vmo, 0, PAGES);
-    let addr_b = map_rw(&b, b.root_vmar_handle(), vmo_b, 0, PAGES);
+    let (a, b, vmo, addr_a, addr_b) = shared_vmo(&machine, format, ZX_VMO_RESIZABLE);
     let start = Arc::new(Barrier::new(4));
     let done = Arc::new(AtomicBool::new(false));
     let accesses = Arc::new(AtomicU64::new(0));
