@@ -254,6 +254,24 @@ impl VmOptions {
 pub const ZX_VMO_RESIZABLE: u32 = 1 << 1;
 pub const ZX_VMO_DISCARDABLE: u32 = 1 << 2;
 
+/// `zx_vmo_create_child` option: a copy-on-write snapshot of the parent's pages.
+pub const ZX_VMO_CHILD_SNAPSHOT: u32 = 1 << 0;
+/// `zx_vmo_create_child` option: the child may be resized ([`ZX_RIGHT_RESIZE`] on its handle).
+pub const ZX_VMO_CHILD_RESIZABLE: u32 = 1 << 2;
+/// `zx_vmo_create_child` option: a window on the parent's pages (no copy-on-write).
+pub const ZX_VMO_CHILD_SLICE: u32 = 1 << 3;
+/// `zx_vmo_create_child` option: a snapshot at least where written (this crate: a snapshot).
+pub const ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE: u32 = 1 << 4;
+/// The older name of [`ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE`].
+pub const ZX_VMO_CHILD_COPY_ON_WRITE: u32 = ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE;
+/// `zx_vmo_create_child` option: the child's handle has no [`ZX_RIGHT_WRITE`].
+pub const ZX_VMO_CHILD_NO_WRITE: u32 = 1 << 5;
+/// `zx_vmo_create_child` option: another name for the whole parent (same pages, same size).
+pub const ZX_VMO_CHILD_REFERENCE: u32 = 1 << 6;
+/// `zx_vmo_create_child` option: a snapshot of pages modified in a pager-backed parent (this
+/// crate has no pagers: a snapshot).
+pub const ZX_VMO_CHILD_SNAPSHOT_MODIFIED: u32 = 1 << 7;
+
 // VMO operations (zircon/types.h). 5 (the retired LOOKUP) is not defined.
 pub const ZX_VMO_OP_COMMIT: u32 = 1;
 pub const ZX_VMO_OP_DECOMMIT: u32 = 2;
@@ -331,9 +349,9 @@ pub struct zx_info_vmo_t {
     pub name: [u8; 32],
     /// The VMO's size in bytes.
     pub size_bytes: u64,
-    /// The koid of the VMO's parent (0: no children here).
+    /// The koid of the VMO's parent, for a child (`zx_vmo_create_child`); 0 otherwise.
     pub parent_koid: zx_koid_t,
-    /// How many children the VMO has (0).
+    /// How many live children the VMO has.
     pub num_children: u64,
     /// How many mappings of the VMO exist, in all address spaces.
     pub num_mappings: u64,
@@ -363,6 +381,8 @@ pub const ZX_INFO_VMO_RESIZABLE: u32 = 1 << 1;
 pub const ZX_INFO_VMO_VIA_HANDLE: u32 = 1 << 3;
 /// `zx_info_vmo_t::flags` bit for a contiguous VMO.
 pub const ZX_INFO_VMO_CONTIGUOUS: u32 = 1 << 6;
+/// `zx_info_vmo_t::flags` bit for a copy-on-write child (`ZX_INFO_VMO_IS_COW_CLONE`).
+pub const ZX_INFO_VMO_IS_COW_CLONE: u32 = 1 << 2;
 /// `ZX_CACHE_POLICY_CACHED`.
 pub const ZX_CACHE_POLICY_CACHED: u32 = 0;
 

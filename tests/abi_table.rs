@@ -149,6 +149,17 @@ fn table() -> Vec<Entry> {
         ZX_VMO_DISCARDABLE = 1u32 << 2,
     );
 
+    rows!(t, "zircon/types.h (VM Object clone flags)":
+        ZX_VMO_CHILD_SNAPSHOT = 1u32 << 0,
+        ZX_VMO_CHILD_RESIZABLE = 1u32 << 2,
+        ZX_VMO_CHILD_SLICE = 1u32 << 3,
+        ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE = 1u32 << 4,
+        ZX_VMO_CHILD_COPY_ON_WRITE = 1u32 << 4,
+        ZX_VMO_CHILD_NO_WRITE = 1u32 << 5,
+        ZX_VMO_CHILD_REFERENCE = 1u32 << 6,
+        ZX_VMO_CHILD_SNAPSHOT_MODIFIED = 1u32 << 7,
+    );
+
     rows!(t, "zircon/types.h (VM Object opcodes, VMAR opcodes)":
         ZX_VMO_OP_COMMIT = 1u32,
         ZX_VMO_OP_DECOMMIT = 2u32,
@@ -183,6 +194,7 @@ fn table() -> Vec<Entry> {
         ZX_INFO_VMO_VIA_HANDLE = 1u32 << 3,
         // 1u << 7 is ZX_INFO_VMO_DISCARDABLE.
         ZX_INFO_VMO_CONTIGUOUS = 1u32 << 6,
+        ZX_INFO_VMO_IS_COW_CLONE = 1u32 << 2,
     );
 
     rows!(t, "zircon/types.h (zx_cache_policy)":

@@ -89,6 +89,74 @@ pub fn zx_vmo_create(
     })
 }
 
+/// `zx_vmo_create_child`: a child of the VMO `handle` names ([`Vmo::create_snapshot`],
+/// [`Vmo::create_slice`], [`Vmo::create_reference`]), with Zircon's checks in Zircon's order:
+/// the size rounded up to a page (`ZX_ERR_OUT_OF_RANGE` past [`crate::vmo::MAX_VMO_SIZE`]),
+/// `NO_WRITE` with `RESIZABLE` (`ZX_ERR_INVALID_ARGS`), the handle (`ZX_RIGHT_DUPLICATE` and
+/// `ZX_RIGHT_READ`), the options (one kind; a slice takes no other option, a reference only
+/// `RESIZABLE`), then the kind's own checks.
+///
+/// The child's handle has the parent handle's rights without `ZX_RIGHT_RESIZE`, plus
+/// `GET_PROPERTY` and `SET_PROPERTY`, plus `RESIZE` with `ZX_VMO_CHILD_RESIZABLE`; a snapshot's
+/// also gains `WRITE` and loses `EXECUTE`; `ZX_VMO_CHILD_NO_WRITE` takes `WRITE` away.
+pub fn zx_vmo_create_child(
+    process: &Process,
+    handle: zx_handle_t,
+    options: u32,
+    offset: u64,
+    size: u64,
+    out: &mut zx_handle_t,
+) -> zx_status_t {
+    with_out(out, || {
+        let size = page_round_up(size)
+            .filter(|&size| size <= crate::vmo::MAX_VMO_SIZE)
+            .ok_or(Status::OutOfRange)?;
+        let no_write = options & ZX_VMO_CHILD_NO_WRITE != 0;
+        let resizable = options & ZX_VMO_CHILD_RESIZABLE != 0;
+        if no_write && resizable {
+            return Err(Status::InvalidArgs);
+        }
+        let (vmo, rights) = process.vmo(handle)?;
+        require(rights, Rights::DUPLICATE | Rights::READ)?;
+        let kind = options & !ZX_VMO_CHILD_NO_WRITE;
+        let snapshot = [
+            ZX_VMO_CHILD_SNAPSHOT,
+            ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE,
+            ZX_VMO_CHILD_SNAPSHOT_MODIFIED,
+        ]
+        .into_iter()
+        .find(|&bit| kind & bit != 0);
+        let mut child_rights =
+            (rights - Rights::RESIZE) | Rights::GET_PROPERTY | Rights::SET_PROPERTY;
+        let child = if kind == ZX_VMO_CHILD_SLICE {
+            vmo.create_slice(offset, size)?
+        } else if kind & ZX_VMO_CHILD_REFERENCE != 0 {
+            if kind & !(ZX_VMO_CHILD_REFERENCE | ZX_VMO_CHILD_RESIZABLE) != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            if offset != 0 || size != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            vmo.create_reference(resizable)?
+        } else if let Some(bit) = snapshot {
+            if kind & !(bit | ZX_VMO_CHILD_RESIZABLE) != 0 {
+                return Err(Status::InvalidArgs);
+            }
+            child_rights = (child_rights | Rights::WRITE) - Rights::EXECUTE;
+            vmo.create_snapshot(offset, size, resizable)?
+        } else {
+            return Err(Status::InvalidArgs);
+        };
+        if resizable {
+            child_rights |= Rights::RESIZE;
+        }
+        if no_write {
+            child_rights -= Rights::WRITE;
+        }
+        process.add_handle(KernelObject::Vmo(child), child_rights)
+    })
+}
+
 /// `zx_vmo_set_size`: needs `ZX_RIGHT_WRITE`, and `ZX_RIGHT_RESIZE` when the VMO is resizable (a
 /// VMO that is not answers `ZX_ERR_UNAVAILABLE` whatever the handle's rights, as in Zircon).
 /// The rest is [`Vmo::set_size`].

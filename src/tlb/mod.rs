@@ -134,6 +134,25 @@ impl TlbBatch {
             .expect("found by type")
     }
 
+    /// Whether the batch has nothing to invalidate or free yet.
+    pub fn is_empty(&self) -> bool {
+        let Some(scratch) = self
+            .scratch
+            .as_deref()
+            .and_then(|spare| spare.downcast_ref::<Scratch>())
+        else {
+            return true;
+        };
+        scratch.spaces[..scratch.used]
+            .iter()
+            .all(|item| item.pending.is_empty())
+            && scratch
+                .deferred
+                .iter()
+                .flatten()
+                .all(|(_, work)| !work.holds_frames())
+    }
+
     /// Invalidates every recorded translation on the CPUs that may hold it, in one shootdown
     /// round for the whole operation, waits for that to complete, and only then frees the table
     /// pages and runs the deferred work. Called with no crate lock held.

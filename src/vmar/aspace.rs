@@ -314,6 +314,13 @@ impl MappedSpace for AddressSpace {
     fn flush_all(self: Arc<Self>, batch: &mut TlbBatch) {
         batch.space(&self).add_all();
     }
+
+    fn protect_pages(self: Arc<Self>, start: u64, end: u64, flags: MmuFlags, batch: &mut TlbBatch) {
+        let pending = batch.space(&self);
+        self.mmu
+            .lock()
+            .protect(&*self.platform, start, end, flags | MmuFlags::USER, pending);
+    }
 }
 
 impl FlushTarget for AddressSpace {

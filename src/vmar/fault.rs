@@ -52,8 +52,16 @@ impl AddressSpace {
                 }
                 continue;
             }
-            if vmo.lookup_page_locked(&inner, index) != Some(pa) {
-                return fail("a translation to a frame that is not the VMO's page");
+            match vmo.read_page_locked(&inner, index) {
+                Some((frame, own)) if frame == pa => {
+                    if !own && flags.contains(MmuFlags::WRITE) {
+                        return fail("a writable translation to a page shared with a snapshot");
+                    }
+                }
+                _ => return fail("a translation to a frame that is not the VMO's page"),
+            }
+            if let Err(what) = Vmo::check_tree_locked(&inner) {
+                return fail(what);
             }
         }
         Ok(())
@@ -64,34 +72,49 @@ impl AddressSpace {
     pub fn page_fault(&self, va: u64, access: Access) -> Result<(), FaultError> {
         let va = va & !(PAGE_SIZE - 1);
         let tree = self.lock_tree();
-        let mut node = tree
-            .node(self.root_vmar)
-            .map_err(|_| FaultError::NotMapped)?;
-        let region = loop {
-            let region = node.child_at(va).ok_or(FaultError::NotMapped)?;
-            match region.kind() {
-                RegionKind::Vmar(child) => {
-                    node = tree.node(*child).map_err(|_| FaultError::NotMapped)?;
-                }
-                RegionKind::Mapping(_) => break region,
-            }
-        };
-        let mapping = region.mapping().expect("matched above");
+        let region = Self::mapping_at(&tree, self.root_vmar, va)?;
+        let mapping = region.mapping().expect("a mapping");
         let flags = mapping.flags();
         if !flags.contains(access.required()) || !flags.contains(MmuFlags::READ) {
             return Err(FaultError::AccessDenied);
         }
         let vmo = mapping.vmo();
         let index = (mapping.vmo_offset() + (va - region.base())) >> PAGE_SHIFT;
-        // With a zero page, committing a page may have to take its zero-page entries away.
-        let mut batch = self
-            .platform
-            .zero_frame()
-            .map(|_| TlbBatch::new(&*self.platform));
+        // With a zero page, committing a page may have to take its zero-page entries away; a
+        // write to a page shared with a snapshot relative may have to clear its entries.
+        let mut batch = (self.platform.zero_frame().is_some() || access == Access::Write)
+            .then(|| TlbBatch::new(&*self.platform));
         let mut inner = vmo.lock();
         // Under the VMO's lock, which keeps its size (a resizable VMO may have shrunk).
         if index >= vmo.size() >> PAGE_SHIFT {
             return Err(FaultError::OutOfRange);
+        }
+        let shared = if inner.in_cow_tree() {
+            let batch = batch.get_or_insert_with(|| TlbBatch::new(&*self.platform));
+            vmo.fault_tree_locked(&mut inner, index, access == Access::Write, batch)
+                .map_err(|_| FaultError::NoMemory)?
+        } else {
+            None
+        };
+        match shared {
+            Some(FaultPage::Retry) => {
+                // The page's entries were cleared (its frame changed), or a round is under
+                // way that must complete first: run the round, let the access fault again.
+                let batch = batch.expect("made above");
+                let round = Vmo::begin_round_locked(&inner, &batch);
+                drop((inner, tree));
+                vmo.finish_round(batch, round);
+                return Ok(());
+            }
+            Some(FaultPage::Map { frame, writable }) => {
+                let flags = if writable {
+                    flags
+                } else {
+                    flags - MmuFlags::WRITE
+                };
+                return self.map_fault(va, frame, flags, (inner, tree), batch);
+            }
+            None => {}
         }
         let zero = match access {
             Access::Write => None,
@@ -121,13 +144,39 @@ impl AddressSpace {
                 (pa, flags)
             }
         };
+        self.map_fault(va, pa, flags, (inner, tree), batch)
+    }
+
+    /// The mapping region at `va`, looking through nested VMARs from `root`.
+    fn mapping_at(tree: &AspaceTree, root: VmarId, va: u64) -> Result<Arc<Region>, FaultError> {
+        let mut node = tree.node(root).map_err(|_| FaultError::NotMapped)?;
+        loop {
+            let region = node.child_at(va).ok_or(FaultError::NotMapped)?;
+            match region.kind() {
+                RegionKind::Vmar(child) => {
+                    node = tree.node(*child).map_err(|_| FaultError::NotMapped)?;
+                }
+                RegionKind::Mapping(_) => return Ok(region),
+            }
+        }
+    }
+
+    /// Maps the faulting page `va` to `pa` with `flags` and lets go of the locks `held`.
+    fn map_fault<H>(
+        &self,
+        va: u64,
+        pa: PhysAddr,
+        flags: MmuFlags,
+        held: H,
+        batch: Option<TlbBatch>,
+    ) -> Result<(), FaultError> {
         let mapped = self
             .mmu
             .lock()
             .map(&*self.platform, va, pa, flags | MmuFlags::USER);
         let replaced = mapped.map_err(|_| FaultError::NoMemory)?;
         crate::arch::publish_new_entries();
-        drop((inner, tree));
+        drop(held);
         if let Some(batch) = batch {
             // Empty: this hands its scratch space back for the next operation on this CPU.
             batch.finish(&*self.platform);

@@ -53,7 +53,7 @@ use crate::arch::{
 };
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
 use crate::tlb::{FlushTarget, Item, Reach, TlbBatch};
-use crate::vmo::{MappedSpace, Vmo, VmoInner};
+use crate::vmo::{FaultPage, MappedSpace, Vmo, VmoInner};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::{Arc, Weak};

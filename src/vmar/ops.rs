@@ -160,6 +160,8 @@ impl Vmar {
         if options.contains(VmOptions::REQUIRE_NON_RESIZABLE) && vmo.is_resizable() {
             return Err(Status::NotSupported);
         }
+        // A slice or reference maps the VMO underneath it.
+        let (ref vmo, vmo_offset) = vmo.map_target(vmo_offset, len)?;
         let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
         let platform = &**self.aspace.platform();
         let mut batch = TlbBatch::new(platform);
@@ -344,9 +346,19 @@ impl Vmar {
             for c in range.covered {
                 aspace.split_at_bounds(range.tree, c.vmar, c.start, c.end)?;
             }
+            // The VMOs' locks keep a snapshot from sharing their pages meanwhile: a VMO that
+            // shares pages keeps its translations read-only (a write fault makes the page its
+            // own and maps it writable).
+            let locked = HeldVmos::lock_covered(range.covered, range.vmos);
             let pending = range.batch.space(aspace);
             let mut mmu = aspace.mmu.lock();
             for c in range.covered {
+                let shared = locked.inner(c.mapping().vmo()).in_cow_tree();
+                let entries = if shared {
+                    flags - MmuFlags::WRITE
+                } else {
+                    flags
+                };
                 range.regions.clear();
                 range
                     .tree
@@ -361,7 +373,7 @@ impl Vmar {
                     &**aspace.platform(),
                     c.start,
                     c.end,
-                    flags | MmuFlags::USER,
+                    entries | MmuFlags::USER,
                     pending,
                 );
             }
@@ -422,15 +434,16 @@ impl Vmar {
             if !range.covered.iter().all(writable) {
                 return Err(Status::AccessDenied);
             }
-            // 10. Every VMO supports decommit, and no page is pinned.
-            if !range
-                .covered
+            // 10. Every VMO supports decommit (under its lock: a snapshot may share its pages
+            // meanwhile), and no page is pinned.
+            let locked = HeldVmos::lock_covered(range.covered, range.vmos);
+            if !locked
+                .vmos
                 .iter()
-                .all(|c| c.mapping().vmo().supports_decommit())
+                .all(|vmo| vmo.supports_decommit_locked(locked.inner(vmo)))
             {
                 return Err(Status::NotSupported);
             }
-            let locked = HeldVmos::lock_covered(range.covered, range.vmos);
             for c in range.covered {
                 let (first, last) = c.vmo_pages();
                 if Vmo::any_pinned_locked(locked.inner(c.mapping().vmo()), first, last) {

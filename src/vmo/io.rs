@@ -10,6 +10,10 @@ impl Vmo {
         if matches!(self.kind, VmoKind::Physical { .. }) {
             return Err(Status::NotSupported);
         }
+        if let Some(forward) = self.forward(offset, buffer.len() as u64) {
+            let (target, offset) = forward?;
+            return target.read(offset, buffer);
+        }
         let inner = self.lock();
         let (first, last) = self.page_range(&inner, offset, buffer.len() as u64)?;
         let mut done = 0usize;
@@ -18,11 +22,12 @@ impl Vmo {
             let from = (offset + done as u64) - page_start;
             let n = ((PAGE_SIZE - from) as usize).min(buffer.len() - done);
             let out = &mut buffer[done..done + n];
-            match self.lookup_page_locked(&inner, index) {
-                Some(pa) => {
+            match self.read_page_locked(&inner, index) {
+                Some((pa, _)) => {
                     let src = self.platform.phys_to_virt(pa);
-                    // SAFETY: the frame is committed to this VMO and cannot be freed while we hold
-                    // its lock; `from + n <= PAGE_SIZE`, and `out` is a distinct Rust buffer.
+                    // SAFETY: the frame is committed to this VMO (or to a hidden parent it reads
+                    // through, which frees nothing that a VMO sees) and cannot be freed while we
+                    // hold its lock; `from + n <= PAGE_SIZE`, and `out` is a distinct Rust buffer.
                     unsafe {
                         core::ptr::copy_nonoverlapping(src.add(from as usize), out.as_mut_ptr(), n)
                     };
@@ -40,17 +45,24 @@ impl Vmo {
         if matches!(self.kind, VmoKind::Physical { .. }) {
             return Err(Status::NotSupported);
         }
-        let mut batch = TlbBatch::new(&*self.platform);
-        {
-            let mut inner = self.lock();
-            let (first, last) = self.page_range(&inner, offset, data.len() as u64)?;
-            // Commit first, so that a failure changes nothing.
-            self.commit_all_locked(&mut inner, first, last)?;
-            self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
-            self.copy_in_locked(&inner, offset, data, first, last);
+        if let Some(forward) = self.forward(offset, data.len() as u64) {
+            let (target, offset) = forward?;
+            return target.write(offset, data);
         }
-        batch.finish(&*self.platform);
-        Ok(())
+        self.until_settled(|| {
+            let mut batch = TlbBatch::new(&*self.platform);
+            let round = {
+                let mut inner = self.lock();
+                let (first, last) = self.page_range(&inner, offset, data.len() as u64)?;
+                // Commit first, so that a failure changes nothing.
+                self.commit_all_locked(&mut inner, first, last, &mut batch)?;
+                self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
+                self.copy_in_locked(&inner, offset, data, first, last);
+                Self::begin_round_locked(&inner, &batch)
+            };
+            self.finish_round(batch, round);
+            Ok(())
+        })
     }
 
     /// Copies `data` to `offset`, over the committed pages `[first, last)` it covers.

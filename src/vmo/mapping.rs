@@ -26,6 +26,9 @@ pub(crate) trait MappedSpace: Send + Sync {
     fn unmap_pages(self: Arc<Self>, start: u64, end: u64, batch: &mut TlbBatch);
     /// Makes `batch` invalidate the whole address space.
     fn flush_all(self: Arc<Self>, batch: &mut TlbBatch);
+    /// Gives the translations of `[start, end)` the permissions `flags` (fewer than they
+    /// have), recording what to invalidate in `batch`. Called under the VMO's lock.
+    fn protect_pages(self: Arc<Self>, start: u64, end: u64, flags: MmuFlags, batch: &mut TlbBatch);
 }
 
 /// A mapping of part of a VMO into an address space.

@@ -7,7 +7,11 @@
 //! Each VMO keeps, under its lock, the list of every mapping of it in every address space, so a
 //! decommit reaches every translation of its pages. The lock order is in [`crate::vmar`].
 
+mod child;
+mod cow;
+mod cow_pages;
 mod deferred;
+mod info;
 mod io;
 mod mapping;
 mod page_list;
@@ -16,17 +20,29 @@ mod resize;
 mod zero;
 mod zero_page;
 
+use self::cow_pages::Blocked;
+pub(crate) use self::cow_pages::FaultPage;
 pub(crate) use self::deferred::RetiredMappings;
 pub use self::mapping::Mapping;
 pub(crate) use self::mapping::{MappedSpace, VmoListAdapter};
 
+pub use self::cow::MAX_COW_DEPTH;
 pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT};
+
+use self::child::{Alias, Lineage};
+use self::cow::CowLink;
+
+impl VmoInner {
+    /// Whether the VMO shares pages with a snapshot relative (a node of a copy-on-write tree):
+    /// its translations of shared pages must stay read-only.
+    pub(crate) fn in_cow_tree(&self) -> bool {
+        self.cow.is_some()
+    }
+}
 
 use crate::abi::next_koid;
 use crate::abi::{
-    is_page_aligned, page_round_up, zx_info_vmo_t, zx_koid_t, zx_rights_t, Status, ZxResult,
-    PAGE_SHIFT, PAGE_SIZE, ZX_CACHE_POLICY_CACHED, ZX_INFO_VMO_CONTIGUOUS, ZX_INFO_VMO_RESIZABLE,
-    ZX_INFO_VMO_TYPE_PAGED, ZX_INFO_VMO_VIA_HANDLE,
+    is_page_aligned, page_round_up, zx_koid_t, Status, ZxResult, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::platform::{PhysAddr, Platform};
 use crate::tlb::TlbBatch;
@@ -70,6 +86,9 @@ pub(crate) struct VmoInner {
     /// a page listed here; a page leaves the set when it is committed or decommitted, its zero
     /// entries cleared in every mapping (`src/vmo/zero_page.rs`).
     zero_mapped: BTreeSet<u64>,
+    /// The copy-on-write tree this VMO is a node of, once it has a snapshot parent or child
+    /// (`src/vmo/cow.rs`); `None` for a VMO alone.
+    cow: Option<CowLink>,
 }
 
 /// A virtual memory object.
@@ -84,6 +103,11 @@ pub struct Vmo {
     kind: VmoKind,
     platform: Arc<dyn Platform>,
     inner: Mutex<VmoInner>,
+    /// A slice or reference child: a window on another VMO's pages, which every operation
+    /// forwards to (`src/vmo/child.rs`); such a VMO has no pages or mappings of its own.
+    alias: Option<Alias>,
+    /// Where the VMO came from and how many children it has, for `ZX_INFO_VMO`.
+    lineage: Lineage,
 }
 
 /// Fills the frame at `pa` with zeroes.
@@ -96,7 +120,18 @@ fn zero_frame(platform: &dyn Platform, pa: PhysAddr) {
 
 impl Vmo {
     fn new(platform: Arc<dyn Platform>, size: u64, kind: VmoKind, resizable: bool) -> Arc<Vmo> {
-        Arc::new(Vmo {
+        Arc::new(Self::build(platform, size, kind, resizable, None))
+    }
+
+    /// A VMO's value, before it is shared.
+    fn build(
+        platform: Arc<dyn Platform>,
+        size: u64,
+        kind: VmoKind,
+        resizable: bool,
+        cow: Option<CowLink>,
+    ) -> Vmo {
+        Vmo {
             koid: next_koid(),
             size: AtomicU64::new(size),
             resizable,
@@ -108,8 +143,11 @@ impl Vmo {
                 mappings: LinkedList::new(VmoListAdapter::new()),
                 mapping_count: 0,
                 zero_mapped: BTreeSet::new(),
+                cow,
             }),
-        })
+            alias: None,
+            lineage: Lineage::default(),
+        }
     }
 
     /// A paged VMO of `size` bytes (rounded up to whole pages), with nothing committed.
@@ -171,7 +209,10 @@ impl Vmo {
 
     /// The size in bytes (whole pages).
     pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Acquire)
+        match &self.alias {
+            Some(alias) if alias.reference => alias.target.size(),
+            _ => self.size.load(Ordering::Acquire),
+        }
     }
 
     /// Whether [`Vmo::set_size`] may change the size (`ZX_VMO_RESIZABLE`).
@@ -227,15 +268,6 @@ impl Vmo {
         unsafe { self.inner.force_unlock() };
     }
 
-    /// Bytes of memory committed to the VMO.
-    pub fn committed_bytes(&self) -> u64 {
-        match self.kind {
-            VmoKind::Paged => self.lock().pages.committed_pages() << PAGE_SHIFT,
-            VmoKind::Contiguous { .. } => self.size(),
-            VmoKind::Physical { .. } => 0,
-        }
-    }
-
     /// How many mappings of the VMO exist.
     pub fn num_mappings(&self) -> u64 {
         self.lock().mapping_count
@@ -244,53 +276,6 @@ impl Vmo {
     /// Heap bytes of page-list metadata.
     pub fn page_list_heap_bytes(&self) -> usize {
         self.lock().pages.heap_bytes()
-    }
-
-    /// `zx_object_get_info(ZX_INFO_VMO)` through a handle with `rights`.
-    pub fn info(&self, rights: zx_rights_t) -> zx_info_vmo_t {
-        let kind = match self.kind {
-            VmoKind::Paged => ZX_INFO_VMO_TYPE_PAGED,
-            VmoKind::Contiguous { .. } => ZX_INFO_VMO_TYPE_PAGED | ZX_INFO_VMO_CONTIGUOUS,
-            VmoKind::Physical { .. } => 0,
-        };
-        let resizable = if self.resizable {
-            ZX_INFO_VMO_RESIZABLE
-        } else {
-            0
-        };
-        let (num_mappings, share_count) = {
-            let inner = self.lock();
-            (inner.mapping_count, Self::address_spaces_locked(&inner))
-        };
-        zx_info_vmo_t {
-            koid: self.koid,
-            size_bytes: self.size(),
-            num_mappings,
-            share_count,
-            flags: kind | resizable | ZX_INFO_VMO_VIA_HANDLE,
-            committed_bytes: self.committed_bytes(),
-            handle_rights: rights,
-            cache_policy: ZX_CACHE_POLICY_CACHED,
-            ..zx_info_vmo_t::default()
-        }
-    }
-
-    /// How many distinct address spaces map the VMO (O(mappings^2), no allocation).
-    fn address_spaces_locked(inner: &VmoInner) -> u64 {
-        let live = || {
-            inner
-                .mappings
-                .iter()
-                .filter(|mapping| !mapping.is_unmapped())
-        };
-        live()
-            .enumerate()
-            .filter(|(index, mapping)| {
-                !live()
-                    .take(*index)
-                    .any(|earlier| earlier.same_space(mapping))
-            })
-            .count() as u64
     }
 
     /// `[offset, offset + len)` as page indices, if it lies within the VMO. Called under the
@@ -371,21 +356,38 @@ impl Vmo {
     /// Commits every page of `[offset, offset + len)` (rounded out to pages). On failure, the
     /// pages this call committed are given back, so nothing changes.
     pub fn commit(&self, offset: u64, len: u64) -> ZxResult {
-        let mut batch = TlbBatch::new(&*self.platform);
-        {
-            let mut inner = self.lock();
-            let (first, last) = self.page_range(&inner, offset, len)?;
-            self.commit_all_locked(&mut inner, first, last)?;
-            self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
+        if let Some(forward) = self.forward(offset, len) {
+            let (target, offset) = forward?;
+            return target.commit(offset, len);
         }
-        batch.finish(&*self.platform);
-        Ok(())
+        self.until_settled(|| {
+            let mut batch = TlbBatch::new(&*self.platform);
+            let round = {
+                let mut inner = self.lock();
+                let (first, last) = self.page_range(&inner, offset, len)?;
+                self.commit_all_locked(&mut inner, first, last, &mut batch)?;
+                self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
+                Self::begin_round_locked(&inner, &batch)
+            };
+            self.finish_round(batch, round);
+            Ok(())
+        })
     }
 
-    /// Commits every page in `[first, last)`, or none of the missing ones.
-    fn commit_all_locked(&self, inner: &mut VmoInner, first: u64, last: u64) -> ZxResult {
+    /// Commits every page in `[first, last)`, or none of the missing ones; in a tree, the
+    /// translations of the pages copied are cleared into `batch`.
+    fn commit_all_locked(
+        &self,
+        inner: &mut VmoInner,
+        first: u64,
+        last: u64,
+        batch: &mut TlbBatch,
+    ) -> Result<(), Blocked> {
         if self.kind != VmoKind::Paged {
             return Ok(());
+        }
+        if inner.cow.is_some() {
+            return self.commit_tree_locked(inner, first, last, false, batch);
         }
         let mut added: Vec<u64> = Vec::new();
         for index in first..last {
@@ -394,7 +396,7 @@ impl Vmo {
             }
             if added.try_reserve(1).is_err() {
                 self.give_back_locked(inner, &added);
-                return Err(Status::NoMemory);
+                return Err(Status::NoMemory.into());
             }
             match self.alloc_page_frame().ok() {
                 Some(pa) => {
@@ -404,7 +406,7 @@ impl Vmo {
                 }
                 None => {
                     self.give_back_locked(inner, &added);
-                    return Err(Status::NoMemory);
+                    return Err(Status::NoMemory.into());
                 }
             }
         }
@@ -427,11 +429,15 @@ impl Vmo {
         if !is_page_aligned(offset) || !is_page_aligned(len) {
             return Err(Status::InvalidArgs);
         }
+        if let Some(forward) = self.forward(offset, len) {
+            let (target, offset) = forward?;
+            return target.decommit(offset, len);
+        }
         let mut batch = TlbBatch::new(&*self.platform);
         {
             let mut inner = self.lock();
             let (first, last) = self.page_range(&inner, offset, len)?;
-            if !self.supports_decommit() {
+            if !self.supports_decommit_locked(&mut inner) {
                 return Err(Status::NotSupported);
             }
             if Self::any_pinned_locked(&inner, first, last) {
@@ -452,13 +458,15 @@ impl Vmo {
         last: u64,
         batch: &mut TlbBatch,
     ) {
-        debug_assert!(self.supports_decommit());
+        debug_assert!(self.kind == VmoKind::Paged);
         let last = last.min(self.size() >> PAGE_SHIFT);
         let removed = inner
             .pages
             .remove_range(first, last, batch.deferred::<RemovedPages>());
-        if removed == 0 && !Self::forget_zero_pages_locked(inner, first, last) {
-            // No page was committed or mapped to the zero page: no translation can exist.
+        let zero_mapped = Self::forget_zero_pages_locked(inner, first, last);
+        if removed == 0 && !zero_mapped && inner.cow.is_none() {
+            // No page was committed or mapped to the zero page (nor shared from a parent): no
+            // translation can exist.
             return;
         }
         self.unmap_range_locked(inner, first, last, batch);
@@ -510,6 +518,8 @@ impl Vmo {
 
 impl Drop for Vmo {
     fn drop(&mut self) {
+        self.lineage.release();
+        self.leave_tree();
         let inner = self.inner.get_mut();
         debug_assert!(inner.mappings.is_empty(), "a mapping holds its VMO alive");
         let mut removed = RemovedPages::default();

@@ -9,32 +9,44 @@ impl Vmo {
         if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
             return Err(Status::InvalidArgs);
         }
-        let mut batch = TlbBatch::new(&*self.platform);
-        let mut inner = self.lock();
-        let (first, last) = self.page_range(&inner, offset, len)?;
-        // A page pinned u32::MAX times takes no more pins (Zircon: ZX_ERR_UNAVAILABLE), checked
-        // before anything changes.
-        if inner
-            .pins
-            .range(first..last)
-            .any(|(_, &count)| count == u32::MAX)
-        {
-            return Err(Status::Unavailable);
+        if let Some(forward) = self.forward(offset, len) {
+            let (target, offset) = forward?;
+            return target.pin(offset, len);
         }
-        self.commit_all_locked(&mut inner, first, last)?;
-        for index in first..last {
-            *inner.pins.entry(index).or_insert(0) += 1;
-        }
-        self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
-        drop(inner);
-        batch.finish(&*self.platform);
-        Ok(())
+        self.until_settled(|| {
+            let mut batch = TlbBatch::new(&*self.platform);
+            let round = {
+                let mut inner = self.lock();
+                let (first, last) = self.page_range(&inner, offset, len)?;
+                // A page pinned u32::MAX times takes no more pins (Zircon: ZX_ERR_UNAVAILABLE),
+                // checked before anything changes.
+                if inner
+                    .pins
+                    .range(first..last)
+                    .any(|(_, &count)| count == u32::MAX)
+                {
+                    return Err(Status::Unavailable.into());
+                }
+                self.commit_all_locked(&mut inner, first, last, &mut batch)?;
+                for index in first..last {
+                    *inner.pins.entry(index).or_insert(0) += 1;
+                }
+                self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
+                Self::begin_round_locked(&inner, &batch)
+            };
+            self.finish_round(batch, round);
+            Ok(())
+        })
     }
 
     /// Undoes one [`Vmo::pin`] of the same range. `ZX_ERR_BAD_STATE` if a page is not pinned.
     pub fn unpin(&self, offset: u64, len: u64) -> ZxResult {
         if !is_page_aligned(offset) || !is_page_aligned(len) || len == 0 {
             return Err(Status::InvalidArgs);
+        }
+        if let Some(forward) = self.forward(offset, len) {
+            let (target, offset) = forward?;
+            return target.unpin(offset, len);
         }
         let mut inner = self.lock();
         let (first, last) = self.page_range(&inner, offset, len)?;

@@ -26,23 +26,38 @@ impl Vmo {
         if new_size > MAX_VMO_SIZE {
             return Err(Status::OutOfRange);
         }
-        let mut batch = TlbBatch::new(&*self.platform);
-        {
-            let mut inner = self.lock();
-            let old_size = self.size();
-            let (new_pages, old_pages) = (new_size >> PAGE_SHIFT, old_size >> PAGE_SHIFT);
-            if new_pages < old_pages {
-                if Self::any_pinned_locked(&inner, new_pages, old_pages) {
-                    return Err(Status::BadState);
-                }
-                self.decommit_locked(&mut inner, new_pages, old_pages, &mut batch);
-            }
-            // The tail of the last page past the size asked for, where the VMO had it (empty
-            // when the size is whole pages or the VMO grows past its old end).
-            self.zero_in_place_locked(&inner, size, new_size.min(old_size));
-            self.size.store(new_size, Ordering::Release);
+        if let Some(alias) = self.alias.as_ref() {
+            // A reference: its target's size (a slice is never resizable).
+            return alias.target().set_size(size);
         }
-        batch.finish(&*self.platform);
+        self.until_settled(|| {
+            let mut batch = TlbBatch::new(&*self.platform);
+            let round = {
+                let mut inner = self.lock();
+                let old_size = self.size();
+                let (new_pages, old_pages) = (new_size >> PAGE_SHIFT, old_size >> PAGE_SHIFT);
+                if new_pages < old_pages && Self::any_pinned_locked(&inner, new_pages, old_pages) {
+                    return Err(Status::BadState.into());
+                }
+                // The tail of the last page past the size asked for, where the VMO had it
+                // (empty when the size is whole pages or the VMO grows past its old end); in a
+                // tree, that page becomes the VMO's own first.
+                let (tail, tail_end) = (size, new_size.min(old_size));
+                if tail < tail_end && inner.in_cow_tree() {
+                    let page = tail >> PAGE_SHIFT;
+                    self.commit_tree_locked(&mut inner, page, page + 1, true, &mut batch)?;
+                }
+                if new_pages < old_pages {
+                    self.decommit_locked(&mut inner, new_pages, old_pages, &mut batch);
+                    Self::limit_tree_locked(&inner, new_pages);
+                }
+                self.zero_in_place_locked(&inner, tail, tail_end);
+                self.size.store(new_size, Ordering::Release);
+                Self::begin_round_locked(&inner, &batch)
+            };
+            self.finish_round(batch, round);
+            Ok(())
+        })?;
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! `ZX_VMO_OP_ZERO`: a range of a VMO reads as zero afterwards, at the least memory cost.
 
-use super::{Vmo, VmoInner, VmoKind};
+use super::{Blocked, Vmo, VmoInner, VmoKind};
 use crate::abi::{Status, ZxResult, PAGE_SHIFT, PAGE_SIZE};
 use crate::tlb::TlbBatch;
 use alloc::sync::Arc;
@@ -16,30 +16,58 @@ impl Vmo {
     /// place, as are the partly covered pages at either end. A contiguous VMO is zeroed in place;
     /// a physical one (device memory) is `ZX_ERR_NOT_SUPPORTED`, as its reads and writes are.
     pub fn zero(self: &Arc<Self>, offset: u64, len: u64) -> ZxResult {
+        if let Some(forward) = self.forward(offset, len) {
+            let (target, offset) = forward?;
+            return target.zero(offset, len);
+        }
         let end = offset.checked_add(len).ok_or(Status::OutOfRange)?;
-        // The whole pages are [first, last); the partly covered ones are zeroed in place.
+        self.until_settled(|| {
+            let mut batch = TlbBatch::new(&*self.platform);
+            let round = {
+                let mut inner = self.lock();
+                if end > self.size() {
+                    return Err(Status::OutOfRange.into());
+                }
+                if matches!(self.kind, VmoKind::Physical { .. }) {
+                    return Err(Status::NotSupported.into());
+                }
+                if len == 0 {
+                    return Ok(());
+                }
+                self.zero_locked(&mut inner, offset, end, &mut batch)?;
+                Self::begin_round_locked(&inner, &batch)
+            };
+            self.finish_round(batch, round);
+            Ok(())
+        })
+    }
+
+    /// ZERO of `[offset, end)` (not empty, inside the VMO) under the lock.
+    fn zero_locked(
+        &self,
+        inner: &mut VmoInner,
+        offset: u64,
+        end: u64,
+        batch: &mut TlbBatch,
+    ) -> Result<(), Blocked> {
+        if inner.cow.is_some() {
+            // A VMO that shares pages with a snapshot relative cannot give a page back (its
+            // parent's would show through): the pages a parent provides become its own, and
+            // its own are written over.
+            let last = end.div_ceil(PAGE_SIZE);
+            self.commit_tree_locked(inner, offset >> PAGE_SHIFT, last, true, batch)?;
+            self.zero_in_place_locked(inner, offset, end);
+            return Ok(());
+        }
+        // The whole pages are [first, last); the partly covered ones are zeroed in place: the
+        // partly covered page at the start (or the whole range, inside one page), the one at
+        // the end, then the whole pages between.
         let first = offset.div_ceil(PAGE_SIZE);
         let last = end >> PAGE_SHIFT;
-        let mut batch = TlbBatch::new(&*self.platform);
-        {
-            let mut inner = self.lock();
-            if end > self.size() {
-                return Err(Status::OutOfRange);
-            }
-            if matches!(self.kind, VmoKind::Physical { .. }) {
-                return Err(Status::NotSupported);
-            }
-            if len == 0 {
-                return Ok(());
-            }
-            // The partly covered page at the start (or the whole range, inside one page), the
-            // one at the end, then the whole pages between.
-            let head_end = (first << PAGE_SHIFT).min(end);
-            self.zero_in_place_locked(&inner, offset, head_end);
-            self.zero_in_place_locked(&inner, (last << PAGE_SHIFT).max(head_end), end);
-            self.zero_pages_locked(&mut inner, first, last.max(first), &mut batch);
-        }
-        batch.finish(&*self.platform);
+        let head_end = (first << PAGE_SHIFT).min(end);
+        self.zero_in_place_locked(inner, offset, head_end);
+        self.zero_in_place_locked(inner, (last << PAGE_SHIFT).max(head_end), end);
+        self.zero_pages_locked(inner, first, last.max(first), batch);
         Ok(())
     }
 

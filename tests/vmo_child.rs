@@ -1,0 +1,315 @@
+//! `zx_vmo_create_child`: snapshots (copy-on-write), slices and references, on both page-table
+//! formats. What each reads after writes on either side, what it commits and frees, what a
+//! CPU's TLB may keep (a write through a translation cached before the snapshot must fault),
+//! Zircon's statuses and rights. The simulated machine's leak check runs when each test's
+//! machine drops: no frame is leaked or freed twice.
+
+mod common;
+
+use common::*;
+use zx_vm::abi::*;
+use zx_vm::arch::{Format, MmuFlags};
+use zx_vm::syscall::*;
+use zx_vm::Process;
+
+/// `zx_vmo_create_child`, as a result.
+fn child(
+    p: &Process,
+    vmo: zx_handle_t,
+    options: u32,
+    offset: u64,
+    size: u64,
+) -> Result<zx_handle_t, zx_status_t> {
+    let mut out = 0;
+    match zx_vmo_create_child(p, vmo, options, offset, size, &mut out) {
+        ZX_OK => Ok(out),
+        status => Err(status),
+    }
+}
+
+fn info(p: &Process, vmo: zx_handle_t) -> zx_info_vmo_t {
+    let mut info = zx_info_vmo_t::default();
+    assert_eq!(zx_object_get_info_vmo(p, vmo, &mut info), ZX_OK);
+    info
+}
+
+fn write_word(p: &Process, vmo: zx_handle_t, offset: u64, value: u64) {
+    assert_eq!(zx_vmo_write(p, vmo, &value.to_le_bytes(), offset), ZX_OK);
+}
+
+fn read_word(p: &Process, vmo: zx_handle_t, offset: u64) -> u64 {
+    let mut word = [0u8; 8];
+    assert_eq!(zx_vmo_read(p, vmo, &mut word, offset), ZX_OK);
+    u64::from_le_bytes(word)
+}
+
+fn close(p: &Process, handle: zx_handle_t) {
+    assert_eq!(zx_handle_close(p, handle), ZX_OK);
+}
+
+/// A snapshot reads as its parent did at the call; afterwards neither sees the other's writes,
+/// and no page is copied until written. The parent keeps counting the pages it had; the child
+/// counts only what it copied.
+#[test]
+fn a_snapshot_reads_the_parent_as_it_was_and_writes_stay_apart() {
+    let machine = machine(1);
+    let p = process(&machine, Format::X86_64);
+    let parent = patterned_vmo(&p, 8);
+    let before = machine.frames_in_use();
+    let snap = child(&p, parent, ZX_VMO_CHILD_SNAPSHOT, 0, 8 * PAGE_SIZE).unwrap();
+    assert_eq!(machine.frames_in_use(), before, "a snapshot copies nothing");
+    assert_eq!(first_words(&p, snap, 8), first_words(&p, parent, 8));
+    assert_eq!(info(&p, parent).committed_bytes, 8 * PAGE_SIZE);
+    assert_eq!(info(&p, snap).committed_bytes, 0);
+
+    write_word(&p, parent, PAGE_SIZE, 11);
+    write_word(&p, snap, 2 * PAGE_SIZE, 22);
+    assert_eq!(read_word(&p, parent, PAGE_SIZE), 11);
+    assert_eq!(
+        read_word(&p, snap, PAGE_SIZE),
+        pattern(1, 0),
+        "the child keeps page 1"
+    );
+    assert_eq!(read_word(&p, snap, 2 * PAGE_SIZE), 22);
+    assert_eq!(
+        read_word(&p, parent, 2 * PAGE_SIZE),
+        pattern(2, 0),
+        "the parent keeps page 2"
+    );
+    assert_eq!(
+        machine.frames_in_use(),
+        before + 2,
+        "one copy per page written"
+    );
+    assert_eq!(info(&p, snap).committed_bytes, PAGE_SIZE);
+    assert_eq!(info(&p, parent).committed_bytes, 8 * PAGE_SIZE);
+
+    // The last one to see a shared page takes it instead of copying it.
+    write_word(&p, snap, PAGE_SIZE + 8, 33);
+    assert_eq!(
+        machine.frames_in_use(),
+        before + 2,
+        "page 1: the parent copied it already"
+    );
+    assert_eq!(read_word(&p, snap, PAGE_SIZE), pattern(1, 0));
+    assert_eq!(read_word(&p, snap, PAGE_SIZE + 8), 33);
+
+    // Closing the child frees what only it saw; the parent reads what it wrote.
+    close(&p, snap);
+    assert_eq!(read_word(&p, parent, PAGE_SIZE), 11);
+    assert_eq!(read_word(&p, parent, 2 * PAGE_SIZE), pattern(2, 0));
+    assert_eq!(
+        machine.frames_in_use(),
+        before,
+        "the child's pages went back"
+    );
+    // Alone again, the parent decommits.
+    assert_eq!(
+        zx_vmo_op_range(&p, parent, ZX_VMO_OP_DECOMMIT, 0, 8 * PAGE_SIZE, 0, 0),
+        ZX_OK
+    );
+    assert_eq!(machine.frames_in_use(), before - 8);
+}
+
+/// Closing the parent first: the child keeps reading the snapshot, and the pages only the
+/// parent saw go back.
+#[test]
+fn closing_the_parent_first_keeps_the_child_whole() {
+    let machine = machine(1);
+    let p = process(&machine, Format::X86_64);
+    let parent = patterned_vmo(&p, 4);
+    let before = machine.frames_in_use();
+    let snap = child(&p, parent, ZX_VMO_CHILD_SNAPSHOT, PAGE_SIZE, 2 * PAGE_SIZE).unwrap();
+    close(&p, parent);
+    assert_eq!(
+        machine.frames_in_use(),
+        before - 2,
+        "pages 0 and 3: only the parent saw them"
+    );
+    assert_eq!(first_words(&p, snap, 2), vec![pattern(1, 0), pattern(2, 0)]);
+    write_word(&p, snap, 0, 5);
+    assert_eq!(
+        machine.frames_in_use(),
+        before - 2,
+        "the child took page 1, copying nothing"
+    );
+    assert_eq!(read_word(&p, snap, 0), 5);
+    close(&p, snap);
+    assert_eq!(machine.frames_in_use(), before - 4);
+}
+
+/// Snapshots of snapshots: each reads its own history, writes anywhere stay where they were
+/// made, and closing them in any order leaks nothing.
+#[test]
+fn a_chain_of_snapshots_keeps_every_history() {
+    for order in [[0usize, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]] {
+        let machine = machine(1);
+        let p = process(&machine, Format::X86_64);
+        let base = machine.frames_in_use();
+        let a = patterned_vmo(&p, 4);
+        let b = child(&p, a, ZX_VMO_CHILD_SNAPSHOT, 0, 4 * PAGE_SIZE).unwrap();
+        write_word(&p, a, 0, 100);
+        let c = child(&p, b, ZX_VMO_CHILD_SNAPSHOT, 0, 4 * PAGE_SIZE).unwrap();
+        write_word(&p, b, PAGE_SIZE, 200);
+        let d = child(
+            &p,
+            a,
+            ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE,
+            0,
+            4 * PAGE_SIZE,
+        )
+        .unwrap();
+        write_word(&p, c, 2 * PAGE_SIZE, 300);
+        write_word(&p, a, 3 * PAGE_SIZE, 400);
+        let expect = |h, words: [u64; 4]| assert_eq!(first_words(&p, h, 4), words.to_vec());
+        let pat = |i| pattern(i, 0);
+        expect(a, [100, pat(1), pat(2), 400]);
+        expect(b, [pat(0), 200, pat(2), pat(3)]);
+        expect(c, [pat(0), pat(1), 300, pat(3)]);
+        expect(d, [100, pat(1), pat(2), pat(3)]);
+        let handles = [a, b, c, d];
+        for (closed, &i) in order.iter().enumerate() {
+            close(&p, handles[i]);
+            for &j in &order[closed + 1..] {
+                let words = first_words(&p, handles[j], 4);
+                let want = [
+                    [100, pat(1), pat(2), 400],
+                    [pat(0), 200, pat(2), pat(3)],
+                    [pat(0), pat(1), 300, pat(3)],
+                    [100, pat(1), pat(2), pat(3)],
+                ][j];
+                assert_eq!(words, want.to_vec(), "{order:?}: after closing {i}, {j}");
+            }
+        }
+        assert_eq!(machine.frames_in_use(), base, "{order:?}");
+    }
+}
+
+/// The write-protect: a CPU that cached a writable translation of the parent before the
+/// snapshot cannot write through it afterwards (the snapshot's round took it away), so the
+/// child never sees a write made after the snapshot. Both formats, the parent mapped in two
+/// address spaces.
+#[test]
+fn a_snapshot_write_protects_every_translation_of_the_parent() {
+    for format in Format::ALL {
+        let machine = machine(2);
+        let spaces = TwoSpaces::new(&machine, format, 4, patterned_vmo);
+        spaces.expect_patterns(4);
+        spaces.cpu_a.store(spaces.in_a, 1).unwrap();
+        spaces.cpu_b.store(spaces.in_b + PAGE_SIZE, 2).unwrap();
+        let counters = machine.counters();
+        let snap = child(
+            &spaces.a,
+            spaces.vmo,
+            ZX_VMO_CHILD_SNAPSHOT,
+            0,
+            4 * PAGE_SIZE,
+        )
+        .unwrap();
+        let delta = machine.counters().since(&counters);
+        assert_eq!(
+            delta.shootdowns, 1,
+            "{format:?}: one round for both address spaces"
+        );
+        for (cpu, base) in [(&spaces.cpu_a, spaces.in_a), (&spaces.cpu_b, spaces.in_b)] {
+            for page in 0..4 {
+                if let Some(entry) = cpu.tlb_entry(base + page * PAGE_SIZE) {
+                    assert!(
+                        !entry.flags.contains(MmuFlags::WRITE),
+                        "{format:?}: page {page}"
+                    );
+                }
+            }
+        }
+        // Writes after the snapshot: through both spaces, on pages written before and not.
+        spaces.cpu_a.store(spaces.in_a, 10).unwrap();
+        spaces.cpu_b.store(spaces.in_b + 2 * PAGE_SIZE, 20).unwrap();
+        assert_eq!(
+            spaces.cpu_b.load(spaces.in_b).unwrap(),
+            10,
+            "{format:?}: B sees A's write"
+        );
+        assert_eq!(
+            spaces.cpu_a.load(spaces.in_a + 2 * PAGE_SIZE).unwrap(),
+            20,
+            "{format:?}"
+        );
+        assert_eq!(
+            first_words(&spaces.a, snap, 4),
+            vec![1, 2, pattern(2, 0), pattern(3, 0)],
+            "{format:?}: the child holds the parent as it was at the call"
+        );
+        assert_eq!(spaces.a.aspace().audit(), Ok(()), "{format:?}");
+        assert_eq!(spaces.b.aspace().audit(), Ok(()), "{format:?}");
+    }
+}
+
+/// A mapping of the child: reads map the shared pages read-only, a write copies the page and
+/// maps the copy writable, and the parent's mapping keeps its own.
+#[test]
+fn a_mapped_child_copies_on_write_fault() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let parent = patterned_vmo(&p, 4);
+        let snap = child(&p, parent, ZX_VMO_CHILD_SNAPSHOT, 0, 4 * PAGE_SIZE).unwrap();
+        let in_parent = map_rw(&p, p.root_vmar_handle(), parent, 0, 4);
+        let in_child = map_rw(&p, p.root_vmar_handle(), snap, 0, 4);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        assert_eq!(cpu.load(in_child + PAGE_SIZE).unwrap(), pattern(1, 0));
+        assert_eq!(cpu.load(in_parent + PAGE_SIZE).unwrap(), pattern(1, 0));
+        let shared = cpu.tlb_entry(in_child + PAGE_SIZE).unwrap();
+        assert_eq!(
+            shared.frame,
+            cpu.tlb_entry(in_parent + PAGE_SIZE).unwrap().frame
+        );
+        assert!(
+            !shared.flags.contains(MmuFlags::WRITE),
+            "{format:?}: shared read-only"
+        );
+        let before = machine.frames_in_use();
+        cpu.store(in_child + PAGE_SIZE + 8, 7).unwrap();
+        assert_eq!(machine.frames_in_use(), before + 1, "{format:?}: one copy");
+        let own = cpu.tlb_entry(in_child + PAGE_SIZE).unwrap();
+        assert_ne!(own.frame, shared.frame, "{format:?}");
+        assert!(own.flags.contains(MmuFlags::WRITE), "{format:?}");
+        assert_eq!(cpu.load(in_child + PAGE_SIZE).unwrap(), pattern(1, 0));
+        assert_eq!(
+            cpu.load(in_parent + PAGE_SIZE + 8).unwrap(),
+            pattern(1, 1),
+            "{format:?}"
+        );
+        // The parent writes the page the child copied: it is the last to see it, and takes it.
+        cpu.store(in_parent + PAGE_SIZE, 9).unwrap();
+        assert_eq!(
+            machine.frames_in_use(),
+            before + 1,
+            "{format:?}: no second copy"
+        );
+        assert_eq!(
+            cpu.tlb_entry(in_parent + PAGE_SIZE).unwrap().frame,
+            shared.frame
+        );
+        assert_eq!(read_word(&p, snap, PAGE_SIZE), pattern(1, 0), "{format:?}");
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+        // Protect cannot make a shared page writable.
+        let status = zx_vmar_protect(
+            &p,
+            p.root_vmar_handle(),
+            ZX_VM_PERM_READ | ZX_VM_PERM_WRITE,
+            in_child,
+            4 * PAGE_SIZE,
+        );
+        assert_eq!(status, ZX_OK);
+        assert_eq!(cpu.load(in_child + 3 * PAGE_SIZE).unwrap(), pattern(3, 0));
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+        cpu.store(in_child + 3 * PAGE_SIZE, 1).unwrap();
+        assert_eq!(
+            read_word(&p, parent, 3 * PAGE_SIZE),
+            pattern(3, 0),
+            "{format:?}"
+        );
+        cpu.switch_to(None);
+    }
+}
