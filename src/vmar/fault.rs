@@ -69,7 +69,21 @@ impl AddressSpace {
 
     /// Resolves a page fault at `va`: commits the VMO page if needed and maps it with the
     /// mapping's permissions.
+    ///
+    /// A write to a page shared with a snapshot relative waits, holding no lock and serving
+    /// this CPU's shootdown mailbox, while a round that invalidates translations of that tree's
+    /// pages is under way (docs/cow.md): rounds are short, and each completes.
     pub fn page_fault(&self, va: u64, access: Access) -> Result<(), FaultError> {
+        loop {
+            match self.fault_once(va, access)? {
+                Some(vmo) => vmo.wait_settled(),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// One attempt at a fault: `Some(vmo)` when it must wait for `vmo`'s tree to settle.
+    fn fault_once(&self, va: u64, access: Access) -> Result<Option<Arc<Vmo>>, FaultError> {
         let va = va & !(PAGE_SIZE - 1);
         let tree = self.lock_tree();
         let region = Self::mapping_at(&tree, self.root_vmar, va)?;
@@ -89,62 +103,79 @@ impl AddressSpace {
         if index >= vmo.size() >> PAGE_SHIFT {
             return Err(FaultError::OutOfRange);
         }
-        let shared = if inner.in_cow_tree() {
+        let page = if inner.in_cow_tree() {
             let batch = batch.get_or_insert_with(|| TlbBatch::new(&*self.platform));
             vmo.fault_tree_locked(&mut inner, index, access == Access::Write, batch)
                 .map_err(|_| FaultError::NoMemory)?
         } else {
             None
         };
-        match shared {
-            Some(FaultPage::Retry) => {
-                // The page's entries were cleared (its frame changed), or a round is under
-                // way that must complete first: run the round, let the access fault again.
-                let batch = batch.expect("made above");
+        let page = match page {
+            Some(page) => page,
+            None => Self::fault_untouched(vmo, &mut inner, index, access, &mut batch)?,
+        };
+        match page {
+            FaultPage::Retry => {
+                // The page's entries were cleared (its frame changed): the round that
+                // invalidates them must complete before an entry to the new frame is made
+                // (break-before-make). Run it, and let the access fault once more: that fault
+                // maps the page.
+                let batch = batch.expect("made by whatever cleared entries");
                 let round = Vmo::begin_round_locked(&inner, &batch);
                 drop((inner, tree));
                 vmo.finish_round(batch, round);
-                return Ok(());
+                Ok(None)
             }
-            Some(FaultPage::Map { frame, writable }) => {
+            FaultPage::Wait => {
+                let vmo = vmo.clone();
+                drop((inner, tree, batch));
+                Ok(Some(vmo))
+            }
+            FaultPage::Map { frame, writable } => {
+                // Read-only unless the page is the VMO's own: the first write faults.
                 let flags = if writable {
                     flags
                 } else {
                     flags - MmuFlags::WRITE
                 };
-                return self.map_fault(va, frame, flags, (inner, tree), batch);
+                self.map_fault(va, frame, flags, (inner, tree), batch)
+                    .map(|()| None)
             }
-            None => {}
         }
-        let zero = match access {
-            Access::Write => None,
-            _ => vmo.zero_page_for_read_locked(&mut inner, index),
-        };
-        let (pa, flags) = match zero {
-            // Read-only, whatever the mapping allows: the first write faults and replaces it.
-            Some(zero) => (zero, flags - MmuFlags::WRITE),
-            None => {
-                let pa = vmo
-                    .commit_page_locked(&mut inner, index)
-                    .map_err(|_| FaultError::NoMemory)?;
-                let unzeroed = batch
-                    .as_mut()
-                    .is_some_and(|b| vmo.unmap_zero_pages_locked(&mut inner, index, index + 1, b));
-                if unzeroed {
-                    // The page was mapped to the zero page: its entries are cleared, and the
-                    // round that invalidates them must complete before an entry to the new frame
-                    // is made (break-before-make). Run it, and let the access fault once more:
-                    // that fault maps the committed page.
-                    drop((inner, tree));
-                    if let Some(batch) = batch {
-                        batch.finish(&*self.platform);
-                    }
-                    return Ok(());
-                }
-                (pa, flags)
+    }
+
+    /// The page a fault maps where neither the VMO nor a snapshot parent has one: the zero page
+    /// for a read (if the platform has one), else a new zeroed page, whose zero-page entries
+    /// elsewhere are cleared into `batch` first.
+    fn fault_untouched(
+        vmo: &Vmo,
+        inner: &mut VmoInner,
+        index: u64,
+        access: Access,
+        batch: &mut Option<TlbBatch>,
+    ) -> Result<FaultPage, FaultError> {
+        if access != Access::Write {
+            if let Some(zero) = vmo.zero_page_for_read_locked(inner, index) {
+                return Ok(FaultPage::Map {
+                    frame: zero,
+                    writable: false,
+                });
             }
-        };
-        self.map_fault(va, pa, flags, (inner, tree), batch)
+        }
+        let frame = vmo
+            .commit_page_locked(inner, index)
+            .map_err(|_| FaultError::NoMemory)?;
+        let unzeroed = batch
+            .as_mut()
+            .is_some_and(|b| vmo.unmap_zero_pages_locked(inner, index, index + 1, b));
+        Ok(if unzeroed {
+            FaultPage::Retry
+        } else {
+            FaultPage::Map {
+                frame,
+                writable: true,
+            }
+        })
     }
 
     /// The mapping region at `va`, looking through nested VMARs from `root`.

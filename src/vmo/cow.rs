@@ -264,7 +264,7 @@ impl Nodes {
         owner
             .pages
             .remove_range(found.index, found.index + 1, &mut removed);
-        owner.split.remove(&found.index);
+        // The split bits stay: the other sides that diverged here still have.
         self.diverge(from, index);
         found.frame
     }

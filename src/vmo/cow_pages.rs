@@ -31,9 +31,12 @@ impl From<Status> for Blocked {
 pub(crate) enum FaultPage {
     /// This frame, writable if the mapping allows and `writable`.
     Map { frame: PhysAddr, writable: bool },
-    /// Nothing yet: the translations of the page were cleared (or must wait for a round); run
-    /// the round and let the access fault again.
+    /// Nothing yet: the translations of the page were cleared; run the round and let the
+    /// access fault again.
     Retry,
+    /// Nothing yet: a round of the tree is under way; let go of the locks, wait until it
+    /// completed ([`Vmo::wait_settled`]), and resolve the fault again.
+    Wait,
 }
 
 impl Vmo {
@@ -163,7 +166,8 @@ impl Vmo {
         }
         match self.commit_tree_locked(inner, index, index + 1, false, batch) {
             Ok(()) if batch.is_empty() => {}
-            Ok(()) | Err(Blocked::Unsettled) => return Ok(Some(FaultPage::Retry)),
+            Ok(()) => return Ok(Some(FaultPage::Retry)),
+            Err(Blocked::Unsettled) => return Ok(Some(FaultPage::Wait)),
             Err(Blocked::Status(status)) => return Err(status),
         }
         let frame = self
@@ -213,13 +217,29 @@ impl Vmo {
             match op() {
                 Ok(value) => return Ok(value),
                 Err(Blocked::Status(status)) => return Err(status),
-                Err(Blocked::Unsettled) => {
-                    let pin = CpuPin::new(&*self.platform);
-                    self.platform.tlb().handle_ipi(&pin);
-                    drop(pin);
-                    self.platform.wait_hint();
-                }
+                Err(Blocked::Unsettled) => self.wait_settled(),
             }
+        }
+    }
+
+    /// Waits, holding no lock, until no round of the VMO's tree is under way, serving this
+    /// CPU's shootdown mailbox meanwhile (the round may be waiting for this CPU).
+    pub(crate) fn wait_settled(&self) {
+        loop {
+            let settled = {
+                let inner = self.lock();
+                inner
+                    .cow
+                    .as_ref()
+                    .is_none_or(|link| link.tree.lock().settled())
+            };
+            if settled {
+                return;
+            }
+            let pin = CpuPin::new(&*self.platform);
+            self.platform.tlb().handle_ipi(&pin);
+            drop(pin);
+            self.platform.wait_hint();
         }
     }
 
