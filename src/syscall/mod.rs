@@ -98,7 +98,8 @@ pub fn zx_vmo_create(
 ///
 /// The child's handle has the parent handle's rights without `ZX_RIGHT_RESIZE`, plus
 /// `GET_PROPERTY` and `SET_PROPERTY`, plus `RESIZE` with `ZX_VMO_CHILD_RESIZABLE`; a snapshot's
-/// also gains `WRITE` and loses `EXECUTE`; `ZX_VMO_CHILD_NO_WRITE` takes `WRITE` away.
+/// also gains `WRITE` and loses `EXECUTE`, unless `ZX_VMO_CHILD_NO_WRITE`, which takes `WRITE`
+/// away (and keeps `EXECUTE`) for every kind.
 pub fn zx_vmo_create_child(
     process: &Process,
     handle: zx_handle_t,
@@ -142,7 +143,10 @@ pub fn zx_vmo_create_child(
             if kind & !(bit | ZX_VMO_CHILD_RESIZABLE) != 0 {
                 return Err(Status::InvalidArgs);
             }
-            child_rights = (child_rights | Rights::WRITE) - Rights::EXECUTE;
+            if !no_write {
+                // A writable copy: never executable through this handle (Zircon's rule).
+                child_rights = (child_rights | Rights::WRITE) - Rights::EXECUTE;
+            }
             vmo.create_snapshot(offset, size, resizable)?
         } else {
             return Err(Status::InvalidArgs);

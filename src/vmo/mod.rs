@@ -524,7 +524,8 @@ impl Drop for Vmo {
         debug_assert!(inner.mappings.is_empty(), "a mapping holds its VMO alive");
         let mut removed = RemovedPages::default();
         inner.pages.remove_range(0, u64::MAX, &mut removed);
-        if let VmoKind::Contiguous { base } = self.kind {
+        // An alias's frames are its target's (which it holds alive), never its own.
+        if let (VmoKind::Contiguous { base }, None) = (self.kind, &self.alias) {
             removed.frames.extend(
                 (0..*self.size.get_mut() >> PAGE_SHIFT)
                     .map(|i| PhysAddr(base.0 + (i << PAGE_SHIFT))),
