@@ -14,7 +14,10 @@
 //! 2. **VMO locks** (`Vmo::inner`): a VMO's pages, pins and mapping list. When an operation needs
 //!    several at once (a decommit over mappings of several VMOs), it takes them in increasing koid
 //!    order.
-//! 3. a **page-table lock** (`AddressSpace::mmu`) of any address space, the caller's or another's:
+//! 3. a **copy-on-write tree lock** (`CowTree`, `src/vmo/cow.rs`): the hidden nodes and links of
+//!    one tree of snapshot relatives, taken while holding the lock of one of its VMOs (or none,
+//!    when a VMO dies). At most one tree lock is held at a time.
+//! 4. a **page-table lock** (`AddressSpace::mmu`) of any address space, the caller's or another's:
 //!    a leaf lock. A decommit reaches other address spaces from the VMO side, through the VMO's
 //!    mapping list, taking only their page-table locks, which is why those are separate from the
 //!    tree locks.
