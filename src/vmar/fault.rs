@@ -96,8 +96,10 @@ impl AddressSpace {
         let index = (mapping.vmo_offset() + (va - region.base())) >> PAGE_SHIFT;
         // With a zero page, committing a page may have to take its zero-page entries away; a
         // write to a page shared with a snapshot relative may have to clear its entries.
-        let mut batch = (self.platform.zero_frame().is_some() || access == Access::Write)
-            .then(|| TlbBatch::new(&*self.platform));
+        let mut batch = self
+            .platform
+            .zero_frame()
+            .map(|_| TlbBatch::new(&*self.platform));
         let mut inner = vmo.lock();
         // Under the VMO's lock, which keeps its size (a resizable VMO may have shrunk).
         if index >= vmo.size() >> PAGE_SHIFT {

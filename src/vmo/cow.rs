@@ -535,7 +535,7 @@ impl Nodes {
                     return Err("a node's parent does not list it");
                 }
             }
-            if self.depth(id) > MAX_COW_DEPTH + 1 {
+            if self.depth(id) > MAX_COW_DEPTH {
                 return Err("a tree deeper than MAX_COW_DEPTH");
             }
             if !node.hidden {
