@@ -559,3 +559,6 @@ impl Nodes {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

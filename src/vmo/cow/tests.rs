@@ -1,0 +1,169 @@
+//! The tree on its own, with made-up frame numbers: lookups, divergence, the move of a page to
+//! its last viewer, deaths and merges, and the invariant check catching what it must.
+
+use super::*;
+use alloc::vec;
+
+fn frame(n: u64) -> PhysAddr {
+    PhysAddr(n << 12)
+}
+
+/// A parent with pages 0..4 (frames 10..14) snapshotted whole: (nodes, parent, child, hidden).
+fn snapshot_of_four() -> (Nodes, NodeId, NodeId, NodeId) {
+    let mut nodes = Nodes::default();
+    let parent = nodes.add_root();
+    let mut pages = PageList::new();
+    for i in 0..4 {
+        pages.insert(i, frame(10 + i));
+    }
+    let child = nodes.snapshot(parent, pages, 4, 0, 4);
+    let hidden = nodes.node(parent).parent.unwrap().node;
+    (nodes, parent, child, hidden)
+}
+
+fn graveyard(nodes: &mut Nodes) -> Vec<PhysAddr> {
+    let mut out = Vec::new();
+    nodes.take_graveyard(&mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn both_sides_see_the_snapshot_until_they_diverge() {
+    let (mut nodes, parent, child, hidden) = snapshot_of_four();
+    assert_eq!(nodes.check(), Ok(()));
+    for side in [parent, child] {
+        let found = nodes.lookup(side, 2).unwrap();
+        assert_eq!((found.owner, found.index, found.frame), (hidden, 2, frame(12)));
+        assert!(!nodes.sole_viewer(side, 2, found));
+    }
+    assert_eq!(nodes.lookup(child, 4), None, "past the limit");
+    nodes.diverge(child, 2);
+    assert_eq!(nodes.lookup(child, 2), None, "the child diverged there");
+    assert_eq!(nodes.lookup(parent, 2).unwrap().frame, frame(12));
+    let found = nodes.lookup(parent, 2).unwrap();
+    assert!(nodes.sole_viewer(parent, 2, found), "the last viewer");
+    assert_eq!(nodes.take(parent, 2, found), frame(12));
+    assert_eq!(nodes.lookup(parent, 2), None);
+    assert_eq!(graveyard(&mut nodes), vec![], "taken, not freed");
+    // Both diverge from page 1 without taking it: it goes.
+    nodes.diverge(child, 1);
+    nodes.diverge(parent, 1);
+    assert_eq!(graveyard(&mut nodes), vec![frame(11)]);
+    assert_eq!(nodes.check(), Ok(()));
+}
+
+#[test]
+fn a_child_at_an_offset_sees_its_window_only() {
+    let mut nodes = Nodes::default();
+    let parent = nodes.add_root();
+    let mut pages = PageList::new();
+    for i in 0..4 {
+        pages.insert(i, frame(10 + i));
+    }
+    let child = nodes.snapshot(parent, pages, 4, 1, 2);
+    assert_eq!(nodes.lookup(child, 0).unwrap().frame, frame(11));
+    assert_eq!(nodes.lookup(child, 1).unwrap().frame, frame(12));
+    assert_eq!(nodes.lookup(child, 2), None);
+    // The parent is the only viewer of page 0 and 3.
+    let found = nodes.lookup(parent, 3).unwrap();
+    assert!(nodes.sole_viewer(parent, 3, found));
+    let found = nodes.lookup(parent, 1).unwrap();
+    assert!(!nodes.sole_viewer(parent, 1, found));
+    // The parent dies: pages 0 and 3 go; the child's stay.
+    nodes.release(parent);
+    assert_eq!(graveyard(&mut nodes), vec![frame(10), frame(13)]);
+    assert_eq!(nodes.check(), Ok(()));
+    let mut own = PageList::new();
+    assert!(nodes.collapse(child, &mut own), "alone now");
+    assert_eq!(own.get(0), Some(frame(11)));
+    assert_eq!(own.get(1), Some(frame(12)));
+    assert_eq!(own.committed_pages(), 2);
+    assert_eq!(nodes.depth(child), 0);
+}
+
+#[test]
+fn a_collapse_keeps_the_survivors_own_pages_and_frees_what_they_hide() {
+    let (mut nodes, parent, child, _) = snapshot_of_four();
+    nodes.diverge(parent, 0);
+    let mut own = PageList::new();
+    own.insert(0, frame(20));
+    assert!(!nodes.collapse(parent, &mut own), "the child lives");
+    nodes.release(child);
+    assert_eq!(graveyard(&mut nodes), vec![frame(10)], "only the child saw page 0");
+    assert!(nodes.collapse(parent, &mut own));
+    assert_eq!(own.get(0), Some(frame(20)));
+    assert_eq!(own.get(3), Some(frame(13)));
+    assert_eq!(own.committed_pages(), 4);
+    assert_eq!(graveyard(&mut nodes), vec![]);
+}
+
+#[test]
+fn a_dead_middle_merges_into_its_hidden_child() {
+    // a -> snapshot b; then b -> snapshot c: the hidden node of the second sits under the first.
+    let (mut nodes, a, b, top) = snapshot_of_four();
+    let mut own_b = PageList::new();
+    own_b.insert(1, frame(21));
+    nodes.diverge(b, 1);
+    let c = nodes.snapshot(b, own_b, 4, 0, 4);
+    let lower = nodes.node(b).parent.unwrap().node;
+    assert_eq!(nodes.depth(c), 2);
+    assert_eq!(nodes.lookup(c, 1).unwrap().frame, frame(21));
+    assert_eq!(nodes.lookup(c, 2).unwrap().frame, frame(12));
+    // a dies: its hidden node's pages that b's side sees move down into `lower`.
+    nodes.release(a);
+    assert_eq!(graveyard(&mut nodes), vec![frame(11)], "page 1: b's side had diverged");
+    assert!(nodes.slots[top].is_none(), "merged away");
+    assert_eq!(nodes.depth(c), 1);
+    assert_eq!(nodes.lookup(c, 2).unwrap().owner, lower);
+    assert_eq!(nodes.lookup(b, 1).unwrap().frame, frame(21));
+    assert_eq!(nodes.check(), Ok(()));
+    nodes.release(b);
+    nodes.release(c);
+    let all = graveyard(&mut nodes);
+    assert_eq!(all, vec![frame(10), frame(12), frame(13), frame(21)], "each once");
+}
+
+#[test]
+fn rounds_under_way_keep_the_graveyard() {
+    let (mut nodes, parent, child, _) = snapshot_of_four();
+    nodes.begin_round();
+    assert!(!nodes.settled());
+    nodes.release(child);
+    nodes.release(parent);
+    assert_eq!(graveyard(&mut nodes), vec![], "nothing freed while a round is under way");
+    nodes.end_round();
+    assert_eq!(graveyard(&mut nodes).len(), 4);
+}
+
+#[test]
+fn attribution_counts_what_the_original_had() {
+    let (mut nodes, parent, child, _) = snapshot_of_four();
+    assert_eq!(nodes.attributed(parent), 4);
+    assert_eq!(nodes.attributed(child), 0);
+    nodes.diverge(parent, 3);
+    assert_eq!(nodes.attributed(parent), 3);
+}
+
+#[test]
+fn the_check_catches_broken_invariants() {
+    let (mut nodes, parent, child, hidden) = snapshot_of_four();
+    nodes.node_mut(hidden).split.insert(1, 0b11);
+    assert_eq!(nodes.check(), Err("a hidden page that no side sees"));
+    nodes.node_mut(hidden).split.clear();
+    nodes.node_mut(child).pages.insert(0, frame(30));
+    assert_eq!(nodes.check(), Err("a visible node with pages or children in the tree"));
+    let mut removed = RemovedPages::default();
+    nodes.node_mut(child).pages.remove_range(0, 1, &mut removed);
+    nodes.node_mut(hidden).children[1] = None;
+    assert_eq!(nodes.check(), Err("a node's parent does not list it"));
+    nodes.node_mut(hidden).children = [None, None];
+    nodes.node_mut(parent).parent = None;
+    nodes.node_mut(child).parent = None;
+    assert_eq!(nodes.check(), Err("a hidden node with no live child"));
+    let (mut nodes, parent, _, _) = snapshot_of_four();
+    let mut pages = PageList::new();
+    pages.insert(0, frame(10));
+    nodes.snapshot(parent, pages, 4, 0, 4);
+    assert_eq!(nodes.check(), Err("a frame in two hidden nodes"));
+}
