@@ -313,3 +313,66 @@ fn a_mapped_child_copies_on_write_fault() {
         cpu.switch_to(None);
     }
 }
+
+/// A copy changes the writer's frame: every translation of that page in every mapping of the
+/// writer, in every address space, goes in the copy's round, so no CPU keeps reading the shared
+/// frame the writer no longer uses.
+#[test]
+fn a_copy_clears_the_writers_translations_everywhere() {
+    for format in Format::ALL {
+        let machine = machine(2);
+        let spaces = TwoSpaces::new(&machine, format, 4, |p, pages| {
+            let parent = patterned_vmo(p, pages);
+            child(p, parent, ZX_VMO_CHILD_SNAPSHOT, 0, pages * PAGE_SIZE).unwrap()
+        });
+        spaces.expect_patterns(4);
+        let shared = spaces.cpu_b.tlb_entry(spaces.in_b + PAGE_SIZE).unwrap();
+        write_word(&spaces.a, spaces.vmo, PAGE_SIZE, 77);
+        assert!(
+            spaces.cpu_b.tlb_entry(spaces.in_b + PAGE_SIZE).is_none(),
+            "{format:?}: B's translation of the shared frame went"
+        );
+        assert_eq!(spaces.cpu_b.load(spaces.in_b + PAGE_SIZE).unwrap(), 77, "{format:?}");
+        assert_eq!(spaces.cpu_a.load(spaces.in_a + PAGE_SIZE).unwrap(), 77, "{format:?}");
+        let own = spaces.cpu_b.tlb_entry(spaces.in_b + PAGE_SIZE).unwrap();
+        assert_ne!(own.frame, shared.frame, "{format:?}");
+        // A write fault through A: the copy's round reaches B too.
+        spaces.cpu_a.store(spaces.in_a + 2 * PAGE_SIZE, 88).unwrap();
+        assert_eq!(spaces.cpu_b.load(spaces.in_b + 2 * PAGE_SIZE).unwrap(), 88, "{format:?}");
+        assert_eq!(spaces.a.aspace().audit(), Ok(()), "{format:?}");
+        assert_eq!(spaces.b.aspace().audit(), Ok(()), "{format:?}");
+    }
+}
+
+/// The zero page and snapshots: an uncommitted page reads through the zero page on both
+/// sides, a write on one side commits it there only, and the other keeps reading zero.
+#[test]
+fn snapshots_share_the_zero_page_too() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let zero = machine.enable_zero_page();
+        let p = process(&machine, format);
+        let mut parent = 0;
+        assert_eq!(zx_vmo_create(&p, 2 * PAGE_SIZE, 0, &mut parent), ZX_OK);
+        write_word(&p, parent, 0, 5);
+        let in_parent = map_rw(&p, p.root_vmar_handle(), parent, 0, 2);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        assert_eq!(cpu.load(in_parent + PAGE_SIZE).unwrap(), 0);
+        assert_eq!(cpu.tlb_entry(in_parent + PAGE_SIZE).unwrap().frame, zero);
+        let snap = child(&p, parent, ZX_VMO_CHILD_SNAPSHOT, 0, 2 * PAGE_SIZE).unwrap();
+        let in_snap = map_rw(&p, p.root_vmar_handle(), snap, 0, 2);
+        assert_eq!(cpu.load(in_snap + PAGE_SIZE).unwrap(), 0);
+        assert_eq!(cpu.tlb_entry(in_snap + PAGE_SIZE).unwrap().frame, zero, "{format:?}");
+        assert_eq!(cpu.load(in_snap).unwrap(), 5);
+        cpu.store(in_parent + PAGE_SIZE, 6).unwrap();
+        assert_eq!(cpu.load(in_parent + PAGE_SIZE).unwrap(), 6);
+        assert_eq!(cpu.load(in_snap + PAGE_SIZE).unwrap(), 0, "{format:?}");
+        cpu.store(in_snap + PAGE_SIZE, 7).unwrap();
+        assert_eq!(cpu.load(in_snap + PAGE_SIZE).unwrap(), 7);
+        assert_eq!(cpu.load(in_parent + PAGE_SIZE).unwrap(), 6, "{format:?}");
+        assert_eq!(committed(&p, snap), PAGE_SIZE, "{format:?}");
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+        cpu.switch_to(None);
+    }
+}
