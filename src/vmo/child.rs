@@ -73,11 +73,6 @@ impl Vmo {
         self.lineage.cow_clone
     }
 
-    /// Whether this VMO is a slice or a reference of another.
-    pub fn is_alias(&self) -> bool {
-        self.alias.is_some()
-    }
-
     /// For an alias: the VMO underneath and the offset there of `[offset, offset + len)` of this
     /// one (`ZX_ERR_OUT_OF_RANGE` past the alias's end). `None` for a VMO with pages of its own.
     pub(super) fn forward(&self, offset: u64, len: u64) -> Option<ZxResult<(&Arc<Vmo>, u64)>> {
