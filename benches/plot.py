@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Tables and a plot from one `cargo bench --bench decommit` run (python3 standard library only).
+"""Tables and a plot from `cargo bench --bench decommit` and `--bench children` runs (python3
+standard library only).
 
 Reads criterion's results under target/criterion (each case's new/benchmark.json and
-new/estimates.json) and the bench's own target/criterion/zx-vm-extra.json (counter deltas,
-memory), prints Markdown tables with medians, ns/page and the ratios the targets name, and writes
-an SVG plot of pages per second against range size: ours on both formats against the peers.
+new/estimates.json) and the benches' own target/criterion/zx-vm-extra.json (decommit: counter
+deltas, memory) and zx-vm-children-extra.json (snapshot children: counter deltas), prints Markdown
+tables with medians, ns/page and the ratios the targets name, and writes an SVG plot of pages per
+second against range size: ours on both formats against the peers.
 
     python3 benches/plot.py [--criterion target/criterion] [--svg BENCHMARKS.svg]
 """
@@ -39,7 +41,14 @@ def load(root):
     if os.path.exists(path):
         with open(path) as f:
             extra = json.load(f)
-    return results, extra
+    # The children bench's counters stay apart: its cases take other numbers of rounds per call
+    # than a decommit's one, which the decommit tables check.
+    children = {}
+    path = os.path.join(root, "zx-vm-children-extra.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            children = json.load(f)
+    return results, extra, children
 
 
 def fmt_time(ns):
@@ -230,6 +239,73 @@ def targets(results, extra):
     return "\n".join(out)
 
 
+def children_tables(results, children):
+    """The snapshot-children cases (benches/children.rs), each against its same-run peer."""
+    out = []
+    w = out.append
+    small = results.get(("snapshot", "ours", "close-4KiB"))
+    large = results.get(("snapshot", "ours", "close-2MiB"))
+    if small and large:
+        x = large["median_ns"] / small["median_ns"]
+        w("### Snapshot children: snapshot+close\n")
+        w("A snapshot child of a fully committed, unmapped VMO, and its close, both timed. Ratio: "
+          "2 MiB / 4 KiB (target: at most 2).\n")
+        w("| case | median | ratio to 4 KiB | target met |")
+        w("|---|---:|---:|---|")
+        w(f"| close-4KiB | {fmt_time(small['median_ns'])} | 1.00x | |")
+        w(f"| close-2MiB | {fmt_time(large['median_ns'])} | {x:.2f}x | {'yes' if x <= 2 else 'NO'} |")
+        w("")
+    rows = []
+    for fmt in FORMATS:
+        cow = results.get(("fault", f"ours-{fmt}", "cow-write-64"))
+        fill = results.get(("fault", f"ours-{fmt}", "zero-fill-write-64"))
+        prot = results.get(("fault", f"ours-{fmt}", "cow-write-protected-64"))
+        if cow and fill:
+            p = (f"{fmt_time(prot['median_ns'])} | {prot['median_ns'] / 64:.1f} | "
+                 f"{prot['median_ns'] / fill['median_ns']:.2f}x") if prot else "- | - | -"
+            rows.append(f"| {fmt} | {fmt_time(cow['median_ns'])} | {cow['median_ns'] / 64:.1f} | "
+                        f"{fmt_time(fill['median_ns'])} | {fill['median_ns'] / 64:.1f} | "
+                        f"{cow['median_ns'] / fill['median_ns']:.2f}x | {p} |")
+    if rows:
+        w("### Snapshot children: copy-on-write faults against zero-fill faults\n")
+        w("64 write faults through `AddressSpace::page_fault`: `cow-write`, a fresh child's first "
+          "write to pages it shares (copy, map); `zero-fill-write`, a plain VMO's first write (zero, "
+          "map); `cow-write-protected`, the parent's write to its own write-protected mapping (copy, "
+          "clear the read-only entry in a round, fault again to map the copy). Ratios: over "
+          "zero-fill-write.\n")
+        w("| format | cow-write | ns/page | zero-fill-write | ns/page | cow / zero-fill | "
+          "cow-write-protected | ns/page | protected / zero-fill |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.extend(rows)
+        w("")
+    rows = []
+    for fmt in FORMATS:
+        snap = results.get(("snapshot", f"ours-{fmt}", "64MiB-4spaces"))
+        again = results.get(("snapshot", f"ours-{fmt}", "64MiB-4spaces-again"))
+        prot = results.get(("snapshot", f"ours-{fmt}", "protect-64MiB-4spaces"))
+        if not snap:
+            continue
+        c = lambda case: children.get(f"counters/snapshot/ours-{fmt}/{case}", {})
+        rounds = lambda case: f"{c(case).get('shootdowns', '-')} / {c(case).get('ipis', '-')}"
+        ratio = lambda r: f"{r['median_ns'] / prot['median_ns']:.2f}x" if r and prot else "-"
+        cell = lambda r: fmt_time(r["median_ns"]) if r else "-"
+        rows.append(f"| {fmt} | {cell(snap)} | {rounds('64MiB-4spaces')} | {ratio(snap)} | "
+                    f"{cell(again)} | {rounds('64MiB-4spaces-again')} | {ratio(again)} | "
+                    f"{cell(prot)} | {rounds('protect-64MiB-4spaces')} |")
+    if rows:
+        w("### Snapshot children: a 64 MiB VMO mapped writable in 4 address spaces on 4 CPUs\n")
+        w("The snapshot write-protects the 4 mappings (16384 entries each, every page in every "
+          "CPU's TLB); the peer makes the same 4 mappings read-only with `zx_vmar_protect`, one "
+          "call (and one round) per mapping. `again`: the VMO's previous snapshot closed and every "
+          "page taken back first. Ratios: over the peer (below 1: the snapshot is faster).\n")
+        w("| format | snapshot | rounds / IPIs | vs protect | snapshot again | rounds / IPIs | "
+          "vs protect | protect x4 | rounds / IPIs |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.extend(rows)
+        w("")
+    return "\n".join(out)
+
+
 def svg(results, path):
     series = [
         ("ours-x86_64", "ours, x86_64 format", "#1f77b4", ""),
@@ -297,11 +373,14 @@ def main():
         os.environ.get("CARGO_TARGET_DIR", "target"), "criterion"))
     parser.add_argument("--svg", default="BENCHMARKS.svg")
     args = parser.parse_args()
-    results, extra = load(args.criterion)
+    results, extra, children = load(args.criterion)
     if not results:
         sys.exit(f"no criterion results under {args.criterion}: run cargo bench --bench decommit first")
     print(targets(results, extra))
     print(tables(results, extra))
+    section = children_tables(results, children)
+    if section:
+        print(section)
     svg(results, args.svg)
     print(f"(plot written to {args.svg})")
 
