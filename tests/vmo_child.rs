@@ -332,13 +332,25 @@ fn a_copy_clears_the_writers_translations_everywhere() {
             spaces.cpu_b.tlb_entry(spaces.in_b + PAGE_SIZE).is_none(),
             "{format:?}: B's translation of the shared frame went"
         );
-        assert_eq!(spaces.cpu_b.load(spaces.in_b + PAGE_SIZE).unwrap(), 77, "{format:?}");
-        assert_eq!(spaces.cpu_a.load(spaces.in_a + PAGE_SIZE).unwrap(), 77, "{format:?}");
+        assert_eq!(
+            spaces.cpu_b.load(spaces.in_b + PAGE_SIZE).unwrap(),
+            77,
+            "{format:?}"
+        );
+        assert_eq!(
+            spaces.cpu_a.load(spaces.in_a + PAGE_SIZE).unwrap(),
+            77,
+            "{format:?}"
+        );
         let own = spaces.cpu_b.tlb_entry(spaces.in_b + PAGE_SIZE).unwrap();
         assert_ne!(own.frame, shared.frame, "{format:?}");
         // A write fault through A: the copy's round reaches B too.
         spaces.cpu_a.store(spaces.in_a + 2 * PAGE_SIZE, 88).unwrap();
-        assert_eq!(spaces.cpu_b.load(spaces.in_b + 2 * PAGE_SIZE).unwrap(), 88, "{format:?}");
+        assert_eq!(
+            spaces.cpu_b.load(spaces.in_b + 2 * PAGE_SIZE).unwrap(),
+            88,
+            "{format:?}"
+        );
         assert_eq!(spaces.a.aspace().audit(), Ok(()), "{format:?}");
         assert_eq!(spaces.b.aspace().audit(), Ok(()), "{format:?}");
     }
@@ -363,7 +375,11 @@ fn snapshots_share_the_zero_page_too() {
         let snap = child(&p, parent, ZX_VMO_CHILD_SNAPSHOT, 0, 2 * PAGE_SIZE).unwrap();
         let in_snap = map_rw(&p, p.root_vmar_handle(), snap, 0, 2);
         assert_eq!(cpu.load(in_snap + PAGE_SIZE).unwrap(), 0);
-        assert_eq!(cpu.tlb_entry(in_snap + PAGE_SIZE).unwrap().frame, zero, "{format:?}");
+        assert_eq!(
+            cpu.tlb_entry(in_snap + PAGE_SIZE).unwrap().frame,
+            zero,
+            "{format:?}"
+        );
         assert_eq!(cpu.load(in_snap).unwrap(), 5);
         cpu.store(in_parent + PAGE_SIZE, 6).unwrap();
         assert_eq!(cpu.load(in_parent + PAGE_SIZE).unwrap(), 6);

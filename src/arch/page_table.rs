@@ -243,7 +243,12 @@ impl<F: PteFormat> PageTable<F> {
         }
         // SAFETY: as above: the last-level table under `start`, in this tree.
         let table = unsafe { entries(platform, table_pa) };
+        let before = out.changed_pages();
         let count = Self::clear_leaves(table, start, end, out);
+        if out.changed_pages() == before {
+            // Nothing cleared: a table in the tree holds a valid entry, and still does.
+            return true;
+        }
         let first = table_index(start, 0);
         // Look nearest the range first: a neighbour of a cleared page is the likeliest to be
         // mapped.

@@ -353,7 +353,8 @@ impl Vmar {
             let pending = range.batch.space(aspace);
             let mut mmu = aspace.mmu.lock();
             for c in range.covered {
-                let shared = locked.inner(c.mapping().vmo()).in_cow_tree();
+                let vmo = c.mapping().vmo();
+                let shared = vmo.leave_tree_if_alone_locked(locked.inner(vmo));
                 let entries = if shared {
                     flags - MmuFlags::WRITE
                 } else {

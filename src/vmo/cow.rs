@@ -421,6 +421,10 @@ impl Nodes {
     /// Before hidden node `id` goes away with only side `side` left: what that side diverged
     /// from at `id` (bits without a page there), `id`'s own side diverged from above it.
     fn propagate_splits(&mut self, id: NodeId, side: usize) {
+        if self.node(id).parent.is_none() {
+            // Nothing above to diverge from.
+            return;
+        }
         let mut index = 0;
         while let Some(at) = self.node(id).split.range(index..).next().map(|(&at, _)| at) {
             index = at + 1;

@@ -244,19 +244,21 @@ impl Vmo {
     }
 
     /// Whether DECOMMIT may take this VMO's pages: a paged VMO that no snapshot shares pages
-    /// with. A VMO whose tree has shrunk to it alone (its relatives died) leaves the tree
-    /// here, taking the pages it saw.
+    /// with ([`Vmo::leave_tree_if_alone_locked`]).
     pub(crate) fn supports_decommit_locked(&self, inner: &mut VmoInner) -> bool {
-        if self.kind != VmoKind::Paged {
-            return false;
-        }
+        self.kind == VmoKind::Paged && !self.leave_tree_if_alone_locked(inner)
+    }
+
+    /// Whether the VMO shares pages with a snapshot relative. One whose relatives all died
+    /// leaves its tree here, taking the pages it saw, and answers false.
+    pub(crate) fn leave_tree_if_alone_locked(&self, inner: &mut VmoInner) -> bool {
         let Some(link) = inner.cow.as_ref() else {
-            return true;
+            return false;
         };
         let tree = link.tree.clone();
         let mut nodes = tree.lock();
         if !nodes.collapse(link.node, &mut inner.pages) {
-            return false;
+            return true;
         }
         let mut free = Vec::new();
         nodes.release(link.node);
@@ -265,7 +267,7 @@ impl Vmo {
         free_now(&*self.platform, &free);
         // A round still under way holds the tree, and frees what it keeps when it ends.
         inner.cow = None;
-        true
+        false
     }
 
     /// A shrink to `pages`: the VMO no longer sees its parents' pages from there on.

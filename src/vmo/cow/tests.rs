@@ -34,7 +34,10 @@ fn both_sides_see_the_snapshot_until_they_diverge() {
     assert_eq!(nodes.check(), Ok(()));
     for side in [parent, child] {
         let found = nodes.lookup(side, 2).unwrap();
-        assert_eq!((found.owner, found.index, found.frame), (hidden, 2, frame(12)));
+        assert_eq!(
+            (found.owner, found.index, found.frame),
+            (hidden, 2, frame(12))
+        );
         assert!(!nodes.sole_viewer(side, 2, found));
     }
     assert_eq!(nodes.lookup(child, 4), None, "past the limit");
@@ -90,7 +93,11 @@ fn a_collapse_keeps_the_survivors_own_pages_and_frees_what_they_hide() {
     own.insert(0, frame(20));
     assert!(!nodes.collapse(parent, &mut own), "the child lives");
     nodes.release(child);
-    assert_eq!(graveyard(&mut nodes), vec![frame(10)], "only the child saw page 0");
+    assert_eq!(
+        graveyard(&mut nodes),
+        vec![frame(10)],
+        "only the child saw page 0"
+    );
     assert!(nodes.collapse(parent, &mut own));
     assert_eq!(own.get(0), Some(frame(20)));
     assert_eq!(own.get(3), Some(frame(13)));
@@ -112,7 +119,11 @@ fn a_dead_middle_merges_into_its_hidden_child() {
     assert_eq!(nodes.lookup(c, 2).unwrap().frame, frame(12));
     // a dies: its hidden node's pages that b's side sees move down into `lower`.
     nodes.release(a);
-    assert_eq!(graveyard(&mut nodes), vec![frame(11)], "page 1: b's side had diverged");
+    assert_eq!(
+        graveyard(&mut nodes),
+        vec![frame(11)],
+        "page 1: b's side had diverged"
+    );
     assert!(nodes.slots[top].is_none(), "merged away");
     assert_eq!(nodes.depth(c), 1);
     assert_eq!(nodes.lookup(c, 2).unwrap().owner, lower);
@@ -121,7 +132,11 @@ fn a_dead_middle_merges_into_its_hidden_child() {
     nodes.release(b);
     nodes.release(c);
     let all = graveyard(&mut nodes);
-    assert_eq!(all, vec![frame(10), frame(12), frame(13), frame(21)], "each once");
+    assert_eq!(
+        all,
+        vec![frame(10), frame(12), frame(13), frame(21)],
+        "each once"
+    );
 }
 
 #[test]
@@ -131,7 +146,11 @@ fn rounds_under_way_keep_the_graveyard() {
     assert!(!nodes.settled());
     nodes.release(child);
     nodes.release(parent);
-    assert_eq!(graveyard(&mut nodes), vec![], "nothing freed while a round is under way");
+    assert_eq!(
+        graveyard(&mut nodes),
+        vec![],
+        "nothing freed while a round is under way"
+    );
     nodes.end_round();
     assert_eq!(graveyard(&mut nodes).len(), 4);
 }
@@ -152,7 +171,10 @@ fn the_check_catches_broken_invariants() {
     assert_eq!(nodes.check(), Err("a hidden page that no side sees"));
     nodes.node_mut(hidden).split.clear();
     nodes.node_mut(child).pages.insert(0, frame(30));
-    assert_eq!(nodes.check(), Err("a visible node with pages or children in the tree"));
+    assert_eq!(
+        nodes.check(),
+        Err("a visible node with pages or children in the tree")
+    );
     let mut removed = RemovedPages::default();
     nodes.node_mut(child).pages.remove_range(0, 1, &mut removed);
     nodes.node_mut(hidden).children[1] = None;
