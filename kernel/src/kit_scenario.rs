@@ -1,4 +1,4 @@
-//! Scenario 3: the crate's integration kit for one CPU (`zx_vm::kit::single_cpu`), on the boot CPU.
+//! Scenario 4: the crate's integration kit for one CPU (`zx_vm::kit::single_cpu`), on the boot CPU.
 //!
 //! A hobby kernel with one CPU would not write `KernelPlatform` at all: it would build a
 //! `SingleCpu` out of a frame source, the direct-map offset and its root-table slots. This

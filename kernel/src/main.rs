@@ -2,7 +2,8 @@
 //!
 //! It boots on QEMU (x86_64 through PVH, aarch64 on the `virt` machine) with several CPUs, gives the
 //! crate a real [`zx_vm::Platform`], and runs the scenarios in [`scenarios`]: a VMO mapped in two
-//! address spaces on different CPUs, decommitted while the other CPUs keep reading; a negative
+//! address spaces on different CPUs, decommitted while the other CPUs keep reading; a VMO
+//! snapshotted while the other CPUs keep writing it ([`snapshot_scenario`]); a negative
 //! control that shows the harness can see a stale TLB entry; the crate's single-CPU integration
 //! kit on the boot CPU ([`kit_scenario`]); and the host's contract tests, run on real CPUs. Before
 //! them the boot CPU checks the translation regime with the crate's `arch::regime`. The run ends
@@ -17,10 +18,11 @@
 //!    `Tlb::handle_ipi`.
 //!
 //! Layout: `main.rs` (entry glue, `kmain`, panic), `platform.rs`, `mm.rs`, `smp.rs` (per-CPU state,
-//! cross-CPU jobs), `bitmap.rs` (the page bitmap of both allocators), `frames.rs` (frame allocator), `forward.rs` (the one forwarding platform the scenarios wrap
-//! the kernel's in), `heap.rs` (global allocator), `sync.rs`
-//! (interrupt-safe spinlock), `console.rs`, `scenarios.rs`, `contract.rs` (the host contract tests'
-//! machine, on real CPUs), and one directory per architecture.
+//! cross-CPU jobs), `bitmap.rs` (the page bitmap of both allocators), `frames.rs` (frame
+//! allocator), `forward.rs` (the one forwarding platform the scenarios wrap the kernel's in),
+//! `heap.rs` (global allocator), `sync.rs` (interrupt-safe spinlock), `console.rs`, `scenarios.rs`,
+//! `snapshot_scenario.rs`, `kit_scenario.rs`, `contract.rs` (the host contract tests' machine, on
+//! real CPUs), and one directory per architecture.
 
 #![no_std]
 #![no_main]
@@ -40,6 +42,7 @@ mod mm;
 mod platform;
 mod scenarios;
 mod smp;
+mod snapshot_scenario;
 mod sync;
 
 #[cfg(target_arch = "aarch64")]
@@ -57,12 +60,17 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// and every CPU are up.
 fn kmain() -> ! {
     println!(
-        "zx-vm test kernel: {}, {} CPUs online, {} MiB in the frame pool{}",
+        "zx-vm test kernel: {}, {} CPUs online, {} MiB in the frame pool{}{}",
         arch::NAME,
         smp::online_count(),
         (frames::FRAMES.total() * 4096) >> 20,
         if cfg!(feature = "break-remote-flush") {
             ", zx-vm built with break-remote-flush"
+        } else {
+            ""
+        },
+        if cfg!(feature = "break-write-protect") {
+            ", zx-vm built with break-write-protect"
         } else {
             ""
         }

@@ -5,14 +5,17 @@
 //!    CPU decommits a range through `zx_vmar_op_range` while all the others keep reading. After the
 //!    call returns, every CPU must read zero from the decommitted pages and the old data elsewhere
 //!    (and never a freed frame's poison); at the end every frame is back in the allocator.
-//! 2. [`stale_tlb_negative_control`]: a page-table entry changed with no invalidation is still
+//! 2. [`crate::snapshot_scenario`]: one CPU snapshots a VMO (`zx_vmo_create_child`) over and over
+//!    while the others keep writing it through writable mappings in two address spaces; no child
+//!    may hold a value stored after its snapshot call returned.
+//! 3. [`stale_tlb_negative_control`]: a page-table entry changed with no invalidation is still
 //!    read through on another CPU: the harness can see a stale TLB entry (the test expects it).
-//! 3. [`crate::kit_scenario`]: the crate's single-CPU integration kit (`SingleCpu`, `NativeCpu`,
+//! 4. [`crate::kit_scenario`]: the crate's single-CPU integration kit (`SingleCpu`, `NativeCpu`,
 //!    `FreeListFrames` over a bump source) on the boot CPU, with a user range of its own.
-//! 4. The host's contract tests, on real CPUs ([`crate::contract`]).
+//! 5. The host's contract tests, on real CPUs ([`crate::contract`]).
 //!
-//! Scenario 1 runs in every invalidation mode the architecture has: x86_64 by IPI; aarch64 by
-//! `TLBI ...IS` broadcast (the crate sends no IPIs) and by IPI with local `TLBI`.
+//! Scenarios 1 and 2 run in every invalidation mode the architecture has: x86_64 by IPI; aarch64
+//! by `TLBI ...IS` broadcast (the crate sends no IPIs) and by IPI with local `TLBI`.
 
 use crate::arch;
 use crate::contract;
@@ -43,6 +46,7 @@ pub fn run_all() -> bool {
     for &ipi_mode in modes {
         KernelPlatform::set_ipi_mode(ipi_mode);
         passed &= report("decommit while reading", decommit_while_reading());
+        passed &= report("snapshot while writing", crate::snapshot_scenario::run());
     }
     // aarch64 runs the rest in its default mode, broadcast (unless the broken build asks for IPIs).
     KernelPlatform::set_ipi_mode(cfg!(feature = "break-remote-flush"));
@@ -58,7 +62,7 @@ fn report(name: &str, passed: bool) -> bool {
     passed
 }
 
-fn mode_name() -> &'static str {
+pub(crate) fn mode_name() -> &'static str {
     if KernelPlatform::ipi_mode() {
         "IPI mode"
     } else {
@@ -304,7 +308,7 @@ fn decommit_while_reading() -> bool {
 }
 
 // =================================================================================================
-// 2. The negative control: a stale TLB entry is visible.
+// 3. The negative control: a stale TLB entry is visible.
 // =================================================================================================
 
 /// Records the frames a page table the kernel builds itself takes, so that they can be freed

@@ -1,5 +1,5 @@
-//! `cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush] [--runs N]
-//! [--timeout SECONDS]`
+//! `cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush]
+//! [--break-write-protect] [--runs N] [--timeout SECONDS]`
 //!
 //! Builds the test kernel (`kernel/`) for `<arch>-unknown-none` and runs it under QEMU (TCG, never
 //! KVM: stale TLB entries only show under TCG), with 4 CPUs and 256 MiB. The kernel reports its
@@ -15,14 +15,17 @@
 //! the same command runs every scenario with PCIDs.
 //!
 //! The kernel is built into `$CARGO_TARGET_DIR` when that is set, else `target/` at the workspace
-//! root (the broken build into its `break-remote-flush/` subdirectory).
+//! root (a broken build into a subdirectory named after its features: `break-remote-flush/`,
+//! `break-write-protect/`, or both joined by `+`).
 //!
 //! `--break-remote-flush` builds zx-vm with its deliberately broken shootdown (remote CPUs
 //! acknowledge without flushing; on aarch64 the kernel then invalidates by IPI, so that there is a
-//! remote flush to skip). The kernel test must then fail; `--runs N` repeats the run and counts.
+//! remote flush to skip). `--break-write-protect` builds it with its deliberately broken snapshot
+//! (the parent's writable translations stay writable), which the kernel's snapshot scenario must
+//! catch. With either, the kernel test must fail; `--runs N` repeats the run and counts.
 //!
-//! The exit status is 0 when every run passed, 1 when one failed (so with `--break-remote-flush`,
-//! 1 is the expected outcome), 2 for a usage or build error, and 3 when the kernel had nothing to
+//! The exit status is 0 when every run passed, 1 when one failed (so with a `--break-*` flag, 1
+//! is the expected outcome), 2 for a usage or build error, and 3 when the kernel had nothing to
 //! test and said so (x86_64 exit status 37: `--pcid` on a CPU model without PCID or INVPCID,
 //! which under TCG is every model).
 
@@ -34,7 +37,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush] \
-     [--runs N] [--timeout SECONDS]";
+     [--break-write-protect] [--runs N] [--timeout SECONDS]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arch {
@@ -143,9 +146,36 @@ struct Options {
     arch: Arch,
     /// `--pcid`: the kernel argument (`pcid` or `pcid=TAGS`).
     pcid: Option<String>,
-    break_remote_flush: bool,
+    /// Which of [`BREAKAGES`] to build with.
+    broken: [bool; BREAKAGES.len()],
     runs: u32,
     timeout: Duration,
+}
+
+/// The deliberately broken builds of zx-vm: the feature (zx-vm's and the kernel's, and the flag
+/// without its `--`) and what it breaks.
+const BREAKAGES: [(&str, &str); 2] = [
+    ("break-remote-flush", "shootdown"),
+    ("break-write-protect", "write-protect"),
+];
+
+impl Options {
+    /// The features of the broken builds asked for, in [`BREAKAGES`]' order.
+    fn features(&self) -> Vec<&'static str> {
+        self.breakages().map(|(feature, _)| feature).collect()
+    }
+
+    /// What the broken builds asked for break.
+    fn broken_parts(&self) -> Vec<&'static str> {
+        self.breakages().map(|(_, what)| what).collect()
+    }
+
+    fn breakages(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        BREAKAGES
+            .into_iter()
+            .zip(self.broken)
+            .filter_map(|(breakage, on)| on.then_some(breakage))
+    }
 }
 
 fn usage_error(message: &str) -> ! {
@@ -170,11 +200,18 @@ fn parse() -> Options {
     let mut options = Options {
         arch,
         pcid: None,
-        break_remote_flush: false,
+        broken: [false; BREAKAGES.len()],
         runs: 1,
         timeout: Duration::from_secs(120),
     };
     while let Some(arg) = args.next() {
+        let breakage = BREAKAGES
+            .iter()
+            .position(|&(feature, _)| arg.strip_prefix("--") == Some(feature));
+        if let Some(i) = breakage {
+            options.broken[i] = true;
+            continue;
+        }
         let mut number = |name: &str| -> u64 {
             args.next()
                 .and_then(|n| n.parse().ok())
@@ -190,7 +227,6 @@ fn parse() -> Options {
                 }
                 options.pcid = Some(format!("pcid={tags}"));
             }
-            "--break-remote-flush" => options.break_remote_flush = true,
             "--runs" => options.runs = number("--runs") as u32,
             "--timeout" => options.timeout = Duration::from_secs(number("--timeout")),
             other => usage_error(&format!("unknown option `{other}`")),
@@ -206,15 +242,16 @@ fn parse() -> Options {
 fn build(options: &Options, root: &Path) -> PathBuf {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = options.arch.target();
-    // The broken build gets its own target directory, so that switching between the two does not
+    // Each broken build gets its own target directory, so that switching between them does not
     // rebuild zx-vm each time.
     let base = env::var_os("CARGO_TARGET_DIR")
         .filter(|dir| !dir.is_empty())
         .map_or_else(|| root.join("target"), |dir| root.join(dir));
-    let target_dir = if options.break_remote_flush {
-        base.join("break-remote-flush")
-    } else {
+    let breakages = options.features();
+    let target_dir = if breakages.is_empty() {
         base
+    } else {
+        base.join(breakages.join("+"))
     };
     let mut command = Command::new(cargo);
     command
@@ -229,8 +266,8 @@ fn build(options: &Options, root: &Path) -> PathBuf {
         ])
         .arg("--target-dir")
         .arg(&target_dir);
-    if options.break_remote_flush {
-        command.args(["--features", "break-remote-flush"]);
+    if !breakages.is_empty() {
+        command.args(["--features", &breakages.join(",")]);
     }
     let status = command
         .status()
@@ -303,6 +340,7 @@ fn main() {
             Outcome::Skip => skipped += 1,
         }
     }
+    let breakages = options.features();
     let what = format!(
         "{}{} {}",
         options.arch.name(),
@@ -311,10 +349,10 @@ fn main() {
         } else {
             ""
         },
-        if options.break_remote_flush {
-            "with break-remote-flush"
+        if breakages.is_empty() {
+            "kernel test".to_string()
         } else {
-            "kernel test"
+            format!("with {}", breakages.join(" and "))
         }
     );
     if skipped > 0 {
@@ -322,9 +360,10 @@ fn main() {
     } else {
         println!("xtask: {what}: {passed} passed, {failed} failed");
     }
-    if options.break_remote_flush && skipped < options.runs {
+    if !breakages.is_empty() && skipped < options.runs {
+        let broken = options.broken_parts().join(" and ");
         println!(
-            "xtask: the broken shootdown was caught in {failed} of {} runs",
+            "xtask: the broken {broken} was caught in {failed} of {} runs",
             options.runs - skipped
         );
     }
