@@ -108,9 +108,10 @@ impl Vmo {
     /// range not inside the parent is `ZX_ERR_INVALID_ARGS`, a resizable parent
     /// `ZX_ERR_NOT_SUPPORTED`.
     pub fn create_slice(self: &Arc<Self>, offset: u64, size: u64) -> ZxResult<Arc<Vmo>> {
-        if !is_page_aligned(offset) || size > MAX_VMO_SIZE {
+        if !is_page_aligned(offset) {
             return Err(Status::InvalidArgs);
         }
+        // Inside the parent, so no larger than the largest VMO.
         match offset.checked_add(size) {
             Some(end) if end <= self.size() => {}
             _ => return Err(Status::InvalidArgs),
