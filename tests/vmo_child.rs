@@ -197,6 +197,15 @@ fn a_snapshot_write_protects_every_translation_of_the_parent() {
         spaces.expect_patterns(4);
         spaces.cpu_a.store(spaces.in_a, 1).unwrap();
         spaces.cpu_b.store(spaces.in_b + PAGE_SIZE, 2).unwrap();
+        // A neighbour: another VMO mapped writable right after the parent in A.
+        let other = patterned_vmo(&spaces.a, 1);
+        let next = map_rw(&spaces.a, spaces.a.root_vmar_handle(), other, 0, 1);
+        assert_eq!(
+            next,
+            spaces.in_a + 4 * PAGE_SIZE,
+            "{format:?}: placed right after"
+        );
+        spaces.cpu_a.store(next, 3).unwrap();
         let counters = machine.counters();
         let snap = child(
             &spaces.a,
@@ -221,6 +230,14 @@ fn a_snapshot_write_protects_every_translation_of_the_parent() {
                 }
             }
         }
+        let kept = spaces
+            .cpu_a
+            .tlb_entry(next)
+            .expect("the neighbour's entry stays");
+        assert!(
+            kept.flags.contains(MmuFlags::WRITE),
+            "{format:?}: and stays writable"
+        );
         // Writes after the snapshot: through both spaces, on pages written before and not.
         spaces.cpu_a.store(spaces.in_a, 10).unwrap();
         spaces.cpu_b.store(spaces.in_b + 2 * PAGE_SIZE, 20).unwrap();

@@ -437,6 +437,19 @@ fn statuses_in_zircons_order() {
     }
 }
 
+/// A kernel calling [`Vmo::create_snapshot`] directly gets the same limit as the syscall.
+#[test]
+fn a_snapshot_larger_than_the_largest_vmo_is_refused() {
+    let machine = machine(1);
+    let parent = Vmo::create(machine.clone(), PAGE_SIZE).unwrap();
+    let status = parent
+        .create_snapshot(0, MAX_VMO_SIZE + PAGE_SIZE, false)
+        .err();
+    assert_eq!(status, Some(zx_vm::Status::OutOfRange));
+    let child = parent.create_snapshot(0, MAX_VMO_SIZE, false).unwrap();
+    assert_eq!(child.size(), MAX_VMO_SIZE);
+}
+
 /// The child's rights: the parent handle's without RESIZE, plus GET/SET_PROPERTY, plus RESIZE
 /// when resizable; a snapshot gains WRITE and loses EXECUTE; NO_WRITE takes WRITE away.
 #[test]
@@ -690,6 +703,14 @@ fn a_reference_is_the_parent_by_another_name() {
     assert_eq!(zx_vmo_get_size(&p, fixed, &mut size), ZX_OK);
     assert_eq!(size, 5 * PAGE_SIZE);
     assert_eq!(committed(&p, parent), PAGE_SIZE);
+    // A mapping of a reference may pass its end, as one of the parent may (it is one).
+    let mut addr = 0;
+    let perms = ZX_VM_PERM_READ;
+    let vmar = p.root_vmar_handle();
+    assert_eq!(
+        zx_vmar_map(&p, vmar, perms, 0, fixed, 0, 8 * PAGE_SIZE, &mut addr),
+        ZX_OK
+    );
     assert_eq!(
         zx_vmo_op_range(&p, fixed, ZX_VMO_OP_DECOMMIT, 0, PAGE_SIZE, 0, 0),
         ZX_OK
