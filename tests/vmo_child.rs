@@ -409,3 +409,58 @@ fn snapshots_share_the_zero_page_too() {
         cpu.switch_to(None);
     }
 }
+
+/// While a snapshot's write-protect round is under way, a CPU may still write through the
+/// writable entry it cached: that store lands in the page the child now shares. A copy of that
+/// page for the parent made before the round completed would lose the store from the parent,
+/// so copies wait for the round (docs/cow.md, rule 6). CPU 1 holds the round open with its
+/// interrupts off while another CPU writes the parent and CPU 1 stores through its stale entry.
+#[test]
+fn copies_wait_for_the_snapshots_round() {
+    for format in Format::ALL {
+        let machine = machine(3);
+        let p = process(&machine, format);
+        let parent = patterned_vmo(&p, 1);
+        let addr = map_rw(&p, p.root_vmar_handle(), parent, 0, 1);
+        let cpu1 = machine.cpu(1);
+        let attached = cpu1.attach();
+        cpu1.switch_to(Some(p.aspace()));
+        cpu1.store(addr, 1).unwrap();
+        cpu1.set_interrupts(false);
+        let ipis = machine.counters().ipis;
+        std::thread::scope(|s| {
+            let snapper = s.spawn(|| {
+                machine.cpu(0).enter();
+                child(&p, parent, ZX_VMO_CHILD_SNAPSHOT, 0, PAGE_SIZE).unwrap()
+            });
+            while machine.counters().ipis == ipis {
+                std::thread::yield_now();
+            }
+            // The round is under way: CPU 1 has its IPI pending and its entry still cached.
+            let writer = s.spawn(|| {
+                machine.cpu(2).enter();
+                write_word(&p, parent, 8, 2);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            cpu1.store(addr, 3).unwrap();
+            cpu1.set_interrupts(true);
+            cpu1.poll();
+            // CPU 1 takes the IPIs of the rounds still to come (the writer's copy has one).
+            while !(snapper.is_finished() && writer.is_finished()) {
+                cpu1.poll();
+                std::thread::yield_now();
+            }
+            let snap = snapper.join().unwrap();
+            writer.join().unwrap();
+            assert_eq!(
+                read_word(&p, parent, 0),
+                3,
+                "{format:?}: CPU 1's store is the parent's"
+            );
+            assert_eq!(read_word(&p, parent, 8), 2, "{format:?}");
+            assert_eq!(read_word(&p, snap, 8), pattern(0, 1), "{format:?}");
+        });
+        cpu1.switch_to(None);
+        drop(attached);
+    }
+}
