@@ -6,7 +6,8 @@
 //! fix lands. All seven below (but the last, found by the memory benchmark) were found while the model and exhaustion tests were written (the
 //! last one by Miri) and are fixed in `src/` (commits 4df7139 and 845fd62); they stay as
 //! regression tests. `miri_unmap_keeps_arc_provenance` checks something only under
-//! `cargo +nightly miri test --test regressions miri_`.
+//! `cargo +nightly miri test --test regressions miri_`. The last three were found by the model
+//! once it learned children.
 
 mod common;
 
@@ -299,5 +300,102 @@ fn a_partly_filled_chunk_gives_every_frame_back() {
                 "{format:?} {pages} pages, 1 in {step}"
             );
         }
+    }
+}
+
+/// A slice of a contiguous VMO owns none of its frames: closing the slice must leave them to
+/// the VMO, which gives them back once, when it goes.
+///
+/// Found by `tests/model.rs` (children): a slice has its target's kind, and `Vmo::drop` freed
+/// the frames of every VMO whose kind is `Contiguous`, so closing the slice freed the frames of
+/// the VMO it shows while that VMO still used them, and the VMO's own drop freed them again
+/// (the simulated allocator panics: "double free in bitmap word 0").
+#[test]
+fn closing_a_slice_of_a_contiguous_vmo_keeps_its_frames() {
+    let machine = machine(1);
+    let platform: std::sync::Arc<dyn zx_vm::Platform> = machine.clone();
+    let vmo = zx_vm::Vmo::create_contiguous(platform, 2 * PAGE_SIZE).unwrap();
+    let before = machine.frames_in_use();
+    let slice = vmo.create_slice(0, PAGE_SIZE).unwrap();
+    drop(slice);
+    assert_eq!(
+        machine.frames_in_use(),
+        before,
+        "the slice freed none of them"
+    );
+    drop(vmo);
+    assert_eq!(machine.frames_in_use(), 0);
+}
+
+/// A snapshot that shrinks no longer sees the pages of its hidden parent past its new end: one
+/// that no other VMO sees either (its parent wrote its own copy) must be freed, and the audit's
+/// tree check (`docs/cow.md`, invariant 3: "a page in a hidden node is visible to at least one of
+/// its two children, otherwise it is freed") must pass.
+///
+/// Found by `tests/model.rs` (children). `Nodes::limit` (`src/vmo/cow.rs`) lowers the child's
+/// `limit` and frees nothing: the page stays in the hidden node, seen by no one, until the tree
+/// goes (one frame more than needed meanwhile, and the audit fails once the parent's page is
+/// translated). The model lets the audit say so meanwhile (`TOLERATE_UNSEEN_HIDDEN_PAGES` in
+/// `common/model/check.rs`).
+#[test]
+fn a_shrunk_snapshot_frees_what_no_one_sees() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        let parent = patterned_vmo(&p, 1);
+        let addr = map_rw(&p, p.root_vmar_handle(), parent, 0, 1);
+        let mut child = 0;
+        let options = ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_RESIZABLE;
+        let status = zx_vmo_create_child(&p, parent, options, 0, PAGE_SIZE, &mut child);
+        assert_eq!(status, ZX_OK);
+        assert_eq!(cpu.load(addr).unwrap(), pattern(0, 0));
+        let before = machine.frames_in_use();
+        // The parent copies the page: the hidden one is the child's alone.
+        cpu.store(addr, 7).unwrap();
+        assert_eq!(machine.frames_in_use(), before + 1);
+        assert_eq!(zx_vmo_set_size(&p, child, 0), ZX_OK);
+        assert_eq!(
+            machine.frames_in_use(),
+            before,
+            "{format:?}: the hidden page is freed"
+        );
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+    }
+}
+
+/// A merge that narrows the surviving child's view of a hidden node must free what no one sees
+/// any more, as `a_shrunk_snapshot_frees_what_no_one_sees` for a shrink.
+///
+/// Found by `tests/model.rs` (children): C, a one-page snapshot of B; D, a snapshot of C from
+/// page 1 (past C's end: D sees nothing of it); C closed (its hidden node stays, with D alone
+/// under it, until D next takes its lock); B writes page 0, copying it because the hidden node
+/// between still "sees" it; then D's DECOMMIT (refused, B shares pages) merges that node away and
+/// relinks D to B's hidden node with D's own, empty, view (`Link::through`), and B's old page 0
+/// stays there seen by no one.
+#[test]
+fn a_merge_frees_what_the_survivor_cannot_see() {
+    for format in Format::ALL {
+        let machine = machine(1);
+        let p = process(&machine, format);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        let b = patterned_vmo(&p, 2);
+        let addr = map_rw(&p, p.root_vmar_handle(), b, 0, 2);
+        let (mut c, mut d) = (0, 0);
+        let snapshot = ZX_VMO_CHILD_SNAPSHOT;
+        assert_eq!(
+            zx_vmo_create_child(&p, b, snapshot, 0, PAGE_SIZE, &mut c),
+            ZX_OK
+        );
+        let status = zx_vmo_create_child(&p, c, snapshot, PAGE_SIZE, PAGE_SIZE, &mut d);
+        assert_eq!(status, ZX_OK);
+        assert_eq!(zx_handle_close(&p, c), ZX_OK);
+        cpu.store(addr, 7).unwrap();
+        let status = zx_vmo_op_range(&p, d, ZX_VMO_OP_DECOMMIT, 0, PAGE_SIZE, 0, 0);
+        assert_eq!(status, ZX_ERR_NOT_SUPPORTED);
+        assert_eq!(cpu.load(addr).unwrap(), 7);
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
     }
 }

@@ -335,8 +335,29 @@ impl Nodes {
 
     /// Visible node `id` sees no page at or past `pages` any more (its VMO shrank).
     pub(crate) fn limit(&mut self, id: NodeId, pages: u64) {
-        if let Some(link) = self.node_mut(id).parent.as_mut() {
-            link.limit = link.limit.min(pages);
+        let Some(link) = self.node_mut(id).parent.as_mut() else {
+            return;
+        };
+        if pages < link.limit {
+            link.limit = pages;
+            let parent = link.node;
+            self.drop_unseen_by_both(parent);
+        }
+    }
+
+    /// Frees each page of hidden node `id` that neither side sees (after a side's view of it
+    /// narrowed).
+    fn drop_unseen_by_both(&mut self, id: NodeId) {
+        let mut index = 0;
+        while let Some((at, _)) = next_page(&self.node(id).pages, index) {
+            index = at + 1;
+            if !self.sees(id, 0, at) && !self.sees(id, 1, at) {
+                let mut removed = RemovedPages::default();
+                self.node_mut(id)
+                    .pages
+                    .remove_range(at, at + 1, &mut removed);
+                self.graveyard.extend(removed.frames());
+            }
         }
     }
 
@@ -438,10 +459,15 @@ impl Nodes {
     /// under `up`.
     fn relink(&mut self, child: NodeId, link: Link, up: Option<Link>) {
         let through = link.through(up);
-        if let Some(up) = through {
-            self.node_mut(up.node).children[up.side] = Some(child);
-        }
         self.node_mut(child).parent = through;
+        if let (Some(up), Some(through)) = (up, through) {
+            self.node_mut(through.node).children[through.side] = Some(child);
+            // Where the child sees less of the node above than the node that went did, the
+            // pages there that no one sees any more go.
+            if link.offset > 0 || link.limit < up.limit {
+                self.drop_unseen_by_both(through.node);
+            }
+        }
     }
 
     /// Merges each hidden parent of visible node `id` that `id` alone still has into `id`,

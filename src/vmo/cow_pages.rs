@@ -270,11 +270,20 @@ impl Vmo {
         false
     }
 
-    /// A shrink to `pages`: the VMO no longer sees its parents' pages from there on.
-    pub(crate) fn limit_tree_locked(inner: &VmoInner, pages: u64) {
-        if let Some(link) = inner.cow.as_ref() {
-            link.tree.lock().limit(link.node, pages);
+    /// A shrink to `pages`: the VMO no longer sees its parents' pages from there on. What no
+    /// one sees any more is freed now if no round is under way (the caller began its own round
+    /// first when its batch cleared translations), else when the last round ends.
+    pub(crate) fn limit_tree_locked(&self, inner: &VmoInner, pages: u64) {
+        let Some(link) = inner.cow.as_ref() else {
+            return;
+        };
+        let mut free = Vec::new();
+        {
+            let mut nodes = link.tree.lock();
+            nodes.limit(link.node, pages);
+            nodes.take_graveyard(&mut free);
         }
+        free_now(&*self.platform, &free);
     }
 
     /// The VMO dies: its node leaves its tree, and the tree frees what only it saw.

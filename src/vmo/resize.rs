@@ -49,11 +49,14 @@ impl Vmo {
                 }
                 if new_pages < old_pages {
                     self.decommit_locked(&mut inner, new_pages, old_pages, &mut batch);
-                    Self::limit_tree_locked(&inner, new_pages);
                 }
                 self.zero_in_place_locked(&inner, tail, tail_end);
                 self.size.store(new_size, Ordering::Release);
-                Self::begin_round_locked(&inner, &batch)
+                // The round first: pages of a hidden parent that no one sees once this VMO's
+                // view of it narrows are freed after it (its translations of them go in it).
+                let round = Self::begin_round_locked(&inner, &batch);
+                self.limit_tree_locked(&inner, new_pages);
+                round
             };
             self.finish_round(batch, round);
             Ok(())

@@ -189,3 +189,64 @@ fn the_check_catches_broken_invariants() {
     nodes.snapshot(parent, pages, 4, 0, 4);
     assert_eq!(nodes.check(), Err("a frame in two hidden nodes"));
 }
+
+#[test]
+fn a_merge_composes_the_windows_and_frees_what_falls_outside() {
+    let mut nodes = Nodes::default();
+    let p = nodes.add_root();
+    let mut pages = PageList::new();
+    for i in 0..8 {
+        pages.insert(i, frame(10 + i));
+    }
+    // C sees pages 2..6 of P; D sees pages 1..3 of C, so 3..5 of P.
+    let c = nodes.snapshot(p, pages, 8, 2, 4);
+    let d = nodes.snapshot(c, PageList::new(), 4, 1, 2);
+    assert_eq!(nodes.lookup(d, 0).unwrap().frame, frame(13));
+    assert_eq!(nodes.lookup(d, 1).unwrap().frame, frame(14));
+    assert_eq!(nodes.lookup(d, 2), None);
+    // C dies: the node under it has D alone, until D's next collapse relinks D to P's node.
+    nodes.release(c);
+    assert_eq!(
+        graveyard(&mut nodes),
+        vec![],
+        "P still sees everything C saw"
+    );
+    let mut own = PageList::new();
+    assert!(!nodes.collapse(d, &mut own), "P lives");
+    assert_eq!(nodes.depth(d), 1);
+    let link = nodes.node(d).parent.unwrap();
+    assert_eq!((link.offset, link.limit), (3, 2), "windows composed");
+    assert_eq!(nodes.lookup(d, 0).unwrap().frame, frame(13));
+    assert_eq!(nodes.lookup(d, 1).unwrap().frame, frame(14));
+    assert_eq!(nodes.lookup(d, 2), None);
+    // P diverges from page 5, which D does not see: it goes.
+    nodes.diverge(p, 5);
+    assert_eq!(graveyard(&mut nodes), vec![frame(15)]);
+    nodes.release(p);
+    assert_eq!(
+        graveyard(&mut nodes).len(),
+        5,
+        "pages 0-2, 6, 7: only P saw them"
+    );
+    assert!(nodes.collapse(d, &mut own));
+    assert_eq!(own.get(0), Some(frame(13)));
+    assert_eq!(own.get(1), Some(frame(14)));
+    assert_eq!(own.committed_pages(), 2);
+    assert_eq!(nodes.check(), Ok(()));
+}
+
+#[test]
+fn a_shrink_frees_the_pages_it_alone_saw() {
+    let (mut nodes, parent, child, _) = snapshot_of_four();
+    nodes.diverge(parent, 3);
+    nodes.diverge(parent, 2);
+    nodes.limit(child, 3);
+    assert_eq!(
+        graveyard(&mut nodes),
+        vec![frame(13)],
+        "page 2 is still the child's"
+    );
+    nodes.limit(child, 4);
+    assert_eq!(nodes.lookup(child, 3), None, "a view never widens again");
+    assert_eq!(nodes.check(), Ok(()));
+}
