@@ -123,7 +123,7 @@ impl AddressSpace {
                 // (break-before-make). Run it, and let the access fault once more: that fault
                 // maps the page.
                 let batch = batch.expect("made by whatever cleared entries");
-                let round = Vmo::begin_round_locked(&inner, &batch);
+                let round = Vmo::begin_round_locked(&mut inner, &batch);
                 drop((inner, tree));
                 vmo.finish_round(batch, round);
                 Ok(None)

@@ -114,6 +114,13 @@ impl Vmo {
                     self.copy_frame(found.frame, copy);
                     nodes.diverge(node, index);
                     self.unmap_range_locked(inner, index, index + 1, batch);
+                    if !inner.round_open && !batch.is_empty() {
+                        // Counted from now, under the tree's lock: until the round completes,
+                        // no other VMO may take or free the frame this one's stale
+                        // translations may still reach.
+                        nodes.begin_round();
+                        inner.round_open = true;
+                    }
                     copy
                 }
                 None if only_shared => continue,
@@ -188,14 +195,22 @@ impl Vmo {
     }
 
     /// For an operation that cleared translations into `batch`: when the VMO is in a tree and
-    /// the batch has work, the tree counts a round as under way; the caller ends it with
-    /// [`CowTree::end_round`] after the batch finished.
-    pub(crate) fn begin_round_locked(inner: &VmoInner, batch: &TlbBatch) -> Option<Arc<CowTree>> {
+    /// the batch has work, the tree counts a round as under way (from here, or from the copy
+    /// that opened it: `round_open`); the caller ends it with [`CowTree::end_round`] after the
+    /// batch finished. Every operation on a VMO of a tree calls it before letting go of the
+    /// VMO's lock.
+    pub(crate) fn begin_round_locked(
+        inner: &mut VmoInner,
+        batch: &TlbBatch,
+    ) -> Option<Arc<CowTree>> {
+        let open = core::mem::take(&mut inner.round_open);
         let link = inner.cow.as_ref()?;
-        if batch.is_empty() {
-            return None;
+        if !open {
+            if batch.is_empty() {
+                return None;
+            }
+            link.tree.lock().begin_round();
         }
-        link.tree.lock().begin_round();
         Some(link.tree.clone())
     }
 

@@ -58,7 +58,7 @@ impl Vmo {
                 self.commit_all_locked(&mut inner, first, last, &mut batch)?;
                 self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
                 self.copy_in_locked(&inner, offset, data, first, last);
-                Self::begin_round_locked(&inner, &batch)
+                Self::begin_round_locked(&mut inner, &batch)
             };
             self.finish_round(batch, round);
             Ok(())

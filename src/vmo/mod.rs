@@ -89,6 +89,10 @@ pub(crate) struct VmoInner {
     /// The copy-on-write tree this VMO is a node of, once it has a snapshot parent or child
     /// (`src/vmo/cow.rs`); `None` for a VMO alone.
     cow: Option<CowLink>,
+    /// A copy of this operation has begun the tree's count of a round already (it did so under
+    /// the tree's lock, before letting go of it); [`Vmo::begin_round_locked`] takes it over.
+    /// Only ever true inside one operation, under the VMO's lock.
+    round_open: bool,
 }
 
 /// A virtual memory object.
@@ -144,6 +148,7 @@ impl Vmo {
                 mapping_count: 0,
                 zero_mapped: BTreeSet::new(),
                 cow,
+                round_open: false,
             }),
             alias: None,
             lineage: Lineage::default(),
@@ -367,7 +372,7 @@ impl Vmo {
                 let (first, last) = self.page_range(&inner, offset, len)?;
                 self.commit_all_locked(&mut inner, first, last, &mut batch)?;
                 self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
-                Self::begin_round_locked(&inner, &batch)
+                Self::begin_round_locked(&mut inner, &batch)
             };
             self.finish_round(batch, round);
             Ok(())

@@ -32,7 +32,7 @@ impl Vmo {
                     *inner.pins.entry(index).or_insert(0) += 1;
                 }
                 self.unmap_zero_pages_locked(&mut inner, first, last, &mut batch);
-                Self::begin_round_locked(&inner, &batch)
+                Self::begin_round_locked(&mut inner, &batch)
             };
             self.finish_round(batch, round);
             Ok(())

@@ -54,7 +54,7 @@ impl Vmo {
                 self.size.store(new_size, Ordering::Release);
                 // The round first: pages of a hidden parent that no one sees once this VMO's
                 // view of it narrows are freed after it (its translations of them go in it).
-                let round = Self::begin_round_locked(&inner, &batch);
+                let round = Self::begin_round_locked(&mut inner, &batch);
                 self.limit_tree_locked(&inner, new_pages);
                 round
             };

@@ -35,7 +35,7 @@ impl Vmo {
                     return Ok(());
                 }
                 self.zero_locked(&mut inner, offset, end, &mut batch)?;
-                Self::begin_round_locked(&inner, &batch)
+                Self::begin_round_locked(&mut inner, &batch)
             };
             self.finish_round(batch, round);
             Ok(())
