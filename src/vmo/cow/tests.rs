@@ -250,3 +250,25 @@ fn a_shrink_frees_the_pages_it_alone_saw() {
     assert_eq!(nodes.lookup(child, 3), None, "a view never widens again");
     assert_eq!(nodes.check(), Ok(()));
 }
+
+#[test]
+fn a_death_frees_what_the_survivor_diverged_from_or_cannot_see() {
+    // The child (side 1) survives, having diverged from page 2.
+    let (mut nodes, parent, child, _) = snapshot_of_four();
+    nodes.diverge(child, 2);
+    nodes.release(parent);
+    assert_eq!(graveyard(&mut nodes), vec![frame(12)]);
+    assert_eq!(nodes.check(), Ok(()));
+    // A child at an offset whose window reaches the parent's end: the page before it goes.
+    let mut nodes = Nodes::default();
+    let parent = nodes.add_root();
+    let mut pages = PageList::new();
+    for i in 0..4 {
+        pages.insert(i, frame(10 + i));
+    }
+    let child = nodes.snapshot(parent, pages, 4, 1, 3);
+    nodes.release(parent);
+    assert_eq!(graveyard(&mut nodes), vec![frame(10)]);
+    assert_eq!(nodes.lookup(child, 0).unwrap().frame, frame(11));
+    assert_eq!(nodes.check(), Ok(()));
+}
