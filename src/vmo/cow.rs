@@ -424,17 +424,11 @@ impl Nodes {
         let mut index = 0;
         while let Some((at, frame)) = next_page(&node.pages, index) {
             index = at + 1;
-            let keep = at
-                .checked_sub(link.offset)
-                .filter(|&i| i < link.limit)
-                .filter(|&i| {
-                    let c = self.node(child);
-                    c.pages.get(i).is_none() && !(c.split_bit(i, 0) && c.split_bit(i, 1))
-                });
-            match keep {
-                Some(i) => self.node_mut(child).pages.insert(i, frame),
-                None => self.graveyard.push(frame),
-            }
+            // `drop_unseen` freed what the child does not see: each page left is inside its
+            // window, and the child has none there (it would have diverged from this one).
+            let i = at - link.offset;
+            debug_assert!(i < link.limit && self.node(child).pages.get(i).is_none());
+            self.node_mut(child).pages.insert(i, frame);
         }
         self.relink(child, link, node.parent);
     }
@@ -490,10 +484,10 @@ impl Nodes {
                 let mut index = 0;
                 while let Some((at, frame)) = next_page(&pages, index) {
                     index = at + 1;
-                    match at.checked_sub(link.offset) {
-                        Some(i) if i < link.limit && own.get(i).is_none() => own.insert(i, frame),
-                        _ => self.graveyard.push(frame),
-                    }
+                    // As in `merge_hidden`: inside the window, and not shadowed.
+                    let i = at - link.offset;
+                    debug_assert!(i < link.limit && own.get(i).is_none());
+                    own.insert(i, frame);
                 }
             }
             self.relink(id, link, node.parent);

@@ -272,3 +272,39 @@ fn a_death_frees_what_the_survivor_diverged_from_or_cannot_see() {
     assert_eq!(nodes.lookup(child, 0).unwrap().frame, frame(11));
     assert_eq!(nodes.check(), Ok(()));
 }
+
+#[test]
+fn a_merge_into_a_hidden_child_keeps_its_window() {
+    // C sees 2 of P's 4 pages; D, a snapshot of C, sees C's 2.
+    let mut nodes = Nodes::default();
+    let p = nodes.add_root();
+    let mut pages = PageList::new();
+    for i in 0..4 {
+        pages.insert(i, frame(10 + i));
+    }
+    let c = nodes.snapshot(p, pages, 4, 0, 2);
+    let d = nodes.snapshot(c, PageList::new(), 2, 0, 2);
+    nodes.release(p);
+    assert_eq!(graveyard(&mut nodes), vec![frame(12), frame(13)]);
+    assert_eq!(nodes.check(), Ok(()));
+    assert_eq!(nodes.lookup(d, 1).unwrap().frame, frame(11));
+    assert_eq!(nodes.lookup(c, 0).unwrap().frame, frame(10));
+}
+
+#[test]
+fn what_a_dead_sides_sibling_diverged_from_goes_up() {
+    // P -> C, then C -> D. D writes page 1 (diverges), then C dies: the node above sees D's
+    // divergence as its whole side's once D's node merges away.
+    let (mut nodes, p, c, top) = snapshot_of_four();
+    let d = nodes.snapshot(c, PageList::new(), 4, 0, 4);
+    nodes.diverge(d, 1);
+    nodes.release(c);
+    let mut own = PageList::new();
+    own.insert(1, frame(21));
+    assert!(!nodes.collapse(d, &mut own), "P lives");
+    assert_eq!(nodes.node(d).parent.unwrap().node, top);
+    // P diverges from page 1 too: no one sees it; it goes.
+    nodes.diverge(p, 1);
+    assert_eq!(graveyard(&mut nodes), vec![frame(11)]);
+    assert_eq!(nodes.check(), Ok(()));
+}
