@@ -1,6 +1,7 @@
-//! Several CPUs: simulated CPUs on threads of their own read and write while others decommit, on
-//! both page-table formats and in both invalidation modes (x86_64-style IPIs, aarch64-style
-//! broadcast). The counts of shootdowns, IPIs and flushes are pinned, and so is the tag logic.
+//! Several CPUs: simulated CPUs on threads of their own read and write while others decommit,
+//! resize or snapshot, on both page-table formats and in both invalidation modes (x86_64-style
+//! IPIs, aarch64-style broadcast). The counts of shootdowns, IPIs and flushes are pinned, and so
+//! is the tag logic.
 
 mod common;
 
@@ -733,4 +734,644 @@ fn resize_stress_x86_64_ipis() {
 #[test]
 fn resize_stress_aarch64_broadcast() {
     resize_stress(Format::Aarch64, true, 300);
+}
+
+// The snapshot stress: writers on a parent while another CPU snapshots it.
+
+/// A word the snapshot stress stores: the epoch it was stored in (bits 40..), who stored it
+/// (bits 24..40) and a count (bits 0..24). Per word and source, later stores are larger.
+fn tagged(epoch: u64, source: u64, count: u64) -> u64 {
+    (epoch << 40) | (source << 24) | (count & 0xff_ffff)
+}
+
+fn epoch_of(value: u64) -> u64 {
+    value >> 40
+}
+
+fn source_of(value: u64) -> u64 {
+    (value >> 24) & 0xffff
+}
+
+/// A tagged word, for a failure message.
+fn describe(value: u64) -> String {
+    if value == 0 {
+        return "0 (never written)".into();
+    }
+    format!(
+        "{value:#x} (epoch {}, source {}, #{})",
+        epoch_of(value),
+        source_of(value),
+        value & 0xff_ffff
+    )
+}
+
+/// Words at the start of each page that the snapshot stress uses: 0 and 1 are the parent
+/// writers' (CPUs 0 and 1), 2 and 3 a child's own (2 through CPU 2's mapping of it, 3 through
+/// `zx_vmo_write` by the snapshotter). A parent's words 2 and 3 stay zero.
+const SNAP_WORDS: usize = 4;
+
+/// One snapshot child, as the stress knows it.
+struct Snap {
+    /// Its source number (in the tag of the words it writes itself): 16 and up.
+    id: u64,
+    /// Its handle in the snapshotter's process (closed when it leaves the live list).
+    handle: zx_handle_t,
+    /// The epoch in which it was made: a store tagged later than this by any other VMO never
+    /// shows in it.
+    epoch: u64,
+    /// Per source that may show in it (the writers of its ancestors): the last epoch whose
+    /// stores may.
+    caps: std::collections::BTreeMap<u64, u64>,
+    /// Its words as read right after the call: words 0 and 1 never change afterwards, and
+    /// words 2 and 3 only by its own writes.
+    frozen: Vec<[u64; SNAP_WORDS]>,
+    /// Its own last store to words 2 and 3 of each page, published once the store is done.
+    own: [Vec<AtomicU64>; 2],
+}
+
+impl Snap {
+    /// Checks word `word` of page `page`, read as `value`: words 0 and 1 are as at the call;
+    /// words 2 and 3 as at the call or the child's own (at least `published`, the owner's last
+    /// store as loaded before the read; exactly `exact` when the reader is the owner and
+    /// stored there).
+    fn check(&self, who: &str, page: usize, word: usize, value: u64, published: u64, exact: u64) {
+        let frozen = self.frozen[page][word];
+        let own = source_of(value) == self.id;
+        let ok = match word {
+            0 | 1 => value == frozen,
+            _ if exact != 0 => value == exact,
+            _ if published != 0 => own && value >= published,
+            _ => value == frozen || own,
+        };
+        if ok {
+            return;
+        }
+        let why = if own || value == frozen {
+            "the child lost a store of its own".to_string()
+        } else {
+            match self.caps.get(&source_of(value)) {
+                Some(&cap) if epoch_of(value) > cap => format!(
+                    "a store made after the snapshot returned shows in it (its source's stores \
+                     may show up to epoch {cap}): a translation stayed writable"
+                ),
+                Some(_) => "it changed since the call".to_string(),
+                None => "a store by a VMO that is not its ancestor shows in it".to_string(),
+            }
+        };
+        panic!(
+            "{who}: snapshot {} (made in epoch {}): page {page} word {word} reads {}: {why}; at \
+             the call it read {}, its own last store there is {}",
+            self.id,
+            self.epoch,
+            describe(value),
+            describe(frozen),
+            describe(published.max(exact)),
+        );
+    }
+
+    /// Reads the child with `zx_vmo_read` and checks every word.
+    fn check_all(&self, process: &Process) {
+        // The owners' stores published before the read: the read sees them, or later ones.
+        let published: Vec<[u64; 2]> = (0..PAGES as usize)
+            .map(|page| std::array::from_fn(|w| self.own[w][page].load(Ordering::SeqCst)))
+            .collect();
+        let words = snap_words(process, self.handle);
+        for (page, words) in words.iter().enumerate() {
+            for (word, &value) in words.iter().enumerate() {
+                let published = match word {
+                    0 | 1 => 0,
+                    _ => published[page][word - 2],
+                };
+                // Word 3 is the snapshotter's own: it is the caller here, so exact.
+                let exact = if word == 3 { published } else { 0 };
+                self.check("zx_vmo_read", page, word, value, published, exact);
+            }
+        }
+    }
+}
+
+/// The first [`SNAP_WORDS`] words of each of the [`PAGES`] pages of a VMO, with `zx_vmo_read`.
+fn snap_words(process: &Process, vmo: zx_handle_t) -> Vec<[u64; SNAP_WORDS]> {
+    let mut bytes = vec![0u8; (PAGES * PAGE_SIZE) as usize];
+    assert_eq!(zx_vmo_read(process, vmo, &mut bytes, 0), ZX_OK);
+    (0..PAGES as usize)
+        .map(|page| {
+            let at = page * PAGE_SIZE as usize;
+            std::array::from_fn(|word| {
+                let word = &bytes[at + 8 * word..at + 8 * word + 8];
+                u64::from_le_bytes(word.try_into().unwrap())
+            })
+        })
+        .collect()
+}
+
+/// What the snapshot stress's threads share.
+struct SnapShared {
+    /// Bumped after each snapshot call returns: a store tagged with a later epoch than the one
+    /// a snapshot was made in was made after the snapshot.
+    epoch: AtomicU64,
+    /// The parent writers' last store to their word of each page, published once done.
+    published: [Vec<AtomicU64>; 2],
+    /// The newest child handed to CPU 2, with its handle in CPU 2's process.
+    slot: std::sync::Mutex<Option<(Arc<Snap>, zx_handle_t)>>,
+    /// The snapshotter asks the other CPUs to stop between accesses (for an audit)...
+    pause: AtomicBool,
+    /// ...and they say that they did.
+    parked: AtomicU64,
+    /// The snapshotter finished (or a thread died): everyone stops.
+    done: Arc<AtomicBool>,
+    accesses: AtomicU64,
+    /// Stores the simulated CPU refused after three faults (see [`store_retrying`]).
+    refused: AtomicU64,
+}
+
+impl SnapShared {
+    /// Between accesses: parks while the snapshotter audits.
+    fn park_if_asked(&self, cpu: &zx_vm::sim::SimCpu) {
+        if !self.pause.load(Ordering::SeqCst) {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while self.pause.load(Ordering::SeqCst) && !self.done.load(Ordering::SeqCst) {
+            cpu.poll();
+            std::thread::yield_now();
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Waits (serving `cpu`'s IPIs) until `ready` or a thread died; answers `ready()`.
+    fn wait_for(&self, cpu: &zx_vm::sim::SimCpu, ready: impl Fn() -> bool) -> bool {
+        while !ready() {
+            if self.done.load(Ordering::SeqCst) {
+                return false;
+            }
+            cpu.poll();
+            std::thread::yield_now();
+        }
+        true
+    }
+}
+
+/// Stores `value` at `va` through a writable mapping, as a CPU re-executes a faulting store for
+/// as long as the fault handler returns.
+///
+/// The simulated CPU refuses an access (`AccessDenied`) after three faults in a row, taking a
+/// handled fault without a new translation for no progress; but the crate's fault path returns
+/// without mapping, for the access to fault again, while a shootdown round of the tree is under
+/// way (a snapshot's write-protect, another CPU's copy): under contention that happens more
+/// than three times. Counted in `refused`, and bounded.
+fn store_retrying(
+    cpu: &zx_vm::sim::SimCpu,
+    shared: &SnapShared,
+    va: u64,
+    value: u64,
+) -> Result<(), FaultError> {
+    for _ in 0..100_000 {
+        match cpu.store(va, value) {
+            Err(FaultError::AccessDenied) => {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+            result => return result,
+        }
+    }
+    cpu.store(va, value)
+}
+
+/// A parent writer: CPU `cpu` (0 or 1) stores tagged values to its word of random pages of the
+/// parent, through the mapping at `base` of `process`, for as long as the snapshotter runs (so
+/// its TLB keeps writable entries of the parent's pages). Each load of its own word reads its
+/// last store (no write is lost to a copy); the other writer's word reads at least that
+/// writer's last published store; the children's words read zero (no child's write shows in
+/// the parent).
+fn spawn_parent_writer(
+    machine: &Arc<SimMachine>,
+    shared: &Arc<SnapShared>,
+    start: &Arc<Barrier>,
+    (cpu, process, base): (usize, &Arc<Process>, u64),
+) -> std::thread::JoinHandle<()> {
+    let (machine, shared, start, process) = (
+        machine.clone(),
+        shared.clone(),
+        start.clone(),
+        process.clone(),
+    );
+    std::thread::spawn(move || {
+        let cpu_handle = machine.cpu(cpu);
+        let _attached = cpu_handle.attach();
+        let _done = SetOnDrop(shared.done.clone());
+        cpu_handle.switch_to(Some(process.aspace()));
+        start.wait();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (cpu as u64 + 1));
+        let mut last = [0u64; PAGES as usize];
+        let mut count = 0;
+        while !shared.done.load(Ordering::SeqCst) {
+            shared.park_if_asked(&cpu_handle);
+            let page = rng.below(PAGES) as usize;
+            let at = base + page as u64 * PAGE_SIZE;
+            let va = at + cpu as u64 * 8;
+            let seen = cpu_handle.load(va).expect("a parent writer's load");
+            assert_eq!(
+                seen,
+                last[page],
+                "CPU {cpu}: the parent's page {page} lost a write: {} after {}",
+                describe(seen),
+                describe(last[page])
+            );
+            let other = 1 - cpu;
+            let floor = shared.published[other][page].load(Ordering::SeqCst);
+            let theirs = cpu_handle.load(at + other as u64 * 8).unwrap();
+            assert!(
+                theirs >= floor,
+                "CPU {cpu}: the parent's page {page} reads {} for CPU {other}, which stored {}",
+                describe(theirs),
+                describe(floor)
+            );
+            let child_word = 2 + rng.below(2);
+            let child = cpu_handle.load(at + child_word * 8).unwrap();
+            assert_eq!(
+                child,
+                0,
+                "CPU {cpu}: a child's write shows in the parent's page {page}: {}",
+                describe(child)
+            );
+            count += 1;
+            let value = tagged(shared.epoch.load(Ordering::SeqCst), cpu as u64 + 1, count);
+            if let Err(fault) = store_retrying(&cpu_handle, &shared, va, value) {
+                panic!("CPU {cpu}: a store to the parent's page {page} faulted: {fault:?}");
+            }
+            last[page] = value;
+            shared.published[cpu][page].store(value, Ordering::SeqCst);
+            shared.accesses.fetch_add(1, Ordering::Relaxed);
+        }
+        cpu_handle.switch_to(None);
+    })
+}
+
+/// CPU 2: maps the newest child the snapshotter hands it (in its own process, read-write),
+/// reads its words from there and stores to word 2 of random pages: copy-on-write faults that
+/// race with the parent's writers and with snapshots of the child itself. The handle is closed
+/// once mapped, so the child may die when the mapping goes (the snapshotter closes its own at
+/// any time).
+fn spawn_child_worker(
+    machine: &Arc<SimMachine>,
+    shared: &Arc<SnapShared>,
+    start: &Arc<Barrier>,
+    c: &Arc<Process>,
+) -> std::thread::JoinHandle<()> {
+    let (machine, shared, start, c) = (machine.clone(), shared.clone(), start.clone(), c.clone());
+    std::thread::spawn(move || {
+        let cpu = machine.cpu(2);
+        let _attached = cpu.attach();
+        let _done = SetOnDrop(shared.done.clone());
+        cpu.switch_to(Some(c.aspace()));
+        start.wait();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut current: Option<(Arc<Snap>, u64, [u64; PAGES as usize])> = None;
+        let mut count = 0;
+        let len = PAGES * PAGE_SIZE;
+        while !shared.done.load(Ordering::SeqCst) {
+            shared.park_if_asked(&cpu);
+            let handed = shared.slot.lock().unwrap().take();
+            if let Some((snap, handle)) = handed {
+                if let Some((_, addr, _)) = current.take() {
+                    assert_eq!(zx_vmar_unmap(&c, c.root_vmar_handle(), addr, len), ZX_OK);
+                }
+                let addr = map_rw(&c, c.root_vmar_handle(), handle, 0, PAGES);
+                assert_eq!(zx_handle_close(&c, handle), ZX_OK);
+                current = Some((snap, addr, [0; PAGES as usize]));
+            }
+            let Some((snap, addr, last)) = current.as_mut() else {
+                std::thread::yield_now();
+                continue;
+            };
+            let page = rng.below(PAGES) as usize;
+            let at = *addr + page as u64 * PAGE_SIZE;
+            for word in 0..SNAP_WORDS {
+                let published = match word {
+                    0 | 1 => 0,
+                    _ => snap.own[word - 2][page].load(Ordering::SeqCst),
+                };
+                let value = cpu.load(at + word as u64 * 8).expect("a child's load");
+                let exact = if word == 2 { last[page] } else { 0 };
+                snap.check("CPU 2", page, word, value, published, exact);
+            }
+            count += 1;
+            let value = tagged(shared.epoch.load(Ordering::SeqCst), snap.id, count);
+            if let Err(fault) = store_retrying(&cpu, &shared, at + 16, value) {
+                panic!(
+                    "CPU 2: a store to snapshot {}'s page {page} faulted: {fault:?}",
+                    snap.id
+                );
+            }
+            last[page] = value;
+            snap.own[0][page].store(value, Ordering::SeqCst);
+            shared.accesses.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((_, addr, _)) = current {
+            assert_eq!(zx_vmar_unmap(&c, c.root_vmar_handle(), addr, len), ZX_OK);
+        }
+        cpu.switch_to(None);
+    })
+}
+
+/// Snapshots while writers write: CPUs 0 and 1 store tagged values through writable mappings
+/// of a parent VMO in two address spaces; CPU 3 snapshots it (and sometimes one of its
+/// snapshots), bumping an epoch after each call returns, and no child may ever read a store
+/// tagged with a later epoch than its own, nor change afterwards except by its own writes.
+/// The children are written too (copy-on-write faults through CPU 2's mapping, racing with the
+/// parent's writers; `zx_vmo_write` by CPU 3), closed in random order, and audited with the
+/// address spaces at quiescent points; every frame comes back at the end.
+///
+/// A snapshot that left a writable translation of the parent in any TLB (the
+/// `break-write-protect` build) lets a writer's later store into the page the child now
+/// shares: the child reads a value from a later epoch.
+fn snapshot_stress(format: Format, broadcast: bool, snapshots: u64) {
+    let machine = smp_machine(4, 8, broadcast);
+    let (a, b, vmo, addr_a, addr_b) = shared_vmo(&machine, format, 0);
+    let c = new_process(&machine, format);
+    let shared = Arc::new(SnapShared {
+        epoch: AtomicU64::new(1),
+        published: std::array::from_fn(|_| (0..PAGES).map(|_| AtomicU64::new(0)).collect()),
+        slot: std::sync::Mutex::new(None),
+        pause: AtomicBool::new(false),
+        parked: AtomicU64::new(0),
+        done: Arc::new(AtomicBool::new(false)),
+        accesses: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    let start = Arc::new(Barrier::new(4));
+    let workers = [
+        spawn_parent_writer(&machine, &shared, &start, (0, &a, addr_a)),
+        spawn_parent_writer(&machine, &shared, &start, (1, &b, addr_b)),
+        spawn_child_worker(&machine, &shared, &start, &c),
+    ];
+    let snapshotter = {
+        let (machine, shared, a, b, c) = (
+            machine.clone(),
+            shared.clone(),
+            a.clone(),
+            b.clone(),
+            c.clone(),
+        );
+        std::thread::spawn(move || {
+            let cpu = machine.cpu(3);
+            let _attached = cpu.attach();
+            let _done = SetOnDrop(shared.done.clone());
+            start.wait();
+            let (made, audits) = snapshotter(&machine, &shared, [&a, &b, &c], vmo, snapshots);
+            (made, audits)
+        })
+    };
+    let results: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
+    let (made, audits) = snapshotter.join().expect("snapshotter");
+    for result in results {
+        result.expect("worker");
+    }
+    assert!(made >= snapshots, "{format:?}: {made} snapshots");
+    assert!(audits > 0, "{format:?}");
+    eprintln!(
+        "{format:?} broadcast {broadcast}: {made} snapshots, {audits} audits, {} accesses, \
+         {} stores refused and retried, {:?}",
+        shared.accesses.load(Ordering::Relaxed),
+        shared.refused.load(Ordering::Relaxed),
+        machine.counters()
+    );
+    // The parent holds each writer's last store.
+    let words = snap_words(&a, vmo);
+    for (page, words) in words.iter().enumerate() {
+        for (writer, published) in shared.published.iter().enumerate() {
+            assert_eq!(
+                words[writer],
+                published[page].load(Ordering::SeqCst),
+                "{format:?}: page {page}"
+            );
+        }
+    }
+    for process in [&a, &b, &c] {
+        assert_eq!(process.aspace().audit(), Ok(()), "{format:?}");
+    }
+    drop((a, b, c));
+    assert_eq!(
+        machine.frames_in_use(),
+        0,
+        "{format:?}: every frame came back"
+    );
+}
+
+/// The snapshotter's loop (CPU 3, calling as the parent's process `a`); returns how many
+/// snapshots it made and how many quiescent audits it ran.
+fn snapshotter(
+    machine: &Arc<SimMachine>,
+    shared: &SnapShared,
+    [a, b, c]: [&Arc<Process>; 3],
+    parent: zx_handle_t,
+    snapshots: u64,
+) -> (u64, u64) {
+    const LIVE: usize = 5;
+    let cpu = machine.cpu(3);
+    let mut rng = Rng(0xd1b5_4a32_d192_ed03);
+    let mut live: Vec<Arc<Snap>> = Vec::new();
+    let (mut made, mut audits) = (0, 0);
+    let writer_caps: std::collections::BTreeMap<u64, u64> =
+        [(1, u64::MAX), (2, u64::MAX)].into_iter().collect();
+    for round in 0..snapshots {
+        if shared.done.load(Ordering::SeqCst) {
+            break;
+        }
+        // Mostly the parent; a third of the time one of its snapshots.
+        let from = (!live.is_empty() && rng.below(3) == 0)
+            .then(|| live[rng.below(live.len() as u64) as usize].clone());
+        // What the child must at least hold: each store completed before the call.
+        let floor: Vec<[u64; SNAP_WORDS]> = (0..PAGES as usize)
+            .map(|page| match &from {
+                None => [
+                    shared.published[0][page].load(Ordering::SeqCst),
+                    shared.published[1][page].load(Ordering::SeqCst),
+                    0,
+                    0,
+                ],
+                Some(snap) => [
+                    snap.frozen[page][0],
+                    snap.frozen[page][1],
+                    snap.own[0][page].load(Ordering::SeqCst),
+                    snap.own[1][page].load(Ordering::SeqCst),
+                ],
+            })
+            .collect();
+        let offset = rng.below(4);
+        let options = [
+            ZX_VMO_CHILD_SNAPSHOT,
+            ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE,
+            ZX_VMO_CHILD_SNAPSHOT_MODIFIED,
+        ][rng.below(3) as usize];
+        let epoch = shared.epoch.load(Ordering::SeqCst);
+        let mut handle = 0;
+        let status = zx_vmo_create_child(
+            a,
+            from.as_ref().map_or(parent, |snap| snap.handle),
+            options,
+            offset * PAGE_SIZE,
+            PAGES * PAGE_SIZE,
+            &mut handle,
+        );
+        shared.epoch.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(status, ZX_OK, "snapshot {round}");
+        made += 1;
+        // Source numbers 16 and up: the parent's writers are 1 and 2.
+        let id = 16 + round;
+        // Who may show in the child, up to which epoch: whoever may in its parent, up to the
+        // call, and the parent itself (a snapshot) up to the call.
+        let mut caps: std::collections::BTreeMap<u64, u64> = match &from {
+            None => writer_caps.clone(),
+            Some(snap) => snap.caps.clone(),
+        };
+        for cap in caps.values_mut() {
+            *cap = (*cap).min(epoch);
+        }
+        if let Some(snap) = &from {
+            caps.insert(snap.id, epoch);
+        }
+        let words = snap_words(a, handle);
+        for (page, words) in words.iter().enumerate() {
+            let above = page + offset as usize;
+            for (word, &value) in words.iter().enumerate() {
+                let fail = |what: &str| -> ! {
+                    panic!(
+                        "snapshot {id} of {} made in epoch {epoch}: page {page} (the parent's \
+                         {above}) word {word} reads {}: {what}",
+                        from.as_ref()
+                            .map_or("the parent".into(), |s| format!("snapshot {}", s.id)),
+                        describe(value),
+                    )
+                };
+                if above >= PAGES as usize {
+                    if value != 0 {
+                        fail("past the parent's end, it must read zero");
+                    }
+                    continue;
+                }
+                if value != 0 {
+                    match caps.get(&source_of(value)) {
+                        None => fail("a store by a VMO that is not the child's ancestor"),
+                        Some(&cap) if epoch_of(value) > cap => fail(&format!(
+                            "a store made after the snapshot returned (epoch {cap} at most)"
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                let floor = floor[above][word];
+                let ok = match (&from, word) {
+                    (None, 0 | 1) => {
+                        value >= floor && (floor == 0 || source_of(value) == source_of(floor))
+                    }
+                    (None, _) => value == 0,
+                    (Some(_), 0 | 1) => value == floor,
+                    (Some(snap), _) if floor != 0 => source_of(value) == snap.id && value >= floor,
+                    (Some(snap), _) => {
+                        value == snap.frozen[above][word] || source_of(value) == snap.id
+                    }
+                };
+                if !ok {
+                    fail(&format!(
+                        "the parent held {} before the call",
+                        describe(floor)
+                    ));
+                }
+            }
+        }
+        let snap = Arc::new(Snap {
+            id,
+            handle,
+            epoch,
+            caps,
+            frozen: words,
+            own: std::array::from_fn(|_| (0..PAGES).map(|_| AtomicU64::new(0)).collect()),
+        });
+        live.push(snap.clone());
+        // Copy-on-write by zx_vmo_write: word 3 of a few pages of a few children.
+        for _ in 0..3 {
+            let target = &live[rng.below(live.len() as u64) as usize];
+            let page = rng.below(PAGES) as usize;
+            let value = tagged(shared.epoch.load(Ordering::SeqCst), target.id, round);
+            let offset = page as u64 * PAGE_SIZE + 24;
+            assert_eq!(
+                zx_vmo_write(a, target.handle, &value.to_le_bytes(), offset),
+                ZX_OK
+            );
+            target.own[1][page].store(value, Ordering::SeqCst);
+        }
+        // Every other child goes to CPU 2, which maps it (the one it had may die then).
+        if round % 2 == 0 {
+            let object = a.handle(snap.handle).unwrap();
+            let in_c = c.add_handle(object.object, object.rights).unwrap();
+            let old = shared.slot.lock().unwrap().replace((snap.clone(), in_c));
+            if let Some((_, old)) = old {
+                assert_eq!(zx_handle_close(c, old), ZX_OK);
+            }
+        }
+        // The living children still read as at their calls.
+        for snap in &live {
+            snap.check_all(a);
+        }
+        // Too many: close one, any.
+        while live.len() > LIVE {
+            let gone = live.remove(rng.below(live.len() as u64) as usize);
+            assert_eq!(zx_handle_close(a, gone.handle), ZX_OK);
+        }
+        if round % 16 == 15 {
+            if !quiescent_audit(shared, &cpu, [a, b, c]) {
+                break;
+            }
+            audits += 1;
+        }
+        // Let the writers store between snapshots, however busy the machine is.
+        let seen = shared.accesses.load(Ordering::Relaxed);
+        if !shared.wait_for(&cpu, || {
+            shared.accesses.load(Ordering::Relaxed) >= seen + 32
+        }) {
+            break;
+        }
+    }
+    // Close the rest in random order; the survivors still read as at their calls.
+    while !live.is_empty() {
+        let gone = live.remove(rng.below(live.len() as u64) as usize);
+        assert_eq!(zx_handle_close(a, gone.handle), ZX_OK);
+        for snap in &live {
+            snap.check_all(a);
+        }
+    }
+    (made, audits)
+}
+
+/// Stops the other CPUs between accesses, audits the three address spaces (every translation
+/// is its VMO's page; none that is shared with a snapshot relative is writable; the trees'
+/// invariants), and lets them go on. False if a thread died meanwhile.
+fn quiescent_audit(
+    shared: &SnapShared,
+    cpu: &zx_vm::sim::SimCpu,
+    processes: [&Arc<Process>; 3],
+) -> bool {
+    shared.pause.store(true, Ordering::SeqCst);
+    let parked = shared.wait_for(cpu, || shared.parked.load(Ordering::SeqCst) == 3);
+    if parked {
+        for (index, process) in processes.iter().enumerate() {
+            if let Err(error) = process.aspace().audit() {
+                shared.pause.store(false, Ordering::SeqCst);
+                panic!("process {index}: audit: {error:?}");
+            }
+        }
+    }
+    shared.pause.store(false, Ordering::SeqCst);
+    parked
+}
+
+#[test]
+fn snapshot_stress_x86_64_ipis() {
+    snapshot_stress(Format::X86_64, false, 100);
+}
+
+#[test]
+fn snapshot_stress_aarch64_broadcast() {
+    snapshot_stress(Format::Aarch64, true, 100);
 }

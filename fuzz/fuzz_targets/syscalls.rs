@@ -7,7 +7,13 @@
 //! - frames in use = pages committed to live VMOs + page-table pages: nothing leaked, nothing freed
 //!   twice (the machine panics on a double free, or on freeing a frame a TLB still maps);
 //! - no load ever returns the poison of a freed frame;
+//! - a child reads, right after `zx_vmo_create_child`, as its parent did before the call (a
+//!   snapshot as the range it covers, zero past the parent's end; a slice as its window; a
+//!   reference as the whole VMO), and the call leaves the parent's bytes as they were;
 //! - when everything is dropped, every frame is back (the machine checks on drop).
+//!
+//! While copy-on-write children live, a hidden page that only a snapshot child sees is counted by
+//! no VMO's committed bytes, so the frame count is then only bounded below by the sum.
 //!
 //! Run: see README.md (a one-minute run into a scratch corpus, seeded from corpus/syscalls).
 #![no_main]
@@ -107,16 +113,58 @@ impl World {
         }
     }
 
+    /// What a child made by `zx_vmo_create_child(handle, options, offset, size)` must read right
+    /// after the call, from the bytes of the VMO `handle` names now: `None` when the handle names
+    /// no VMO, or the child would be too large to compare.
+    fn expected_child(
+        &self,
+        p: usize,
+        handle: zx_handle_t,
+        options: u32,
+        offset: u64,
+        size: u64,
+    ) -> Option<Vec<u8>> {
+        let (vmo, _) = self.processes[p].vmo(handle).ok()?;
+        let parent_size = vmo.size();
+        let (offset, size) = if options & ZX_VMO_CHILD_REFERENCE != 0 {
+            (0, parent_size)
+        } else {
+            (offset, page_round_up(size)?)
+        };
+        if size > MAX_COMPARED {
+            return None;
+        }
+        let mut bytes = vec![0u8; size as usize];
+        // A snapshot reads zero past the parent's end; a slice cannot reach past it.
+        let end = offset.saturating_add(size).min(parent_size);
+        if offset < end {
+            vmo.read(offset, &mut bytes[..(end - offset) as usize])
+                .ok()?;
+        }
+        Some(bytes)
+    }
+
+    /// The bytes of the VMO that process `p`'s `handle` names (a child just made), if small
+    /// enough to compare.
+    fn contents(&self, p: usize, handle: zx_handle_t) -> Option<Vec<u8>> {
+        let (vmo, _) = self.processes[p].vmo(handle).ok()?;
+        if vmo.size() > MAX_COMPARED {
+            return None;
+        }
+        let mut bytes = vec![0u8; vmo.size() as usize];
+        vmo.read(0, &mut bytes).ok()?;
+        Some(bytes)
+    }
+
     fn check(&self) {
         for process in &self.processes {
             if let Err(error) = process.aspace().audit() {
                 panic!("audit: {error:?}");
             }
         }
-        let committed: u64 = self
-            .vmos
+        let live: Vec<_> = self.vmos.iter().filter_map(Weak::upgrade).collect();
+        let committed: u64 = live
             .iter()
-            .filter_map(Weak::upgrade)
             .map(|vmo| vmo.committed_bytes() / PAGE_SIZE)
             .sum();
         let tables: u64 = self
@@ -124,11 +172,19 @@ impl World {
             .iter()
             .map(|p| p.aspace().page_table_pages() as u64)
             .sum();
-        assert_eq!(
-            self.machine.frames_in_use(),
-            committed + tables,
-            "frames in use != committed pages + page-table pages"
-        );
+        if live.iter().any(|vmo| vmo.is_cow_clone()) {
+            // Hidden pages that only a snapshot child sees are nobody's committed bytes.
+            assert!(
+                self.machine.frames_in_use() >= committed + tables,
+                "frames in use < committed pages + page-table pages"
+            );
+        } else {
+            assert_eq!(
+                self.machine.frames_in_use(),
+                committed + tables,
+                "frames in use != committed pages + page-table pages"
+            );
+        }
     }
 }
 
@@ -173,7 +229,13 @@ fn run(data: &[u8]) {
         }
         let p = world.process(&mut b);
         let process = world.processes[p].clone();
-        match b.u8() % 16 {
+        let op = b.u8();
+        if op >= CHILD_OPS {
+            child_op(&mut world, p, op - CHILD_OPS, &mut b);
+            world.check();
+            continue;
+        }
+        match op % 16 {
             0 => {
                 let mut handle = 0;
                 let size = world.size(&mut b);
@@ -365,6 +427,93 @@ fn run(data: &[u8]) {
         cpu.switch_to(None);
     }
     // Dropping the world drops every object; the machine then checks that every frame came back.
+}
+
+/// Op bytes from here up are the children's ops ([`child_op`]); below, `op % 16` picks the
+/// others (so the tracked seeds, written before children existed, decode as they did).
+const CHILD_OPS: u8 = 224;
+
+/// A child is compared with its parent's bytes up to this size.
+const MAX_COMPARED: u64 = 64 * PAGE_SIZE;
+
+/// The children's ops: `zx_vmo_create_child` with any options, offset and size on any handle
+/// (so slices, references and snapshots of children, and of their children), closing a handle,
+/// and handing a VMO to the other process (as a channel would), so that a tree's VMOs are
+/// mapped in both address spaces. Every other op acts on children as on any VMO.
+fn child_op(world: &mut World, p: usize, op: u8, b: &mut Bytes) {
+    let process = world.processes[p].clone();
+    match op % 4 {
+        0 | 1 => {
+            let handle = world.handle(p, b);
+            // Mostly one kind with NO_WRITE or RESIZABLE or both; sometimes any bits.
+            let options = match b.u8() {
+                n @ 0..=219 => {
+                    let kind = [
+                        ZX_VMO_CHILD_SNAPSHOT,
+                        ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE,
+                        ZX_VMO_CHILD_SNAPSHOT_MODIFIED,
+                        ZX_VMO_CHILD_SLICE,
+                        ZX_VMO_CHILD_REFERENCE,
+                    ][usize::from(n % 5)];
+                    let extra = u32::from(n / 5 % 4);
+                    kind | (extra & 1) * ZX_VMO_CHILD_NO_WRITE
+                        | (extra >> 1) * ZX_VMO_CHILD_RESIZABLE
+                }
+                _ => u32::from(b.u16()),
+            };
+            let offset = match b.u8() {
+                250 => b.u64(),
+                n => u64::from(n % 24) * PAGE_SIZE + u64::from(n >= 200) * u64::from(b.u8()),
+            };
+            let size = world.size(b);
+            // A reference takes no offset or size: mostly give it none.
+            let (offset, size) = if options & ZX_VMO_CHILD_REFERENCE != 0 && b.u8() % 4 != 0 {
+                (0, 0)
+            } else {
+                (offset, size)
+            };
+            let before = world.expected_child(p, handle, options, offset, size);
+            let mut child = 0;
+            let status = zx_vmo_create_child(&process, handle, options, offset, size, &mut child);
+            if status == ZX_OK {
+                world.remember(p, child);
+                if let Some(before) = &before {
+                    let after = world
+                        .contents(p, child)
+                        .expect("a child of a VMO read before");
+                    assert!(
+                        &after == before,
+                        "a child (options {options:#x}, offset {offset:#x}) does not read as its \
+                         parent did"
+                    );
+                }
+            }
+            // The call changed none of the parent's bytes.
+            if let Some(before) = before {
+                let now = world.expected_child(p, handle, options, offset, size);
+                assert!(
+                    now.as_ref() == Some(&before),
+                    "zx_vmo_create_child (options {options:#x}, status {status}) changed its \
+                     parent"
+                );
+            }
+        }
+        2 => {
+            let handle = world.handle(p, b);
+            zx_handle_close(&process, handle);
+        }
+        _ => {
+            let handle = world.handle(p, b);
+            if let Ok(handle) = process.handle(handle) {
+                if let KernelObject::Vmo(_) = handle.object {
+                    let q = 1 - p;
+                    if let Ok(given) = world.processes[q].add_handle(handle.object, handle.rights) {
+                        world.remember(q, given);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// At most this many calls per input: enough for deep VMAR chains and long sequences.
