@@ -431,6 +431,10 @@ impl Nodes {
             self.node_mut(child).pages.insert(i, frame);
         }
         self.relink(child, link, node.parent);
+        // The child sees each page through its own window, but its children may not (one of
+        // them may be dead already, or look through a narrower window): what none of them sees
+        // goes.
+        self.drop_unseen_by_both(child);
     }
 
     /// Before hidden node `id` goes away with only side `side` left: what that side diverged

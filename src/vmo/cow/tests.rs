@@ -308,3 +308,18 @@ fn what_a_dead_sides_sibling_diverged_from_goes_up() {
     assert_eq!(graveyard(&mut nodes), vec![frame(11)]);
     assert_eq!(nodes.check(), Ok(()));
 }
+
+#[test]
+fn a_merge_into_a_node_with_a_dead_side_keeps_only_what_the_live_one_sees() {
+    // P -> C; C -> D at page 2. C dies (its node keeps D alone), then P: P's node merges into
+    // C's, where only D looks, from page 2.
+    let (mut nodes, p, c, _) = snapshot_of_four();
+    let d = nodes.snapshot(c, PageList::new(), 4, 2, 2);
+    nodes.release(c);
+    assert_eq!(graveyard(&mut nodes), vec![], "P sees everything");
+    nodes.release(p);
+    assert_eq!(graveyard(&mut nodes), vec![frame(10), frame(11)]);
+    assert_eq!(nodes.check(), Ok(()));
+    assert_eq!(nodes.lookup(d, 0).unwrap().frame, frame(12));
+    assert_eq!(nodes.lookup(d, 1).unwrap().frame, frame(13));
+}
