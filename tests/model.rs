@@ -2,7 +2,10 @@
 //! and on the reference model in `common/model/`, comparing every status, every address, every
 //! byte read and every value loaded or fault taken; after each call the crate's state must match
 //! the model's (handles, VMOs, VMARs, committed bytes, mapping counts), pass
-//! `AddressSpace::audit()`, hold no empty page-table page, and account for every frame.
+//! `AddressSpace::audit()`, hold no empty page-table page, and account for every frame. The calls
+//! include `zx_vmo_create_child` (snapshots, slices, references; good and bad options, offsets and
+//! sizes), and every other call works on children as on any VMO (the model's snapshots are eager
+//! copies: `common/model/child.rs`).
 //!
 //! Each page-table format runs `ZX_MODEL_CASES` sequences (default 2,000) of up to 64 calls, on a
 //! machine with 3 CPUs and two processes (the second with a 6-handle table), with random tag
@@ -22,6 +25,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use zx_vm::abi::*;
 use zx_vm::arch::Format;
+use zx_vm::vmo::MAX_COW_DEPTH;
 
 /// Sequences per format: `ZX_MODEL_CASES`, or 2,000.
 fn cases() -> u32 {
@@ -71,6 +75,20 @@ proptest! {
 // Fixed sequences: minimal cases found by the random test, and a hand-written tour
 // =================================================================================================
 
+/// The status of each op of `ops` (`None` for a load, store or switch), run on the native format.
+fn statuses(ops: &[Op]) -> Vec<Option<zx_status_t>> {
+    let mut world = World::new(&WorldConfig::standard(Format::NATIVE, 64, false));
+    let statuses = ops
+        .iter()
+        .map(|op| {
+            world.step(op).expect("the model agrees");
+            world.last_status
+        })
+        .collect();
+    world.finish().expect("the model agrees");
+    statuses
+}
+
 /// Runs `ops` on both formats, both invalidation modes, with and without tags.
 fn run_fixed(ops: &[Op]) {
     for format in Format::ALL {
@@ -87,147 +105,7 @@ fn run_fixed(ops: &[Op]) {
 /// two processes share a VMO, map it, touch it from all CPUs, protect, decommit, unmap, destroy.
 #[test]
 fn tour() {
-    let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
-    let known = |idx, pages| Addr::Known {
-        idx,
-        pages,
-        bytes: 0,
-    };
-    let ops = vec![
-        Op::VmoCreate {
-            p: 0,
-            size: Len::Pages(8),
-            options: 0,
-        },
-        Op::VmoWrite {
-            p: 0,
-            h: H::Vmo(0),
-            offset: Off::Pages(1),
-            len: 5000,
-            seed: 3,
-        },
-        // addrs[1]: the whole VMO in process 0.
-        Op::VmarMap {
-            p: 0,
-            vmar: H::Vmar(0),
-            vmo: H::Vmo(0),
-            options: rw | ZX_VM_MAP_RANGE,
-            vmar_offset: Off::Pages(0),
-            vmo_offset: Off::Pages(0),
-            len: Len::Pages(8),
-        },
-        Op::Duplicate {
-            p: 0,
-            h: H::Vmo(0),
-            rights: RightsArg::Same,
-        },
-        Op::Transfer { p: 0, h: H::Vmo(1) },
-        // addrs[2]: pages 2.. of it in process 1, at the same first-fit address.
-        Op::VmarMap {
-            p: 1,
-            vmar: H::Vmar(0),
-            vmo: H::Vmo(0),
-            options: rw,
-            vmar_offset: Off::Pages(0),
-            vmo_offset: Off::Pages(2),
-            len: Len::Pages(6),
-        },
-        Op::Store {
-            cpu: 0,
-            addr: known(1, 3),
-            value: 0x1111,
-        },
-        Op::Load {
-            cpu: 1,
-            addr: known(2, 1),
-        },
-        Op::Store {
-            cpu: 1,
-            addr: known(2, 0),
-            value: 0x2222,
-        },
-        Op::Load {
-            cpu: 2,
-            addr: known(1, 2),
-        },
-        Op::VmarProtect {
-            p: 0,
-            h: H::Vmar(0),
-            options: ZX_VM_PERM_READ,
-            addr: known(1, 2),
-            len: Len::Pages(2),
-        },
-        Op::Store {
-            cpu: 0,
-            addr: known(1, 2),
-            value: 0x3333,
-        },
-        // Decommit through process 0 what process 1 maps too.
-        Op::VmarOpRange {
-            p: 0,
-            h: H::Vmar(0),
-            op: ZX_VMAR_OP_DECOMMIT,
-            addr: known(1, 1),
-            len: Len::Pages(4),
-            buffer: 0,
-            buffer_size: 0,
-        },
-        Op::Load {
-            cpu: 1,
-            addr: known(2, 0),
-        },
-        Op::Load {
-            cpu: 0,
-            addr: known(1, 5),
-        },
-        Op::VmarAllocate {
-            p: 0,
-            h: H::Vmar(0),
-            options: ZX_VM_CAN_MAP_READ | ZX_VM_CAN_MAP_WRITE | ZX_VM_CAN_MAP_SPECIFIC,
-            offset: Off::Pages(0),
-            size: Len::Pages(16),
-        },
-        Op::VmarMap {
-            p: 0,
-            vmar: H::Vmar(1),
-            vmo: H::Vmo(0),
-            options: rw | ZX_VM_SPECIFIC,
-            vmar_offset: Off::Pages(4),
-            vmo_offset: Off::Pages(0),
-            len: Len::Pages(4),
-        },
-        Op::Store {
-            cpu: 2,
-            addr: known(4, 0),
-            value: 0x4444,
-        },
-        Op::VmarOpRange {
-            p: 0,
-            h: H::Vmar(0),
-            op: ZX_VMAR_OP_DECOMMIT,
-            addr: known(3, 4),
-            len: Len::Pages(1),
-            buffer: 0,
-            buffer_size: 0,
-        },
-        Op::VmarUnmap {
-            p: 0,
-            h: H::Vmar(0),
-            addr: known(1, 3),
-            len: Len::Pages(2),
-        },
-        Op::Load {
-            cpu: 0,
-            addr: known(1, 3),
-        },
-        Op::VmarDestroy {
-            p: 0,
-            h: H::Vmar(1),
-        },
-        Op::VmoInfo { p: 0, h: H::Vmo(0) },
-        Op::Check,
-    ];
-    run_fixed(&ops);
+    run_fixed(&model::tour());
 }
 
 /// A commit or a pin of a whole 128 TiB VMO needs more frames than the machine has: both sides
@@ -261,6 +139,57 @@ fn committing_more_than_the_machine_holds_is_no_memory() {
         Op::Check,
     ];
     run_fixed(&ops);
+}
+
+/// Children, with every argument good but where a status is the point ([`children_tour`]):
+/// snapshots, slices and references, mapped, written and read through CPUs, DECOMMIT refused
+/// while relatives live, then allowed once they are closed.
+#[test]
+fn children_tour() {
+    let ops = model::children_tour();
+    run_fixed(&ops);
+    for (i, status) in statuses(&ops).into_iter().enumerate() {
+        let want = CHILDREN_TOUR_REFUSED
+            .iter()
+            .find(|&&(at, _)| at == i)
+            .map_or(ZX_OK, |&(_, status)| status);
+        assert!(status.is_none_or(|s| s == want), "op {i}: {status:?}");
+    }
+}
+
+/// A copy-on-write tree is at most `MAX_COW_DEPTH` deep: the 33rd snapshot of one VMO, or of
+/// the newest of a chain of 32, is `ZX_ERR_NO_RESOURCES` (each snapshot puts a hidden node above
+/// the VMO it was taken of).
+#[test]
+fn snapshots_are_at_most_max_cow_depth_deep() {
+    for chain in [false, true] {
+        let config = WorldConfig::standard(Format::NATIVE, 64, false);
+        let mut world = World::new(&config);
+        let create = Op::VmoCreate {
+            p: 0,
+            size: Len::Pages(2),
+            options: 0,
+        };
+        world.step(&create).expect("create");
+        for i in 0..=MAX_COW_DEPTH {
+            let h = if chain { H::RecentVmo(0) } else { H::Vmo(0) };
+            let op = Op::VmoCreateChild {
+                p: 0,
+                h,
+                options: ZX_VMO_CHILD_SNAPSHOT,
+                offset: Off::Pages(0),
+                size: Len::Pages(2),
+            };
+            world.step(&op).expect("the model agrees");
+            let want = if i < MAX_COW_DEPTH {
+                ZX_OK
+            } else {
+                ZX_ERR_NO_RESOURCES
+            };
+            assert_eq!(world.last_status, Some(want), "chain {chain}, snapshot {i}");
+        }
+        world.finish().expect("the model agrees");
+    }
 }
 
 /// The random sequences reach the outcomes that matter: every status of the contract's order of
@@ -314,6 +243,21 @@ fn coverage() {
         "unpin: ZX_OK",
         "contiguous: ZX_OK",
         "physical: ZX_OK",
+        "zx_vmo_create_child snapshot: ZX_OK",
+        "zx_vmo_create_child slice: ZX_OK",
+        "zx_vmo_create_child reference: ZX_OK",
+        "zx_vmo_create_child: ZX_ERR_INVALID_ARGS",
+        "zx_vmo_create_child: ZX_ERR_NOT_SUPPORTED",
+        "zx_vmo_create_child: ZX_ERR_ACCESS_DENIED",
+        "zx_vmo_create_child: ZX_ERR_OUT_OF_RANGE",
+        "zx_vmo_create_child: ZX_ERR_BAD_STATE",
+        "zx_vmo_create_child: ZX_ERR_NO_RESOURCES",
+        "tree: decommit refused: pages shared",
+        "tree: left its family",
+        "tree: zero writes over shared pages",
+        "tree: resized",
+        "alias: slice forwards",
+        "alias: reference forwards",
         "load: Ok",
         "load: NotMapped",
         "load: OutOfRange",

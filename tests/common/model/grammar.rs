@@ -130,6 +130,14 @@ pub enum Op {
         p: u8,
         h: H,
     },
+    /// `zx_vmo_create_child` of the VMO `h` names.
+    VmoCreateChild {
+        p: u8,
+        h: H,
+        options: u32,
+        offset: Off,
+        size: Len,
+    },
     VmarAllocate {
         p: u8,
         h: H,
@@ -340,6 +348,7 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::VmoGetSize { .. } => "zx_vmo_get_size",
         Op::VmoSetSize { .. } => "zx_vmo_set_size",
         Op::VmoInfo { .. } => "zx_object_get_info_vmo",
+        Op::VmoCreateChild { .. } => "zx_vmo_create_child",
         Op::VmarAllocate { .. } => "zx_vmar_allocate",
         Op::VmarMap { .. } => "zx_vmar_map",
         Op::VmarUnmap { .. } => "zx_vmar_unmap",

@@ -4,9 +4,10 @@
 //! Used by `tests/model.rs` (random sequences, proptest) and `tests/exhaustion.rs` (a fixed
 //! sequence rerun with the frame allocator failing at every point), through
 //! `#[path = "common/model/mod.rs"] mod model;`. The model's types are here, its calls in
-//! `handles.rs`, `vmo.rs`, `vmar.rs` and `vmar_calls.rs`; the operation grammar is in `grammar.rs`
-//! and the random strategies over it in `strategy.rs`; the harness is in `harness.rs`, its steps
-//! in `steps_vmo.rs` and `steps_vmar.rs`, its checks in `check.rs`.
+//! `handles.rs`, `vmo.rs`, `child.rs`, `vmar.rs` and `vmar_calls.rs`; the operation grammar is in
+//! `grammar.rs`, the random strategies over it in `strategy.rs` and hand-written sequences in
+//! `tours.rs`; the harness is in `harness.rs`, its steps in `steps_vmo.rs` and `steps_vmar.rs`,
+//! its checks in `check.rs`.
 //!
 //! # The model
 //!
@@ -19,16 +20,31 @@
 //! the crate disagreed and Zircon sided with the model, the crate was fixed; the minimal cases are
 //! in `tests/regressions.rs`.
 //!
+//! Children (`zx_vmo_create_child`, `child.rs`) are the model at its most eager: a snapshot is a
+//! copy of its parent's pages in its range, taken when it is made (zeroes past the parent's end);
+//! a slice or reference is a name for its target's pages at an offset, and every call on it acts
+//! there. The model keeps no copy-on-write tree, only what the statuses need: which VMOs form a
+//! snapshot family (DECOMMIT is refused while a relative lives; ZERO writes over pages instead of
+//! giving them back), a bound on each one's depth, and, per page, whether its committed bytes
+//! count for it or for a relative. Pages are `Arc`s that a snapshot shares and a write copies
+//! (`Arc::make_mut`), so the frames the crate should use are the distinct pages of the live VMOs.
+//! Committed bytes and frames are exact until a VMO of a family dies (or one shrinks); after that
+//! the crate's attribution and merges follow its tree's shape, and the model checks a range
+//! ([`Model::committed_bounds`], [`Model::distinct_frames`]).
+//!
 //! # The harness
 //!
 //! [`World`] holds a [`SimMachine`], processes, CPUs and a [`Model`]. [`World::step`] resolves one
 //! [`Op`] against the current state (handles and addresses are picked by index), runs it on both,
 //! and compares the status and every output (handles' existence, addresses, bytes read, values
 //! loaded, fault kinds). After every step it checks that the crate's state still matches the model
-//! ([`World::check`]): handle tables (values, rights, objects), VMO liveness, committed bytes and
-//! mapping counts, VMAR liveness, `AddressSpace::audit()`, no empty page-table page, and frame
-//! accounting (frames in use = committed pages of live VMOs + page-table pages). Every few steps,
-//! and at the end, it compares VMO contents byte for byte ([`World::deep_check`]).
+//! ([`World::check`]): handle tables (values, rights, objects), VMO liveness, sizes, committed
+//! bytes, mapping counts and lineage (parent, children, snapshot or not), VMAR liveness,
+//! `AddressSpace::audit()` (which checks the copy-on-write tree of every VMO it finds a
+//! translation of), no empty page-table page, and frame accounting (frames in use = distinct
+//! pages of live VMOs + contiguous VMOs' pages + page-table pages + physical VMOs' frames). Every
+//! few steps, and at the end, it compares VMO contents byte for byte ([`World::deep_check`]);
+//! after the last, everything is dropped and every frame must come back.
 //!
 //! In exhaustion mode (`World::exhaustion`), a call may fail with `ZX_ERR_NO_MEMORY` where the
 //! model says `ZX_OK`; the model then forgets the call (it is restored from a copy taken before),
@@ -36,12 +52,14 @@
 #![allow(dead_code)]
 
 mod check;
+mod child;
 mod grammar;
 mod handles;
 mod harness;
 mod steps_vmar;
 mod steps_vmo;
 mod strategy;
+mod tours;
 mod vmar;
 mod vmar_calls;
 mod vmo;
@@ -49,9 +67,11 @@ mod vmo;
 use self::check::*;
 pub use self::grammar::*;
 pub use self::harness::*;
-// Only `tests/model.rs` draws random sequences.
+// Only `tests/model.rs` draws random sequences and runs the tours.
 #[allow(unused_imports)]
 pub use self::strategy::*;
+#[allow(unused_imports)]
+pub use self::tours::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -211,14 +231,48 @@ pub enum MKind {
 }
 
 /// A VMO: its size in pages, the contents of its committed pages, and its pins.
+///
+/// A snapshot child is an eager copy: its own `data`, copied from the parent when it is made
+/// (the pages stay shared `Arc`s until one side writes, which is how the model counts frames, not
+/// what it answers). A slice or reference has no pages of its own: every call on it acts on its
+/// [`MAlias::target`].
 #[derive(Clone, Debug)]
 pub struct MVmo {
     pub kind: MKind,
-    /// Created with `ZX_VMO_RESIZABLE`.
+    /// Created with `ZX_VMO_RESIZABLE` (a reference: its target was).
     pub resizable: bool,
+    /// The size in pages (a reference follows its target's: [`Model::size_pages`]).
     pub pages: u64,
     pub data: BTreeMap<u64, Page>,
     pub pins: BTreeMap<u64, u32>,
+    /// A slice or reference: the VMO whose pages it shows.
+    pub alias: Option<MAlias>,
+    /// The VMO whose handle `zx_vmo_create_child` was given, for a child.
+    pub parent: Option<usize>,
+    /// A snapshot child (`ZX_INFO_VMO_IS_COW_CLONE`).
+    pub cow_clone: bool,
+    /// The snapshot family the VMO belongs to: it shares pages (or did) with a snapshot parent or
+    /// child, so that DECOMMIT is refused while a relative lives, and ZERO writes over pages
+    /// instead of giving them back. It leaves its family when a DECOMMIT finds it alone.
+    pub tree: Option<usize>,
+    /// Pages in `data` whose committed bytes count for another VMO of the family (the one that
+    /// had them when a snapshot shared them); a page the VMO writes or commits is its own.
+    pub foreign: BTreeSet<u64>,
+    /// The crate's copy-on-write depth: hidden nodes above the VMO (an upper bound once a VMO of
+    /// its family died, since the crate then merges nodes away).
+    pub depth: usize,
+}
+
+/// A slice or reference: another VMO's pages under another name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MAlias {
+    /// The VMO whose pages it shows: never an alias (an alias of an alias shows the VMO
+    /// underneath).
+    pub target: usize,
+    /// Page `i` of the alias is page `i + offset` of the target (0 for a reference).
+    pub offset: u64,
+    /// A reference: the whole target, whose size it follows.
+    pub reference: bool,
 }
 
 /// A piece of a mapping (unmap and protect split mappings into pieces, as Zircon does; each piece
@@ -272,12 +326,17 @@ pub enum MFault {
     OutOfRange,
 }
 
-/// `zx_info_vmo_t`, reduced to what the model knows.
+/// `zx_info_vmo_t`, reduced to what the model knows. The committed bytes are a range: exact
+/// (both ends equal) except for a VMO of a snapshot family in which a VMO died, whose pages the
+/// crate then attributes by the shape of its tree ([`Model::committed_bounds`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MInfo {
     pub size_bytes: u64,
-    pub committed_bytes: u64,
+    pub committed_bytes: (u64, u64),
     pub num_mappings: u64,
+    pub num_children: u64,
+    pub parent: Option<usize>,
+    pub cow_clone: bool,
 }
 
 /// The reference model.
@@ -293,6 +352,15 @@ pub struct Model {
     /// The machine has a shared zero page: a load of an uncommitted page of a paged VMO reads
     /// zero and commits nothing.
     pub zero_page: bool,
+    /// Snapshot families made so far (each VMO's [`MVmo::tree`] is one of them).
+    pub trees: usize,
+    /// Pages a VMO of each snapshot family gave up by shrinking, which the crate may keep in a
+    /// hidden node while the family lives (`a_shrunk_snapshot_frees_what_no_one_sees` in
+    /// `tests/regressions.rs`).
+    pub shed: BTreeMap<usize, Vec<Page>>,
+    /// For a snapshot whose depth the model cannot know (an upper bound at the limit, in a
+    /// family where a VMO died): the crate's answer, which the model then follows.
+    pub depth_override: Option<bool>,
 }
 
 impl Model {
@@ -305,6 +373,9 @@ impl Model {
             cpus: vec![None; cpus],
             frames,
             zero_page: false,
+            trees: 0,
+            shed: BTreeMap::new(),
+            depth_override: None,
         }
     }
 

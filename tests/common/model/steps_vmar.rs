@@ -3,6 +3,48 @@
 use super::*;
 
 impl World {
+    /// The VMAR calls of [`World::step_unchecked`].
+    pub(super) fn step_vmar_call(&mut self, op: &Op) -> R2 {
+        match *op {
+            Op::VmarAllocate {
+                p,
+                h,
+                options,
+                offset,
+                size,
+            } => self.step_vmar_allocate(p, h, options, offset, size)?,
+            Op::VmarMap {
+                p,
+                vmar,
+                vmo,
+                options,
+                vmar_offset,
+                vmo_offset,
+                len,
+            } => self.step_vmar_map(p, vmar, vmo, options, vmar_offset, vmo_offset, len)?,
+            Op::VmarUnmap { p, h, addr, len } => self.step_vmar_unmap(p, h, addr, len)?,
+            Op::VmarProtect {
+                p,
+                h,
+                options,
+                addr,
+                len,
+            } => self.step_vmar_protect(p, h, options, addr, len)?,
+            Op::VmarDestroy { p, h } => self.step_vmar_destroy(p, h)?,
+            Op::VmarOpRange {
+                p,
+                h,
+                op,
+                addr,
+                len,
+                buffer,
+                buffer_size,
+            } => self.step_vmar_op_range(p, h, op, addr, len, buffer, buffer_size)?,
+            _ => unreachable!("not a VMAR call: {op:?}"),
+        }
+        Ok(())
+    }
+
     /// `Op::VmarAllocate`, on the crate and on the model.
     pub(super) fn step_vmar_allocate(
         &mut self,

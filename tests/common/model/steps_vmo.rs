@@ -116,17 +116,68 @@ impl World {
         let got = zx_object_get_info_vmo(&self.procs[p], h, &mut info);
         let want = self.model.vmo_info(p, h);
         if self.settle(&what, None, got, status(want.map(drop)))? {
-            let got = MInfo {
-                size_bytes: info.size_bytes,
-                committed_bytes: info.committed_bytes,
-                num_mappings: info.num_mappings,
-            };
-            if Ok(got) != want {
-                return Err(format!("{}: {got:?}, model {want:?}", what()));
+            let want = want.expect("ok");
+            let (low, high) = want.committed_bytes;
+            let parent_koid = want.parent.map_or(0, |parent| self.koids[parent]);
+            let same = info.size_bytes == want.size_bytes
+                && (low..=high).contains(&info.committed_bytes)
+                && info.num_mappings == want.num_mappings
+                && info.num_children == want.num_children
+                && info.parent_koid == parent_koid
+                && (info.flags & ZX_INFO_VMO_IS_COW_CLONE != 0) == want.cow_clone;
+            if !same {
+                return Err(format!(
+                    "{}: {info:?}, model {want:?} (parent koid {parent_koid})",
+                    what()
+                ));
             }
         }
         Ok(())
     }
+
+    /// `Op::VmoCreateChild`, on the crate and on the model.
+    pub(super) fn step_vmo_create_child(
+        &mut self,
+        p: u8,
+        h: H,
+        options: u32,
+        offset: Off,
+        size: Len,
+    ) -> R2 {
+        let p = self.proc(p);
+        let (h, offset, size) = (self.handle(p, h), Self::off(offset), Self::len(size));
+        let what = || {
+            format!(
+                "zx_vmo_create_child(p{p}, {h:#x}, options {options:#x}, offset {offset:#x}, size {size:#x})"
+            )
+        };
+        let saved = self.saved();
+        let mut out = ZX_HANDLE_INVALID;
+        let got = zx_vmo_create_child(&self.procs[p], h, options, offset, size, &mut out);
+        if got == ZX_OK {
+            self.check_new_handle(p, out, &what)?;
+        }
+        let before = self.model.vmos.len();
+        self.model.depth_override = Some(got == ZX_ERR_NO_RESOURCES);
+        let want = status(
+            self.model
+                .vmo_create_child(p, h, options, offset, size, out),
+        );
+        self.model.depth_override = None;
+        record(
+            &format!("{} {}", self.current, child_kind(options)),
+            status_name(got),
+        );
+        let made = self.model.vmos.len() > before;
+        if self.settle(&what, saved, got, want)? {
+            self.issue(p, out);
+            self.register_vmo(p, out);
+        } else if made {
+            self.register_dead_vmo();
+        }
+        Ok(())
+    }
+
     /// `Op::Pin` (with `pin`) or `Op::Unpin`, on the crate and on the model.
     pub(super) fn step_pin(&mut self, pin: bool, p: u8, h: H, offset: Off, len: Len) -> R2 {
         let p = self.proc(p);
@@ -228,5 +279,18 @@ impl World {
             self.register_vmo(p, out);
         }
         Ok(())
+    }
+}
+
+/// The kind of child `options` ask for, for outcome counts.
+fn child_kind(options: u32) -> &'static str {
+    let kind = options & !(ZX_VMO_CHILD_NO_WRITE | ZX_VMO_CHILD_RESIZABLE);
+    match kind {
+        ZX_VMO_CHILD_SNAPSHOT
+        | ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE
+        | ZX_VMO_CHILD_SNAPSHOT_MODIFIED => "snapshot",
+        ZX_VMO_CHILD_SLICE => "slice",
+        ZX_VMO_CHILD_REFERENCE => "reference",
+        _ => "bad options",
     }
 }

@@ -13,10 +13,12 @@ pub fn proc_index() -> impl Strategy<Value = u8> {
     prop_oneof![3 => Just(0u8), 1 => Just(1u8)]
 }
 
-/// A VMO handle, mostly live; sometimes of the wrong type, stale, invalid or never issued.
+/// A VMO handle, mostly live (often one of the newest, so that children are worked on);
+/// sometimes of the wrong type, stale, invalid or never issued.
 pub fn vmo_handle() -> impl Strategy<Value = H> {
     prop_oneof![
-        24 => any::<u8>().prop_map(H::Vmo),
+        16 => any::<u8>().prop_map(H::Vmo),
+        8 => (0u8..3).prop_map(H::RecentVmo),
         1 => any::<u8>().prop_map(H::Vmar),
         1 => any::<u8>().prop_map(H::Stale),
         1 => Just(H::Invalid),
@@ -132,6 +134,7 @@ pub fn range_length() -> impl Strategy<Value = Len> {
 /// Offset and length of a pin: mostly small and page aligned.
 pub fn pin_range() -> impl Strategy<Value = (Off, Len)> {
     prop_oneof![
+        4 => Just((Off::Pages(0), Len::Pages(1))),
         8 => (0u8..4, 1u8..3).prop_map(|(o, l)| (Off::Pages(o), Len::Pages(l))),
         1 => (vmo_offset(), length()),
     ]
@@ -300,6 +303,61 @@ pub fn buffer() -> impl Strategy<Value = u64> {
     prop_oneof![24 => Just(0u64), 1 => Just(0x1000u64), 1 => any::<u64>()]
 }
 
+/// The options of a `zx_vmo_create_child`: mostly one kind of child, perhaps resizable or not
+/// writable; sometimes a combination the call refuses.
+pub fn child_options() -> impl Strategy<Value = u32> {
+    let kind = prop_oneof![
+        8 => Just(ZX_VMO_CHILD_SNAPSHOT),
+        2 => Just(ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE),
+        1 => Just(ZX_VMO_CHILD_SNAPSHOT_MODIFIED),
+        4 => Just(ZX_VMO_CHILD_SLICE),
+        3 => Just(ZX_VMO_CHILD_REFERENCE),
+    ];
+    let extra = prop_oneof![
+        8 => Just(0),
+        3 => Just(ZX_VMO_CHILD_RESIZABLE),
+        2 => Just(ZX_VMO_CHILD_NO_WRITE),
+    ];
+    let bad = prop_oneof![
+        Just(0),
+        Just(ZX_VMO_CHILD_RESIZABLE),
+        Just(ZX_VMO_CHILD_NO_WRITE),
+        Just(ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_NO_WRITE | ZX_VMO_CHILD_RESIZABLE),
+        Just(ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_SNAPSHOT_AT_LEAST_ON_WRITE),
+        Just(ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_SLICE),
+        Just(ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_REFERENCE),
+        Just(ZX_VMO_CHILD_SLICE | ZX_VMO_CHILD_REFERENCE),
+        Just(ZX_VMO_CHILD_SLICE | ZX_VMO_CHILD_RESIZABLE),
+        Just(ZX_VMO_CHILD_SNAPSHOT | 1 << 1),
+        Just(ZX_VMO_CHILD_REFERENCE | 1 << 8),
+        any::<u32>(),
+    ];
+    prop_oneof![12 => (kind, extra).prop_map(|(kind, extra)| kind | extra), 1 => bad]
+}
+
+/// Options, offset and size of a `zx_vmo_create_child`: mostly whole pages near the parent's
+/// (offset and size 0 for nearly every reference).
+pub fn child_args() -> impl Strategy<Value = (u32, Off, Len)> {
+    let offset = prop_oneof![
+        10 => (0u8..6).prop_map(Off::Pages),
+        1 => (1u64..8 * PAGE).prop_map(Off::Raw),
+        1 => edge_value().prop_map(Off::Raw),
+    ];
+    let size = prop_oneof![
+        10 => (1u8..10).prop_map(Len::Pages),
+        1 => Just(Len::Pages(0)),
+        1 => (1u64..10 * PAGE).prop_map(Len::Raw),
+        1 => edge_value().prop_map(Len::Raw),
+    ];
+    (child_options(), offset, size, 0u8..10).prop_map(|(options, offset, size, k)| {
+        if options & ZX_VMO_CHILD_REFERENCE != 0 && k < 9 {
+            (options, Off::Pages(0), Len::Pages(0))
+        } else {
+            (options, offset, size)
+        }
+    })
+}
+
 pub fn op() -> impl Strategy<Value = Op> {
     let p = proc_index;
     prop_oneof![
@@ -333,6 +391,10 @@ pub fn op() -> impl Strategy<Value = Op> {
         4 => (p(), any_handle(), rights_arg()).prop_map(|(p, h, rights)| Op::Duplicate { p, h, rights }),
         3 => (p(), any_handle(), rights_arg()).prop_map(|(p, h, rights)| Op::Replace { p, h, rights }),
         3 => (p(), any_handle()).prop_map(|(p, h)| Op::Close { p, h }),
+        3 => (p(), prop_oneof![(0u8..4).prop_map(H::RecentVmo), any::<u8>().prop_map(H::Vmo)])
+            .prop_map(|(p, h)| Op::Close { p, h }),
+        8 => (p(), vmo_handle(), child_args())
+            .prop_map(|(p, h, (options, offset, size))| Op::VmoCreateChild { p, h, options, offset, size }),
         2 => (p(), any_handle()).prop_map(|(p, h)| Op::Transfer { p, h }),
         14 => (cpu(), word_address()).prop_map(|(cpu, addr)| Op::Load { cpu, addr }),
         14 => (cpu(), word_address(), any::<u64>())

@@ -188,13 +188,17 @@ impl Model {
         counts
     }
 
-    /// The VMOs that still exist: named by a handle or mapped.
+    /// The VMOs that still exist: named by a handle, mapped, or shown by a live slice or
+    /// reference. (A snapshot parent may die before its child, and a child before its parent.)
     pub fn live_vmos(&self) -> BTreeSet<usize> {
         let mut live: BTreeSet<usize> = self.mapping_counts().into_keys().collect();
         for proc in &self.procs {
             for handle in proc.handles.values() {
                 if let Obj::Vmo(id) = handle.obj {
                     live.insert(id);
+                    if let Some(alias) = self.vmos[id].alias {
+                        live.insert(alias.target);
+                    }
                 }
             }
         }
@@ -271,14 +275,19 @@ impl Model {
                 u64::from_le_bytes(page[at..at + 8].try_into().expect("8 bytes"))
             }));
         }
-        let word = &mut self.commit_page(mapping.vmo, index)[at..at + 8];
-        match store {
-            Some(value) => {
-                word.copy_from_slice(&value.to_le_bytes());
-                Ok(0)
+        let Some(value) = store else {
+            // A load commits a zero page where there is none; a page shared with a snapshot
+            // relative stays shared.
+            if !v.data.contains_key(&index) {
+                self.commit_page(mapping.vmo, index);
             }
-            None => Ok(u64::from_le_bytes(word.try_into().expect("8 bytes"))),
-        }
+            let page = &self.vmos[mapping.vmo].data[&index];
+            return Ok(u64::from_le_bytes(
+                page[at..at + 8].try_into().expect("8 bytes"),
+            ));
+        };
+        self.commit_page(mapping.vmo, index)[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        Ok(0)
     }
 
     /// The VMO page that an access at `va` by `cpu` reaches, if it reaches one.

@@ -139,32 +139,9 @@ impl Model {
         if options & ZX_VM_REQUIRE_NON_RESIZABLE != 0 && self.vmos[vmo].resizable {
             return Err(ZX_ERR_NOT_SUPPORTED);
         }
-        let base = if options & (ZX_VM_SPECIFIC | ZX_VM_SPECIFIC_OVERWRITE) != 0 {
-            if v.flags & ZX_VM_CAN_MAP_SPECIFIC == 0 {
-                return Err(ZX_ERR_ACCESS_DENIED);
-            }
-            let (start, end) = self
-                .sub_range(vmar, vmar_offset, len)
-                .ok_or(ZX_ERR_INVALID_ARGS)?;
-            if self.overlaps(vmar, start, end) {
-                if !overwrite {
-                    return Err(ZX_ERR_ALREADY_EXISTS);
-                }
-                // An overwrite replaces mappings, never sub-VMARs (Zircon: INVALID_ARGS for any
-                // sub-VMAR in the range).
-                self.unmap_range(vmar, start, end, false)?;
-            }
-            start
-        } else {
-            if vmar_offset != 0 {
-                return Err(ZX_ERR_INVALID_ARGS);
-            }
-            // Zircon: longer than the VMAR is INVALID_ARGS, before any search.
-            if len > self.vmars[vmar].size {
-                return Err(ZX_ERR_INVALID_ARGS);
-            }
-            self.find_gap(vmar, len).ok_or(ZX_ERR_NO_RESOURCES)?
-        };
+        // A slice or reference maps the VMO underneath it.
+        let (vmo, vmo_offset) = self.map_target(vmo, vmo_offset, len)?;
+        let base = self.place_mapping(vmar, options, vmar_offset, len)?;
         // ZX_VM_MAP_RANGE only prefaults translations: nothing the model can see.
         self.insert_child(
             vmar,
@@ -178,6 +155,43 @@ impl Model {
             }),
         );
         Ok(base)
+    }
+
+    /// Where a mapping of `len` bytes goes in `vmar`: `ZX_VM_SPECIFIC` (or an overwrite, which
+    /// unmaps what is there first) at `vmar_offset`, else first fit.
+    fn place_mapping(
+        &mut self,
+        vmar: usize,
+        options: zx_vm_option_t,
+        vmar_offset: u64,
+        len: u64,
+    ) -> R<u64> {
+        if options & (ZX_VM_SPECIFIC | ZX_VM_SPECIFIC_OVERWRITE) != 0 {
+            if self.vmars[vmar].flags & ZX_VM_CAN_MAP_SPECIFIC == 0 {
+                return Err(ZX_ERR_ACCESS_DENIED);
+            }
+            let (start, end) = self
+                .sub_range(vmar, vmar_offset, len)
+                .ok_or(ZX_ERR_INVALID_ARGS)?;
+            if self.overlaps(vmar, start, end) {
+                if options & ZX_VM_SPECIFIC_OVERWRITE == 0 {
+                    return Err(ZX_ERR_ALREADY_EXISTS);
+                }
+                // An overwrite replaces mappings, never sub-VMARs (Zircon: INVALID_ARGS for any
+                // sub-VMAR in the range).
+                self.unmap_range(vmar, start, end, false)?;
+            }
+            Ok(start)
+        } else {
+            if vmar_offset != 0 {
+                return Err(ZX_ERR_INVALID_ARGS);
+            }
+            // Zircon: longer than the VMAR is INVALID_ARGS, before any search.
+            if len > self.vmars[vmar].size {
+                return Err(ZX_ERR_INVALID_ARGS);
+            }
+            self.find_gap(vmar, len).ok_or(ZX_ERR_NO_RESOURCES)
+        }
     }
 
     /// `zx_vmar_unmap`: needs no right. Removes the mappings in the range (splitting those that
@@ -316,16 +330,7 @@ impl Model {
         }
         // 8. Every page covered by a mapping, through nested VMARs.
         let covered = self.covering(vmar, addr, end).ok_or(ZX_ERR_BAD_STATE)?;
-        // Each piece with the VMO pages behind its part of the range.
-        let pieces: Vec<(MMapping, u64, u64)> = covered
-            .iter()
-            .map(|&(v, lo, hi)| {
-                let m = self.piece_at(v, lo).clone();
-                let first = (lo - m.base + m.vmo_offset) / PAGE;
-                let last = (hi - m.base + m.vmo_offset) / PAGE;
-                (m, first, last)
-            })
-            .collect();
+        let pieces = self.pieces_with_pages(&covered);
         // 9. Every mapping could be writable: made from handles that both had WRITE (a mapping
         //    made read-only by choice, or by protect, still qualifies).
         if pieces
@@ -334,12 +339,14 @@ impl Model {
         {
             return Err(ZX_ERR_ACCESS_DENIED);
         }
-        // 10. Every VMO supports decommit; then no affected page is pinned.
-        if pieces
-            .iter()
-            .any(|(m, _, _)| self.vmos[m.vmo].kind != MKind::Paged)
-        {
-            return Err(ZX_ERR_NOT_SUPPORTED);
+        // 10. Every VMO supports decommit, in the crate's lock order (the order VMOs were made
+        //     in), each checked with the side effect of leaving a snapshot family it is alone in;
+        //     then no affected page is pinned.
+        let vmos: BTreeSet<usize> = pieces.iter().map(|(m, _, _)| m.vmo).collect();
+        for vmo in vmos {
+            if !self.supports_decommit(vmo) {
+                return Err(ZX_ERR_NOT_SUPPORTED);
+            }
         }
         if pieces
             .iter()
@@ -352,5 +359,19 @@ impl Model {
             self.decommit_pages(m.vmo, first, last);
         }
         Ok(())
+    }
+
+    /// Each mapping piece of `covered` with the VMO pages `[first, last)` behind its part of the
+    /// range.
+    fn pieces_with_pages(&self, covered: &[(usize, u64, u64)]) -> Vec<(MMapping, u64, u64)> {
+        covered
+            .iter()
+            .map(|&(v, lo, hi)| {
+                let m = self.piece_at(v, lo).clone();
+                let first = (lo - m.base + m.vmo_offset) / PAGE;
+                let last = (hi - m.base + m.vmo_offset) / PAGE;
+                (m, first, last)
+            })
+            .collect()
     }
 }

@@ -14,6 +14,12 @@ impl Model {
             pages,
             data,
             pins: BTreeMap::new(),
+            alias: None,
+            parent: None,
+            cow_clone: false,
+            tree: None,
+            foreign: BTreeSet::new(),
+            depth: 0,
         });
         self.vmos.len() - 1
     }
@@ -42,7 +48,8 @@ impl Model {
 
     /// `zx_vmo_set_size`: WRITE, then RESIZE if the VMO is resizable; a fixed VMO is
     /// UNAVAILABLE. A shrink takes the pages past the end (none may be pinned) and zeroes the
-    /// bytes past `size` in the last page.
+    /// bytes past `size` in the last page. A reference resizes its target (a slice is never
+    /// resizable).
     pub fn vmo_set_size(&mut self, p: usize, h: zx_handle_t, size: u64) -> R {
         let (vmo, rights) = self.vmo_handle(p, h)?;
         need(rights, ZX_RIGHT_WRITE)?;
@@ -55,7 +62,16 @@ impl Model {
         if rounded > MAX_VMO_SIZE {
             return Err(ZX_ERR_OUT_OF_RANGE);
         }
+        let vmo = self.vmos[vmo].alias.map_or(vmo, |alias| alias.target);
         let (new, old) = (rounded / PAGE, self.vmos[vmo].pages);
+        if let Some(tree) = self.vmos[vmo].tree {
+            record("tree", "resized");
+            let shed = self.vmos[vmo]
+                .data
+                .range(new..)
+                .map(|(_, page)| page.clone());
+            self.shed.entry(tree).or_default().extend(shed);
+        }
         if new < old && self.any_pinned(vmo, new, old) {
             return Err(ZX_ERR_BAD_STATE);
         }
@@ -68,7 +84,9 @@ impl Model {
     }
 
     /// `ZX_VMO_OP_ZERO` on `[offset, offset + len)`, rights checked: whole unpinned pages of a
-    /// paged VMO leave it, everything else in the range is written over where committed.
+    /// paged VMO leave it, everything else in the range is written over where committed. A VMO
+    /// of a snapshot family gives no page back (a parent's would show through): it writes over
+    /// every page it has in the range, which become its own.
     fn vmo_zero(&mut self, vmo: usize, offset: u64, len: u64) -> R {
         let end = offset.checked_add(len).ok_or(ZX_ERR_OUT_OF_RANGE)?;
         if end > self.vmos[vmo].pages * PAGE {
@@ -78,7 +96,9 @@ impl Model {
             return Err(ZX_ERR_NOT_SUPPORTED);
         }
         self.zero_committed_bytes(vmo, offset, end);
-        if self.vmos[vmo].kind == MKind::Paged {
+        if self.vmos[vmo].tree.is_some() {
+            record("tree", "zero writes over shared pages");
+        } else if self.vmos[vmo].kind == MKind::Paged {
             for index in offset.div_ceil(PAGE)..end / PAGE {
                 if !self.vmos[vmo].pins.contains_key(&index) {
                     self.vmos[vmo].data.remove(&index);
@@ -149,8 +169,12 @@ impl Model {
         out
     }
 
+    /// Page `index` of `vmo`, committed if it was not, to be written: the VMO's own from now on
+    /// (a page shared with a snapshot relative is copied).
     pub(super) fn commit_page(&mut self, vmo: usize, index: u64) -> &mut [u8; PAGE_BYTES] {
-        Arc::make_mut(self.vmos[vmo].data.entry(index).or_insert_with(zero_page))
+        let v = &mut self.vmos[vmo];
+        v.foreign.remove(&index);
+        Arc::make_mut(v.data.entry(index).or_insert_with(zero_page))
     }
 
     pub(super) fn write_bytes(&mut self, vmo: usize, offset: u64, data: &[u8]) {
@@ -197,6 +221,7 @@ impl Model {
                 .collect();
             for index in doomed {
                 self.vmos[vmo].data.remove(&index);
+                self.vmos[vmo].foreign.remove(&index);
             }
         }
     }
@@ -208,6 +233,7 @@ impl Model {
         if self.vmos[vmo].kind == MKind::Physical {
             return Err(ZX_ERR_NOT_SUPPORTED);
         }
+        let (vmo, offset) = self.forward(vmo, offset, len as u64)?;
         self.page_range(vmo, offset, len as u64)?;
         Ok(self.read_bytes(vmo, offset, len))
     }
@@ -219,6 +245,7 @@ impl Model {
         if self.vmos[vmo].kind == MKind::Physical {
             return Err(ZX_ERR_NOT_SUPPORTED);
         }
+        let (vmo, offset) = self.forward(vmo, offset, data.len() as u64)?;
         self.page_range(vmo, offset, data.len() as u64)?;
         self.write_bytes(vmo, offset, data);
         Ok(())
@@ -244,6 +271,7 @@ impl Model {
         match op {
             ZX_VMO_OP_COMMIT => {
                 need(rights, ZX_RIGHT_WRITE)?;
+                let (vmo, offset) = self.forward(vmo, offset, size)?;
                 let (first, last) = self.page_range(vmo, offset, size)?;
                 self.commit_range(vmo, first, last)
             }
@@ -252,8 +280,9 @@ impl Model {
                 if !aligned(offset) || !aligned(size) {
                     return Err(ZX_ERR_INVALID_ARGS);
                 }
+                let (vmo, offset) = self.forward(vmo, offset, size)?;
                 let (first, last) = self.page_range(vmo, offset, size)?;
-                if self.vmos[vmo].kind != MKind::Paged {
+                if !self.supports_decommit(vmo) {
                     return Err(ZX_ERR_NOT_SUPPORTED);
                 }
                 if self.any_pinned(vmo, first, last) {
@@ -264,6 +293,7 @@ impl Model {
             }
             ZX_VMO_OP_ZERO => {
                 need(rights, ZX_RIGHT_WRITE)?;
+                let (vmo, offset) = self.forward(vmo, offset, size)?;
                 self.vmo_zero(vmo, offset, size)
             }
             1..=4 | 6..=14 => Err(ZX_ERR_NOT_SUPPORTED),
@@ -274,7 +304,7 @@ impl Model {
     /// `zx_vmo_get_size`: needs no right.
     pub fn vmo_get_size(&self, p: usize, h: zx_handle_t) -> R<u64> {
         let (vmo, _) = self.vmo_handle(p, h)?;
-        Ok(self.vmos[vmo].pages * PAGE)
+        Ok(self.size_pages(vmo) * PAGE)
     }
 
     /// `zx_object_get_info(ZX_INFO_VMO)`: needs no right (Zircon).
@@ -283,21 +313,33 @@ impl Model {
         Ok(self.info(vmo))
     }
 
-    /// A VMO's size, committed bytes and mapping count.
+    /// A VMO's size, committed bytes, mapping count and lineage.
     pub fn info(&self, vmo: usize) -> MInfo {
+        let live = self.live_vmos();
+        let (low, high) = self.committed_bounds(vmo, &live);
         let v = &self.vmos[vmo];
         MInfo {
-            size_bytes: v.pages * PAGE,
-            committed_bytes: self.committed_pages(vmo) * PAGE,
+            size_bytes: self.size_pages(vmo) * PAGE,
+            committed_bytes: (low * PAGE, high * PAGE),
             num_mappings: self.mapping_counts().get(&vmo).copied().unwrap_or(0),
+            num_children: live
+                .iter()
+                .filter(|&&id| self.vmos[id].parent == Some(vmo))
+                .count() as u64,
+            parent: v.parent,
+            cow_clone: v.cow_clone,
         }
     }
 
-    /// Pages a VMO reports as committed.
+    /// Pages a VMO reports as committed, at least: all its pages, for a VMO alone; those it did
+    /// not get from a snapshot relative (or wrote since), for one of a snapshot family.
     pub fn committed_pages(&self, vmo: usize) -> u64 {
         let v = &self.vmos[vmo];
+        if v.alias.is_some() {
+            return 0;
+        }
         match v.kind {
-            MKind::Paged => v.data.len() as u64,
+            MKind::Paged => (v.data.len() - v.foreign.len()) as u64,
             MKind::Contiguous => v.pages,
             MKind::Physical => 0,
         }
@@ -309,6 +351,7 @@ impl Model {
         if !aligned(offset) || !aligned(len) || len == 0 {
             return Err(ZX_ERR_INVALID_ARGS);
         }
+        let (vmo, offset) = self.forward(vmo, offset, len)?;
         let (first, last) = self.page_range(vmo, offset, len)?;
         self.commit_range(vmo, first, last)?;
         for index in first..last {
@@ -323,6 +366,7 @@ impl Model {
         if !aligned(offset) || !aligned(len) || len == 0 {
             return Err(ZX_ERR_INVALID_ARGS);
         }
+        let (vmo, offset) = self.forward(vmo, offset, len)?;
         let (first, last) = self.page_range(vmo, offset, len)?;
         if (first..last).any(|i| !self.vmos[vmo].pins.contains_key(&i)) {
             return Err(ZX_ERR_BAD_STATE);
