@@ -29,6 +29,7 @@ impl World {
             }
         }
         let table_pages = self.check_tables()?;
+        self.check_tlbs(&live)?;
         // Frames: nothing leaked, nothing freed early. A page that snapshots share is one frame.
         let (low, high) = self.model.distinct_frames(&live);
         let contiguous: u64 = live
@@ -160,6 +161,58 @@ impl World {
             table_pages += tables as u64;
         }
         Ok(table_pages)
+    }
+
+    /// Every translation a CPU's TLB holds for a page accessed in its address space (what a load
+    /// there reads without a fault) is one the model allows: of a live mapping's page inside its
+    /// VMO, with no more than the mapping's permissions, not writable where a snapshot shares the
+    /// page, and to a frame that holds the model's bytes.
+    fn check_tlbs(&self, live: &BTreeSet<usize>) -> R2 {
+        let shared = self.model.shared_pages(live);
+        let mut checked = false;
+        for (c, cpu) in self.cpus.iter().enumerate() {
+            let Some(p) = self.model.cpus[c] else {
+                continue;
+            };
+            for &va in &self.accessed[p] {
+                let Some(entry) = cpu.tlb_entry(va) else {
+                    continue;
+                };
+                let what = |why: &str| format!("cpu{c}: TLB entry {va:#x} -> {entry:x?}: {why}");
+                let m = self
+                    .model
+                    .mapping_at(p, va)
+                    .map_err(|_| what("no mapping"))?;
+                if u32::from(entry.flags.bits()) & PERMS & !m.perms != 0 {
+                    return Err(what(&format!("the mapping allows {:#x}", m.perms)));
+                }
+                let index = (m.vmo_offset + (va - m.base)) / PAGE;
+                let v = &self.model.vmos[m.vmo];
+                if index >= v.pages {
+                    return Err(what("past the VMO's end"));
+                }
+                let page = v.data.get(&index);
+                let ptr = page.map(|page| Arc::as_ptr(page) as usize);
+                if entry.flags.contains(MmuFlags::WRITE) && ptr.is_some_and(|p| shared.contains(&p))
+                {
+                    return Err(what("writable, to a page a snapshot shares"));
+                }
+                // SAFETY: the simulated machine's memory is never unmapped (a frame freed since
+                // reads as poison), and nothing writes it while the harness checks.
+                let got = unsafe {
+                    std::slice::from_raw_parts(self.machine.phys_to_virt(entry.frame), PAGE_BYTES)
+                };
+                let want = page.map_or(&[0u8; PAGE_BYTES][..], |page| &page[..]);
+                if got != want {
+                    return Err(what(&diff_bytes(got, want, index * PAGE)));
+                }
+                checked = true;
+            }
+        }
+        if checked {
+            record("tlb", "translations checked");
+        }
+        Ok(())
     }
 
     /// Every live VMO's contents match the model's, byte for byte (a slice's or reference's

@@ -139,6 +139,24 @@ impl Model {
         (low.len() as u64, high.len() as u64)
     }
 
+    /// The pages (by address) that more than one live VMO has: shared by a snapshot, which no
+    /// translation may make writable.
+    pub fn shared_pages(&self, live: &BTreeSet<usize>) -> BTreeSet<usize> {
+        let mut seen = BTreeMap::new();
+        for &id in live {
+            let v = &self.vmos[id];
+            if v.kind == MKind::Paged && v.alias.is_none() {
+                for page in v.data.values() {
+                    *seen.entry(Arc::as_ptr(page) as usize).or_insert(0) += 1;
+                }
+            }
+        }
+        seen.into_iter()
+            .filter(|&(_, count)| count > 1)
+            .map(|(page, _)| page)
+            .collect()
+    }
+
     /// `zx_vmo_create_child`, with the crate's checks in its order (Zircon's): the size rounded
     /// up (`ZX_ERR_OUT_OF_RANGE` past the largest VMO), `NO_WRITE` with `RESIZABLE`, the handle
     /// (`ZX_RIGHT_DUPLICATE | ZX_RIGHT_READ`), the options (one kind; a slice takes only

@@ -54,6 +54,8 @@ pub struct World {
     pub(super) addrs: Vec<u64>,
     /// Addresses accessed, per address space.
     pub(super) touched: Vec<Vec<u64>>,
+    /// Every page accessed, per address space: where a TLB may hold a translation.
+    pub(super) accessed: Vec<BTreeSet<u64>>,
     /// The CPU that made the last access.
     pub(super) last_cpu: usize,
     /// The machine's counters before the op being run.
@@ -124,6 +126,7 @@ impl World {
             issued,
             addrs: vec![USER_ASPACE_BASE],
             touched: vec![Vec::new(); config.handle_limits.len()],
+            accessed: vec![BTreeSet::new(); config.handle_limits.len()],
             last_cpu: 0,
             counters_before: CounterSnapshot::default(),
             phys: Vec::new(),

@@ -78,7 +78,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Weak};
 
 use zx_vm::abi::*;
-use zx_vm::arch::Format;
+use zx_vm::arch::{Format, MmuFlags};
 use zx_vm::sim::{CounterSnapshot, SimConfig, SimCpu, SimMachine};
 use zx_vm::syscall::*;
 use zx_vm::vmar::{FaultError, USER_ASPACE_BASE, USER_ASPACE_SIZE};

@@ -316,6 +316,7 @@ impl World {
                 touched.remove(0);
             }
             touched.push(va);
+            self.accessed[p].insert(va & !(PAGE - 1));
         }
         let what = || match store {
             None => format!("cpu{c}.load({va:#x})"),

@@ -393,7 +393,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         3 => (p(), any_handle()).prop_map(|(p, h)| Op::Close { p, h }),
         3 => (p(), prop_oneof![(0u8..4).prop_map(H::RecentVmo), any::<u8>().prop_map(H::Vmo)])
             .prop_map(|(p, h)| Op::Close { p, h }),
-        8 => (p(), vmo_handle(), child_args())
+        10 => (p(), vmo_handle(), child_args())
             .prop_map(|(p, h, (options, offset, size))| Op::VmoCreateChild { p, h, options, offset, size }),
         2 => (p(), any_handle()).prop_map(|(p, h)| Op::Transfer { p, h }),
         14 => (cpu(), word_address()).prop_map(|(cpu, addr)| Op::Load { cpu, addr }),
@@ -425,11 +425,41 @@ pub fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
         any::<bool>(),
         prop::collection::vec(op(), 1..=64),
+        prop_oneof![1 => Just(None), 7 => (any::<usize>(), good_child()).prop_map(Some)],
     )
-        .prop_map(|(tags, broadcast, zero_page, ops)| Case {
-            tags,
-            broadcast,
-            zero_page,
-            ops,
+        .prop_map(|(tags, broadcast, zero_page, mut ops, child)| {
+            if let Some((at, child)) = child {
+                ops.insert(at % (ops.len() + 1), child);
+            }
+            Case {
+                tags,
+                broadcast,
+                zero_page,
+                ops,
+            }
         })
+}
+
+/// A child of one of process 0's first VMOs (those of the prelude, mapped) that succeeds, so that
+/// nearly every sequence has one.
+pub fn good_child() -> impl Strategy<Value = Op> {
+    let options = prop_oneof![
+        6 => Just(ZX_VMO_CHILD_SNAPSHOT),
+        2 => Just(ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_RESIZABLE),
+        2 => Just(ZX_VMO_CHILD_SLICE),
+        2 => Just(ZX_VMO_CHILD_REFERENCE),
+    ];
+    (0u8..2, options, 0u8..3, 1u8..4).prop_map(|(h, options, offset, size)| {
+        let (offset, size) = match options {
+            ZX_VMO_CHILD_REFERENCE => (0, 0),
+            _ => (offset, size),
+        };
+        Op::VmoCreateChild {
+            p: 0,
+            h: H::Vmo(h),
+            options,
+            offset: Off::Pages(offset),
+            size: Len::Pages(size),
+        }
+    })
 }
