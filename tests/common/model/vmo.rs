@@ -108,8 +108,12 @@ impl Model {
         Ok(())
     }
 
-    /// Writes zeroes over `[start, end)` where the VMO's pages are committed.
+    /// Writes zeroes over `[start, end)` where the VMO's pages are committed (nothing for an
+    /// empty range: the crate's ZERO of nothing leaves a shared page shared).
     fn zero_committed_bytes(&mut self, vmo: usize, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
         let committed: Vec<u64> = self.vmos[vmo]
             .data
             .range(start / PAGE..end.div_ceil(PAGE))
