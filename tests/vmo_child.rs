@@ -12,37 +12,6 @@ use zx_vm::arch::{Format, MmuFlags};
 use zx_vm::syscall::*;
 use zx_vm::Process;
 
-/// `zx_vmo_create_child`, as a result.
-fn child(
-    p: &Process,
-    vmo: zx_handle_t,
-    options: u32,
-    offset: u64,
-    size: u64,
-) -> Result<zx_handle_t, zx_status_t> {
-    let mut out = 0;
-    match zx_vmo_create_child(p, vmo, options, offset, size, &mut out) {
-        ZX_OK => Ok(out),
-        status => Err(status),
-    }
-}
-
-fn info(p: &Process, vmo: zx_handle_t) -> zx_info_vmo_t {
-    let mut info = zx_info_vmo_t::default();
-    assert_eq!(zx_object_get_info_vmo(p, vmo, &mut info), ZX_OK);
-    info
-}
-
-fn write_word(p: &Process, vmo: zx_handle_t, offset: u64, value: u64) {
-    assert_eq!(zx_vmo_write(p, vmo, &value.to_le_bytes(), offset), ZX_OK);
-}
-
-fn read_word(p: &Process, vmo: zx_handle_t, offset: u64) -> u64 {
-    let mut word = [0u8; 8];
-    assert_eq!(zx_vmo_read(p, vmo, &mut word, offset), ZX_OK);
-    u64::from_le_bytes(word)
-}
-
 fn close(p: &Process, handle: zx_handle_t) {
     assert_eq!(zx_handle_close(p, handle), ZX_OK);
 }

@@ -13,29 +13,6 @@ use zx_vm::syscall::*;
 use zx_vm::vmo::{Vmo, MAX_COW_DEPTH, MAX_VMO_SIZE};
 use zx_vm::{KernelObject, PhysAddr, Process};
 
-fn child(
-    p: &Process,
-    vmo: zx_handle_t,
-    options: u32,
-    offset: u64,
-    size: u64,
-) -> Result<zx_handle_t, zx_status_t> {
-    let mut out = 0xdead;
-    match zx_vmo_create_child(p, vmo, options, offset, size, &mut out) {
-        ZX_OK => Ok(out),
-        status => {
-            assert_eq!(out, 0xdead, "a failed call writes no handle");
-            Err(status)
-        }
-    }
-}
-
-fn info(p: &Process, vmo: zx_handle_t) -> zx_info_vmo_t {
-    let mut info = zx_info_vmo_t::default();
-    assert_eq!(zx_object_get_info_vmo(p, vmo, &mut info), ZX_OK);
-    info
-}
-
 fn rights(p: &Process, handle: zx_handle_t) -> zx_rights_t {
     p.handle(handle).unwrap().rights.bits()
 }
@@ -62,16 +39,6 @@ fn with_rights(p: &Process, handle: zx_handle_t, rights: zx_rights_t) -> zx_hand
     let object = p.handle(handle).unwrap().object;
     p.add_handle(object, Rights::from_bits_truncate(rights))
         .unwrap()
-}
-
-fn read_word(p: &Process, vmo: zx_handle_t, offset: u64) -> u64 {
-    let mut word = [0u8; 8];
-    assert_eq!(zx_vmo_read(p, vmo, &mut word, offset), ZX_OK);
-    u64::from_le_bytes(word)
-}
-
-fn write_word(p: &Process, vmo: zx_handle_t, offset: u64, value: u64) {
-    assert_eq!(zx_vmo_write(p, vmo, &value.to_le_bytes(), offset), ZX_OK);
 }
 
 /// Every status, in Zircon's order: the size first (before the handle), NO_WRITE with

@@ -165,3 +165,40 @@ impl TwoSpaces {
         }
     }
 }
+
+/// `zx_vmo_create_child`, as a result; a failed call must write no handle.
+pub fn child(
+    p: &Process,
+    vmo: zx_handle_t,
+    options: u32,
+    offset: u64,
+    size: u64,
+) -> Result<zx_handle_t, zx_status_t> {
+    let mut out = 0xdead;
+    match zx_vmo_create_child(p, vmo, options, offset, size, &mut out) {
+        ZX_OK => Ok(out),
+        status => {
+            assert_eq!(out, 0xdead, "a failed call writes no handle");
+            Err(status)
+        }
+    }
+}
+
+/// `ZX_INFO_VMO` of `vmo`.
+pub fn info(p: &Process, vmo: zx_handle_t) -> zx_info_vmo_t {
+    let mut info = zx_info_vmo_t::default();
+    assert_eq!(zx_object_get_info_vmo(p, vmo, &mut info), ZX_OK);
+    info
+}
+
+/// Writes the word `value` at `offset` with zx_vmo_write.
+pub fn write_word(p: &Process, vmo: zx_handle_t, offset: u64, value: u64) {
+    assert_eq!(zx_vmo_write(p, vmo, &value.to_le_bytes(), offset), ZX_OK);
+}
+
+/// The word at `offset`, read with zx_vmo_read.
+pub fn read_word(p: &Process, vmo: zx_handle_t, offset: u64) -> u64 {
+    let mut word = [0u8; 8];
+    assert_eq!(zx_vmo_read(p, vmo, &mut word, offset), ZX_OK);
+    u64::from_le_bytes(word)
+}
