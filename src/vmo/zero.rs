@@ -50,10 +50,11 @@ impl Vmo {
         end: u64,
         batch: &mut TlbBatch,
     ) -> Result<(), Blocked> {
-        if inner.cow.is_some() {
-            // A VMO that shares pages with a snapshot relative cannot give a page back (its
-            // parent's would show through): the pages a parent provides become its own, and
-            // its own are written over.
+        if self.leave_tree_if_alone_locked(inner) {
+            // A VMO that shares pages with a live snapshot relative cannot give a page back
+            // (its parent's would show through): the pages a parent provides become its own,
+            // and its own are written over. (One whose relatives all died leaves its tree here,
+            // and gives pages back as any VMO.)
             let last = end.div_ceil(PAGE_SIZE);
             self.commit_tree_locked(inner, offset >> PAGE_SHIFT, last, true, batch)?;
             self.zero_in_place_locked(inner, offset, end);

@@ -85,8 +85,21 @@ impl Model {
         if self.vmos[vmo].tree.is_none() {
             return true;
         }
-        if self.relatives_alive(vmo, &self.live_vmos()) {
+        if !self.leave_family_if_alone(vmo) {
             record("tree", "decommit refused: pages shared");
+            return false;
+        }
+        true
+    }
+
+    /// Whether `vmo` is alone (or in no family): one whose snapshot relatives all died leaves
+    /// its family here (every page it has is its own from now on), as the crate's DECOMMIT
+    /// check, ZERO and protect do.
+    pub(super) fn leave_family_if_alone(&mut self, vmo: usize) -> bool {
+        if self.vmos[vmo].tree.is_none() {
+            return true;
+        }
+        if self.relatives_alive(vmo, &self.live_vmos()) {
             return false;
         }
         record("tree", "left its family");

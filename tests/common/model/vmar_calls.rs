@@ -252,6 +252,7 @@ impl Model {
         {
             return Err(ZX_ERR_ACCESS_DENIED);
         }
+        let mut vmos = Vec::new();
         for &(v, lo, hi) in &covered {
             self.split(v, lo);
             self.split(v, hi);
@@ -259,9 +260,14 @@ impl Model {
                 if let MChild::Map(m) = child {
                     if m.base >= lo && m.base < hi {
                         m.perms = options;
+                        vmos.push(m.vmo);
                     }
                 }
             }
+        }
+        // As the crate: a VMO whose snapshot relatives all died leaves its family here.
+        for vmo in vmos {
+            self.leave_family_if_alone(vmo);
         }
         Ok(())
     }

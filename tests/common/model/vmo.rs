@@ -96,7 +96,7 @@ impl Model {
             return Err(ZX_ERR_NOT_SUPPORTED);
         }
         self.zero_committed_bytes(vmo, offset, end);
-        if self.vmos[vmo].tree.is_some() {
+        if !self.leave_family_if_alone(vmo) {
             record("tree", "zero writes over shared pages");
         } else if self.vmos[vmo].kind == MKind::Paged {
             for index in offset.div_ceil(PAGE)..end / PAGE {
