@@ -303,6 +303,21 @@ pub fn buffer() -> impl Strategy<Value = u64> {
     prop_oneof![24 => Just(0u64), 1 => Just(0x1000u64), 1 => any::<u64>()]
 }
 
+/// One of the two newest VMO handles of the process.
+pub fn newest() -> impl Strategy<Value = H> {
+    (0u8..2).prop_map(H::RecentVmo)
+}
+
+/// An offset in the first pages of a VMO.
+pub fn small_offset() -> impl Strategy<Value = Off> {
+    prop_oneof![4 => (0u8..3).prop_map(Off::Pages), 1 => (0u64..3 * PAGE).prop_map(Off::Raw)]
+}
+
+/// A length of a page or two.
+pub fn small_length() -> impl Strategy<Value = Len> {
+    prop_oneof![4 => (1u8..3).prop_map(Len::Pages), 1 => (0u64..2 * PAGE).prop_map(Len::Raw)]
+}
+
 /// The options of a `zx_vmo_create_child`: mostly one kind of child, perhaps resizable or not
 /// writable; sometimes a combination the call refuses.
 pub fn child_options() -> impl Strategy<Value = u32> {
@@ -405,6 +420,15 @@ pub fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(p, h, (offset, len))| Op::Pin { p, h, offset, len }),
         2 => (p(), vmo_handle(), pin_range())
             .prop_map(|(p, h, (offset, len))| Op::Unpin { p, h, offset, len }),
+        // Calls on the newest VMOs (often children), over their first pages.
+        6 => (p(), newest(), vmo_op(), small_offset(), small_length())
+            .prop_map(|(p, h, op, offset, size)| Op::VmoOpRange { p, h, op, offset, size, buffer: 0 }),
+        2 => (p(), newest(), small_offset(), 0u16..9000, any::<u8>())
+            .prop_map(|(p, h, offset, len, seed)| Op::VmoWrite { p, h, offset, len, seed }),
+        2 => (p(), newest(), (0u8..6).prop_map(Len::Pages))
+            .prop_map(|(p, h, size)| Op::VmoSetSize { p, h, size }),
+        1 => (p(), newest()).prop_map(|(p, h)| Op::Pin { p, h, offset: Off::Pages(0), len: Len::Pages(1) }),
+        1 => (p(), newest()).prop_map(|(p, h)| Op::Unpin { p, h, offset: Off::Pages(0), len: Len::Pages(1) }),
         1 => (p(), 0u8..6).prop_map(|(p, pages)| Op::Contiguous { p, pages }),
         1 => (p(), 1u8..4).prop_map(|(p, pages)| Op::Physical { p, pages }),
     ]
