@@ -232,6 +232,72 @@ fn zero_of_nothing_leaves_a_shared_page_shared() {
     run_fixed(&ops);
 }
 
+/// A `zx_vmar_protect` of a mapping of a VMO whose snapshot relatives all died takes the VMO out
+/// of its family, as a DECOMMIT, a ZERO or a snapshot of it would: every page it has is its own
+/// from then on, so its committed bytes count them all (before, they counted none: the parent
+/// that had them died), and a ZERO gives a whole page back.
+#[test]
+fn protect_takes_a_vmo_alone_out_of_its_family() {
+    let recent = H::RecentVmo;
+    let ops: Vec<Op> = prelude()
+        .into_iter()
+        .chain([
+            Op::VmoCreate {
+                p: 0,
+                size: Len::Pages(2),
+                options: 0,
+            },
+            Op::VmoWrite {
+                p: 0,
+                h: recent(0),
+                offset: Off::Pages(0),
+                len: 2 * PAGE as u16,
+                seed: 4,
+            },
+            Op::VmoCreateChild {
+                p: 0,
+                h: recent(0),
+                options: ZX_VMO_CHILD_SNAPSHOT,
+                offset: Off::Pages(0),
+                size: Len::Pages(2),
+            },
+            // addrs[7]: the snapshot, mapped; then its parent closed.
+            Op::VmarMap {
+                p: 0,
+                vmar: H::Vmar(0),
+                vmo: recent(0),
+                options: ZX_VM_PERM_READ | ZX_VM_PERM_WRITE,
+                vmar_offset: Off::Pages(0),
+                vmo_offset: Off::Pages(0),
+                len: Len::Pages(2),
+            },
+            Op::Close { p: 0, h: recent(1) },
+            Op::VmarProtect {
+                p: 0,
+                h: H::Vmar(0),
+                options: ZX_VM_PERM_READ | ZX_VM_PERM_WRITE,
+                addr: Addr::Known {
+                    idx: 7,
+                    pages: 0,
+                    bytes: 0,
+                },
+                len: Len::Pages(2),
+            },
+            Op::VmoOpRange {
+                p: 0,
+                h: recent(0),
+                op: ZX_VMO_OP_ZERO,
+                offset: Off::Pages(0),
+                size: Len::Pages(1),
+                buffer: 0,
+            },
+            Op::VmoInfo { p: 0, h: recent(0) },
+            Op::Check,
+        ])
+        .collect();
+    run_fixed(&ops);
+}
+
 /// The random sequences reach the outcomes that matter: every status of the contract's order of
 /// checks for `zx_vmar_op_range`, successes of every call, and every fault kind. (A fixed seed,
 /// so that this does not flake; `cargo test --test model coverage -- --nocapture` prints the

@@ -6,10 +6,10 @@ use super::*;
 /// The audit's complaint about a page in a hidden node that no VMO sees any more.
 const UNSEEN: &str = "a hidden page that no side sees";
 
-/// The crate keeps such pages after a shrink or a merge narrows a VMO's view of a hidden node
+/// The crate kept such pages after a shrink or a merge narrowed a VMO's view of a hidden node
 /// (`a_shrunk_snapshot_frees_what_no_one_sees` and `a_merge_frees_what_the_survivor_cannot_see`
-/// in `tests/regressions.rs`, ignored until fixed): until then the model lets the audit say so
-/// (and counts such pages in the frames a snapshot family may keep). Set to `false` with the fix.
+/// in `tests/regressions.rs`), and the model let the audit say so until that was fixed; `true`
+/// would let it again.
 const TOLERATE_UNSEEN_HIDDEN_PAGES: bool = false;
 
 impl World {

@@ -124,11 +124,10 @@ impl Model {
     /// The frames the live paged VMOs' pages take, as a range: at least one per distinct page
     /// of the live VMOs (a page that snapshots share is one frame however many VMOs see it). The
     /// crate may keep more while a snapshot family lives: pages of its dead VMOs in a hidden node
-    /// that waits for the survivor to next snapshot or decommit (and merge it away), and pages
-    /// that no VMO sees any more after a shrink or a merge narrowed a VMO's view
-    /// (`a_shrunk_snapshot_frees_what_no_one_sees` and
-    /// `a_merge_frees_what_the_survivor_cannot_see` in `tests/regressions.rs`): at most one per
-    /// distinct page such a family's VMOs ever had.
+    /// that waits for the survivor to leave its family or snapshot (and merge it away), and pages
+    /// a VMO gave up by shrinking that a hidden node further up keeps
+    /// (`a_shrink_frees_what_no_one_sees_two_nodes_up` in `tests/regressions.rs`): at most one
+    /// per distinct page such a family's VMOs ever had.
     pub fn distinct_frames(&self, live: &BTreeSet<usize>) -> (u64, u64) {
         let key = |page: &Page| Arc::as_ptr(page) as usize;
         let mut low = BTreeSet::new();

@@ -355,7 +355,7 @@ pub struct Model {
     /// Snapshot families made so far (each VMO's [`MVmo::tree`] is one of them).
     pub trees: usize,
     /// Pages a VMO of each snapshot family gave up by shrinking, which the crate may keep in a
-    /// hidden node while the family lives (`a_shrunk_snapshot_frees_what_no_one_sees` in
+    /// hidden node while the family lives (`a_shrink_frees_what_no_one_sees_two_nodes_up` in
     /// `tests/regressions.rs`).
     pub shed: BTreeMap<usize, Vec<Page>>,
     /// For a snapshot whose depth the model cannot know (an upper bound at the limit, in a
