@@ -532,12 +532,13 @@ impl Nodes {
 
     /// The hidden pages counted as `from`'s committed memory: those it sees in the nodes that
     /// hold what it had before its snapshots (up its chain of first sides), so that a snapshot
-    /// leaves its parent's count as it was and a new child counts only the pages it copies.
+    /// leaves its parent's count as it was and a new child counts only the pages it copies; and
+    /// those of a node whose other side died (`from` alone sees them now).
     pub(crate) fn attributed(&self, from: NodeId) -> u64 {
         let (mut at, mut base) = (from, 0u64);
         let mut count = 0;
         while let Some(link) = self.node(at).parent {
-            if link.side != 0 {
+            if link.side != 0 && self.node(link.node).children[0].is_some() {
                 break;
             }
             base += link.offset;

@@ -323,3 +323,11 @@ fn a_merge_into_a_node_with_a_dead_side_keeps_only_what_the_live_one_sees() {
     assert_eq!(nodes.lookup(d, 0).unwrap().frame, frame(12));
     assert_eq!(nodes.lookup(d, 1).unwrap().frame, frame(13));
 }
+
+#[test]
+fn a_child_whose_parent_died_counts_what_it_alone_sees() {
+    let (mut nodes, parent, child, _) = snapshot_of_four();
+    assert_eq!(nodes.attributed(child), 0);
+    nodes.release(parent);
+    assert_eq!(nodes.attributed(child), 4);
+}
