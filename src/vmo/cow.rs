@@ -403,17 +403,8 @@ impl Nodes {
             // The survivor sees every page (the common case: a snapshot closed unwritten).
             return;
         }
-        let mut index = 0;
-        while let Some((at, _)) = next_page(&self.node(id).pages, index) {
-            index = at + 1;
-            if !self.sees(id, side, at) {
-                let mut removed = RemovedPages::default();
-                self.node_mut(id)
-                    .pages
-                    .remove_range(at, at + 1, &mut removed);
-                self.graveyard.extend(removed.frames());
-            }
-        }
+        // The other side is dead: what the survivor does not see, no side sees.
+        self.drop_unseen_by_both(id);
     }
 
     /// Merges hidden node `parent`, whose only child is hidden node `child`, into that child.
