@@ -31,6 +31,7 @@ pub enum Aarch64 {}
 
 impl PteFormat for Aarch64 {
     const NAME: &'static str = "aarch64";
+    const BREAK_BEFORE_MAKE: bool = true;
 
     #[inline]
     fn is_valid(entry: u64) -> bool {
@@ -80,6 +81,12 @@ impl PteFormat for Aarch64 {
             }
         }
         entry
+    }
+
+    #[inline]
+    fn block_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64 {
+        // A block descriptor has the attributes of a page descriptor, with bit 1 clear.
+        Self::page_entry_with(pa, flags, attrs) & !TABLE_OR_PAGE
     }
 
     #[inline]

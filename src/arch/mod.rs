@@ -18,7 +18,7 @@ pub use self::aarch64::Aarch64;
 pub use self::flush::{PendingFlush, FULL_FLUSH_THRESHOLD};
 pub use self::page_table::{
     check_prepared_root, new_page_table, new_page_table_for, translate, translate_format,
-    valid_user_range, walk, walk_format, PageTable, PageTableOps, RootProblem,
+    valid_user_range, walk, walk_format, LeafCounts, PageTable, PageTableOps, RootProblem,
 };
 pub use self::x86_64::X86_64;
 
@@ -55,10 +55,18 @@ pub const USER_ADDRESS_LIMIT: u64 = 1 << 47;
 /// How one architecture encodes page-table entries.
 ///
 /// Levels count down to the leaves: level 3 is the root (x86_64 PML4, aarch64 L0) and level 0 holds
-/// the 4 KiB page entries (x86_64 PT, aarch64 L3). The walker never creates block (huge) mappings.
+/// the 4 KiB page entries (x86_64 PT, aarch64 L3). Levels 1 and 2 hold either a table or a large
+/// leaf: a 2 MiB or 1 GiB page (x86_64 PS entries in a PD or PDPT; aarch64 block descriptors at
+/// L2 or L1).
 pub trait PteFormat: Send + Sync + 'static {
     /// A short name for messages and benchmarks.
     const NAME: &'static str;
+
+    /// Whether replacing a large leaf with a table of smaller ones needs break-before-make: the
+    /// entry made invalid and its translation invalidated on every CPU before the table goes in
+    /// (aarch64, ARM ARM D8.16.1; x86_64 lets the table replace the leaf directly when the
+    /// translations agree, Intel SDM 4.10.2.3).
+    const BREAK_BEFORE_MAKE: bool;
 
     /// Whether `entry` is valid (present).
     fn is_valid(entry: u64) -> bool;
@@ -86,9 +94,32 @@ pub trait PteFormat: Send + Sync + 'static {
     /// x86_64: none, PAT entry 0 is write-back).
     fn attribute_bits(attrs: MemoryAttributes) -> u64;
 
-    /// The permissions of a valid level-0 entry.
+    /// A large leaf at level 1 (2 MiB) or 2 (1 GiB) mapping the frames from `pa` (aligned to the
+    /// level's span) with `flags` and the memory-attribute bits `attrs`.
+    fn block_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64;
+
+    /// The permissions of a valid leaf (a page or a large leaf).
     fn page_flags(entry: u64) -> MmuFlags;
+
+    /// A leaf at `level` (0: a page; 1, 2: a large leaf) mapping `pa` with `flags` and `attrs`.
+    #[inline]
+    fn leaf_entry(level: usize, pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64 {
+        if level == 0 {
+            Self::page_entry_with(pa, flags, attrs)
+        } else {
+            Self::block_entry_with(pa, flags, attrs)
+        }
+    }
+
+    /// Whether `entry`, found at `level`, is a valid leaf (a page at level 0, a large leaf above).
+    #[inline]
+    fn is_leaf(entry: u64, level: usize) -> bool {
+        Self::is_valid(entry) && !Self::is_table(entry, level)
+    }
 }
+
+/// The levels whose leaves map large pages: 1 (2 MiB) and 2 (1 GiB).
+pub const LARGE_LEVELS: [usize; 2] = [1, 2];
 
 /// Makes entries just made valid visible to this CPU's MMU before the faulting access is
 /// retried. x86_64 needs nothing: its walks see earlier stores, and the return from the fault is
@@ -111,8 +142,8 @@ pub(crate) const fn table_index(va: u64, level: usize) -> usize {
     ((va >> (12 + 9 * level)) & 0x1ff) as usize
 }
 
-/// Bytes covered by one entry of a table of `level`.
+/// Bytes covered by one entry of a table of `level`: 4 KiB, 2 MiB, 1 GiB, 512 GiB.
 #[inline]
-pub(crate) const fn entry_span(level: usize) -> u64 {
+pub const fn entry_span(level: usize) -> u64 {
     1 << (12 + 9 * level)
 }

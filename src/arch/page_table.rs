@@ -61,6 +61,8 @@ pub struct PageTable<F: PteFormat> {
     slots: (usize, usize),
     /// The memory-attribute bits of every leaf ([`PteFormat::attribute_bits`]).
     attrs: u64,
+    /// The address space's tag, for the invalidation a split's break-before-make needs.
+    tag: u16,
     _format: PhantomData<F>,
 }
 
@@ -106,6 +108,7 @@ impl<F: PteFormat> PageTable<F> {
             tables: 1,
             slots: root_slots(start, end),
             attrs: F::attribute_bits(attrs),
+            tag: 0,
             _format: PhantomData,
         })
     }
@@ -141,10 +144,26 @@ impl<F: PteFormat> PageTable<F> {
                         self.tables -= 1;
                         out.free_table(child);
                     }
-                } else {
-                    // A block mapping: never made by this walker, but clear it whole if found.
+                } else if entry_end - va == span {
+                    // A large leaf wholly inside the range: one entry, one invalidation.
                     slot.store(0, Ordering::Relaxed);
-                    out.add_all();
+                    out.add_page(va);
+                } else {
+                    // Part of a large leaf: split it, then unmap inside the new table. Where no
+                    // frame is left for the table, the whole leaf goes: its other pages fault
+                    // back in from the VMO (callers that must not see that split first).
+                    let base = va & !(span - 1);
+                    match self.split_leaf(platform, slot, level, base) {
+                        Ok(child) => {
+                            let mut broken = PendingFlush::new();
+                            let out = split_record(out, &mut broken);
+                            self.unmap_level(platform, child, level - 1, va, entry_end, out);
+                        }
+                        Err(_) => {
+                            slot.store(0, Ordering::Relaxed);
+                            out.add_page(base);
+                        }
+                    }
                 }
             }
             va = entry_end;
@@ -257,18 +276,19 @@ impl<F: PteFormat> PageTable<F> {
 
     #[allow(clippy::too_many_arguments)]
     fn protect_level(
+        &mut self,
         platform: &dyn Platform,
         table_pa: PhysAddr,
         level: usize,
         start: u64,
         end: u64,
         flags: MmuFlags,
-        attrs: u64,
         out: &mut PendingFlush,
     ) {
-        // SAFETY: `table_pa` is a table of this tree, owned exclusively by the caller's &mut.
+        // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
         let table = unsafe { entries(platform, table_pa) };
         let span = entry_span(level);
+        let attrs = self.attrs;
         // The shared zero page never becomes writable: its entries keep read-only (the next
         // write faults and replaces it with a page of the VMO's own).
         let zero = if level == 0 && flags.contains(MmuFlags::WRITE) {
@@ -295,19 +315,58 @@ impl<F: PteFormat> PageTable<F> {
                         out.add_page(va);
                     }
                 } else if F::is_table(entry, level) {
-                    Self::protect_level(
+                    self.protect_level(
                         platform,
                         F::address(entry),
                         level - 1,
                         va,
                         entry_end,
                         flags,
-                        attrs,
                         out,
                     );
+                } else {
+                    self.protect_leaf(platform, slot, level, va, entry_end, flags, out);
                 }
             }
             va = entry_end;
+        }
+    }
+
+    /// Protects `[va, end)` inside the large leaf in `slot` (at `level`): the leaf rewritten in
+    /// place where the range covers it, split first where it covers part (or, with no frame for
+    /// the table, removed whole: its pages fault back in with the new permissions).
+    #[allow(clippy::too_many_arguments)]
+    fn protect_leaf(
+        &mut self,
+        platform: &dyn Platform,
+        slot: &AtomicU64,
+        level: usize,
+        va: u64,
+        end: u64,
+        flags: MmuFlags,
+        out: &mut PendingFlush,
+    ) {
+        let span = entry_span(level);
+        let entry = slot.load(Ordering::Relaxed);
+        if end - va == span {
+            let new = F::block_entry_with(F::address(entry), flags, self.attrs);
+            if new != entry {
+                slot.store(new, Ordering::Release);
+                out.add_page(va);
+            }
+            return;
+        }
+        let base = va & !(span - 1);
+        match self.split_leaf(platform, slot, level, base) {
+            Ok(child) => {
+                let mut broken = PendingFlush::new();
+                let out = split_record(out, &mut broken);
+                self.protect_level(platform, child, level - 1, va, end, flags, out);
+            }
+            Err(_) => {
+                slot.store(0, Ordering::Relaxed);
+                out.add_page(base);
+            }
         }
     }
 
@@ -376,10 +435,14 @@ impl<F: PteFormat> PageTable<F> {
             if !F::is_valid(entry) {
                 continue;
             }
-            if level == 0 {
-                f(va, F::address(entry), F::page_flags(entry));
-            } else if F::is_table(entry, level) {
+            if F::is_table(entry, level) {
                 self.visit_level(platform, F::address(entry), level - 1, va, f);
+            } else {
+                // A leaf: each 4 KiB page it maps.
+                let (frame, flags) = (F::address(entry), F::page_flags(entry));
+                for page in (0..entry_span(level)).step_by(4096) {
+                    f(va + page, PhysAddr(frame.0 + page), flags);
+                }
             }
         }
     }
@@ -394,8 +457,11 @@ impl<F: PteFormat> Drop for PageTable<F> {
     }
 }
 
+mod large;
 mod ops;
 
+use self::large::split_record;
+pub use self::large::LeafCounts;
 pub use self::ops::*;
 
 #[cfg(test)]

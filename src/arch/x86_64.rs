@@ -22,6 +22,7 @@ pub enum X86_64 {}
 
 impl PteFormat for X86_64 {
     const NAME: &'static str = "x86_64";
+    const BREAK_BEFORE_MAKE: bool = false;
 
     #[inline]
     fn is_valid(entry: u64) -> bool {
@@ -61,6 +62,12 @@ impl PteFormat for X86_64 {
             entry |= NO_EXECUTE;
         }
         entry
+    }
+
+    #[inline]
+    fn block_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64 {
+        // The same bits as a page, with PS; the PAT bit (12 in a large leaf) stays clear.
+        Self::page_entry_with(pa, flags, attrs) | HUGE
     }
 
     #[inline]

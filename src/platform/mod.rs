@@ -288,7 +288,8 @@ pub struct TlbInvalidate<'a> {
 /// # Safety
 ///
 /// The crate's `unsafe` code trusts what these methods answer, so an implementation promises:
-/// - [`Platform::alloc_frame`] and [`Platform::alloc_contiguous`] hand out frames of RAM that
+/// - [`Platform::alloc_frame`], [`Platform::alloc_contiguous`] and
+///   [`Platform::alloc_aligned_run`] hand out frames of RAM that
 ///   nothing else uses until the crate gives them back through [`Platform::free_frames`], and never
 ///   the same frame twice while it is allocated.
 /// - [`Platform::phys_to_virt`] returns, for every frame the allocator handed out (and every frame
@@ -316,6 +317,37 @@ pub unsafe trait Platform: Send + Sync {
     fn alloc_contiguous(&self, count: usize) -> Option<PhysAddr> {
         let _ = count;
         None
+    }
+
+    /// Allocates `count` physically contiguous frames whose first is aligned to `count` frames
+    /// (`count` a power of two): a run that a large leaf can map, for paged VMOs made with
+    /// [`crate::vmo::Vmo::create_large_pages`]. Optional: the default has none, and such VMOs then
+    /// commit 4 KiB pages.
+    fn alloc_aligned_run(&self, count: usize) -> Option<PhysAddr> {
+        let _ = count;
+        None
+    }
+
+    /// Returns the `count` frames from `base` to the allocator in one call. The crate calls it
+    /// for each run of 512 consecutive frames, aligned to 2 MiB, that leaves a VMO whole: a run
+    /// [`Platform::alloc_aligned_run`] handed out, or (rarely) frames of several allocations
+    /// that happen to lie so. The default frees them page by page through
+    /// [`Platform::free_frames`].
+    ///
+    /// # Safety
+    /// As for [`Platform::free_frames`], for each frame of the run.
+    unsafe fn free_run(&self, base: PhysAddr, count: usize) {
+        let mut batch = [PhysAddr(0); 64];
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(batch.len());
+            for (i, slot) in batch[..n].iter_mut().enumerate() {
+                *slot = PhysAddr(base.0 + ((done + i) as u64) * crate::abi::PAGE_SIZE);
+            }
+            // SAFETY: forwarded from the caller, frame by frame.
+            unsafe { self.free_frames(&batch[..n]) };
+            done += n;
+        }
     }
 
     /// Returns frames to the allocator.

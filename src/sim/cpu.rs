@@ -13,10 +13,13 @@ pub struct TlbEntry {
     pub flags: MmuFlags,
 }
 
-/// A CPU's TLB: translations by (tag, virtual page number), its walk caches, and the tag in use.
+/// A CPU's TLB: translations by (tag, virtual page number), large ones by (tag, level, virtual
+/// page number of their first page), its walk caches, and the tag in use.
 #[derive(Default)]
 pub(super) struct CpuTlb {
     pub(super) entries: BTreeMap<(u16, u64), TlbEntry>,
+    /// Translations of large leaves: level 1 (2 MiB) or 2 (1 GiB); the frame is the first one.
+    pub(super) large: BTreeMap<(u16, usize, u64), TlbEntry>,
     /// Cached upper-level entries (x86 paging-structure caches, arm64 walk caches): by (tag, level
     /// of the table they point to, first address that table covers), the table and the format
     /// of the walk that cached it. A TLB miss starts its walk at the deepest one that covers the
@@ -31,7 +34,82 @@ pub(super) struct CpuTlb {
 impl CpuTlb {
     pub(super) fn drop_tag(&mut self, tag: u16) {
         self.entries.retain(|&(t, _), _| t != tag);
+        self.large.retain(|&(t, _, _), _| t != tag);
         self.walks.retain(|&(t, _, _), _| t != tag);
+    }
+
+    /// The cached translation of `va`'s page under `tag`, of whatever size (the smallest first):
+    /// the page's frame, the permissions, and the level of the leaf it came from.
+    pub(super) fn lookup(&self, tag: u16, va: u64) -> Option<(TlbEntry, usize)> {
+        let vpn = va / PAGE_SIZE;
+        if let Some(&entry) = self.entries.get(&(tag, vpn)) {
+            return Some((entry, 0));
+        }
+        LARGE_LEVELS.iter().find_map(|&level| {
+            let pages = entry_span(level) / PAGE_SIZE;
+            let base = vpn & !(pages - 1);
+            self.large.get(&(tag, level, base)).map(|entry| {
+                let frame = PhysAddr(entry.frame.0 + (vpn - base) * PAGE_SIZE);
+                let view = TlbEntry {
+                    frame,
+                    flags: entry.flags,
+                };
+                (view, level)
+            })
+        })
+    }
+
+    /// Caches the translation of `va`'s page (to `frame`, from a leaf at `level`). Panics if the
+    /// TLB then holds two translations of different sizes for one address that disagree: what
+    /// break-before-make exists to prevent (a TLB conflict on aarch64).
+    pub(super) fn insert(&mut self, tag: u16, va: u64, entry: TlbEntry, level: usize, cpu: usize) {
+        let vpn = va / PAGE_SIZE;
+        let pages = entry_span(level) / PAGE_SIZE;
+        let first = vpn & !(pages - 1);
+        let stored = TlbEntry {
+            frame: PhysAddr(entry.frame.0 - (vpn - first) * PAGE_SIZE),
+            flags: entry.flags,
+        };
+        if level == 0 {
+            self.entries.insert((tag, vpn), stored);
+        } else {
+            self.large.insert((tag, level, first), stored);
+        }
+        // Every other size cached for this page must translate it the same way.
+        let small = self.entries.get(&(tag, vpn)).map(|&e| (e, 0));
+        let others = LARGE_LEVELS.iter().filter_map(|&l| {
+            let pages = entry_span(l) / PAGE_SIZE;
+            let base = vpn & !(pages - 1);
+            self.large.get(&(tag, l, base)).map(|e| {
+                let frame = PhysAddr(e.frame.0 + (vpn - base) * PAGE_SIZE);
+                (
+                    TlbEntry {
+                        frame,
+                        flags: e.flags,
+                    },
+                    l,
+                )
+            })
+        });
+        for (other, other_level) in small.into_iter().chain(others) {
+            assert!(
+                other_level == level || other == entry,
+                "TLB conflict on CPU {cpu}: page {va:#x} is cached as {entry:?} from a level-{level} \
+                 leaf and as {other:?} from a level-{other_level} leaf (a large leaf changed size \
+                 without break-before-make)"
+            );
+        }
+    }
+
+    /// Drops every translation of `va`'s page under `tag`, of whatever size: an invalidation by
+    /// address reaches the large translation that covers it (Intel SDM 4.10.4.1; ARM ARM D8.13).
+    pub(super) fn invalidate(&mut self, tag: u16, va: u64) {
+        let vpn = va / PAGE_SIZE;
+        self.entries.remove(&(tag, vpn));
+        for level in LARGE_LEVELS {
+            let pages = entry_span(level) / PAGE_SIZE;
+            self.large.remove(&(tag, level, vpn & !(pages - 1)));
+        }
     }
 
     /// The deepest cached walk covering `va` under `tag`: the table and its level.
@@ -174,7 +252,6 @@ impl SimCpu {
     ) -> Result<R, FaultError> {
         self.enter();
         let counters = &self.machine.counters;
-        let vpn = va / PAGE_SIZE;
         let offset = va % PAGE_SIZE;
         let needed = match access {
             Access::Read => MmuFlags::READ,
@@ -191,9 +268,10 @@ impl SimCpu {
                 // for the access under way, as TLB maintenance completion does on hardware.
                 let mut tlb = lock(&self.state().tlb);
                 let tag = tlb.tag.ok_or(FaultError::NotMapped)?;
-                if let Some(entry) = tlb.entries.get(&(tag, vpn)).copied() {
+                if let Some((entry, level)) = tlb.lookup(tag, va) {
                     if entry.flags.contains(needed) {
                         counters.tlb_hits.fetch_add(1, Ordering::Relaxed);
+                        self.speculative_walk(&mut tlb, tag, va, level, aspace.format());
                         self.machine.check_not_zero_page(entry.frame, access);
                         return Ok(op(self.machine.word(PhysAddr(entry.frame.0 + offset))));
                     }
@@ -201,7 +279,7 @@ impl SimCpu {
                 // A permission fault on a cached entry faults without a walk. As on aarch64,
                 // the entry stays in the TLB: the crate's fault path must invalidate it once it
                 // resolved the fault, or the access faults again.
-                let cached = tlb.entries.contains_key(&(tag, vpn));
+                let cached = tlb.lookup(tag, va).is_some();
                 counters
                     .tlb_misses
                     .fetch_add(u64::from(!cached), Ordering::Relaxed);
@@ -232,9 +310,9 @@ impl SimCpu {
                     }
                     result
                 };
-                if let Some((frame, flags)) = walked {
+                if let Some((frame, flags, level)) = walked {
                     if flags.contains(needed) {
-                        tlb.entries.insert((tag, vpn), TlbEntry { frame, flags });
+                        tlb.insert(tag, va, TlbEntry { frame, flags }, level, self.index);
                         self.machine.check_not_zero_page(frame, access);
                         return Ok(op(self.machine.word(PhysAddr(frame.0 + offset))));
                     }
@@ -260,23 +338,48 @@ impl SimCpu {
         })
     }
 
-    /// The translation of `va` this CPU's TLB holds under its current tag, if any.
+    /// The translation of `va`'s page this CPU's TLB holds under its current tag, if any (from
+    /// a translation of any size: the frame is that of the page).
     pub fn tlb_entry(&self, va: u64) -> Option<TlbEntry> {
-        let tlb = lock(&self.state().tlb);
-        let tag = tlb.tag?;
-        tlb.entries.get(&(tag, va / PAGE_SIZE)).copied()
+        self.tlb_translation(va).map(|(entry, _)| entry)
     }
 
-    /// How many translations this CPU's TLB holds, under every tag.
+    /// As [`SimCpu::tlb_entry`], with the level of the leaf the translation came from (0: 4 KiB,
+    /// 1: 2 MiB, 2: 1 GiB).
+    pub fn tlb_translation(&self, va: u64) -> Option<(TlbEntry, usize)> {
+        let tlb = lock(&self.state().tlb);
+        let tag = tlb.tag?;
+        tlb.lookup(tag, va)
+    }
+
+    /// How many translations this CPU's TLB holds, under every tag, of every size.
     pub fn tlb_len(&self) -> usize {
-        lock(&self.state().tlb).entries.len()
+        let tlb = lock(&self.state().tlb);
+        tlb.entries.len() + tlb.large.len()
+    }
+
+    /// An aarch64 MMU may walk the tables at any time and cache what it finds (ARM ARM D8.2.7):
+    /// on a hit in a large translation (`level` above 0) of an aarch64 address space, walk `va`
+    /// as well and cache the result, so that a table that replaced a large leaf without
+    /// break-before-make is seen next to the stale leaf.
+    fn speculative_walk(&self, tlb: &mut CpuTlb, tag: u16, va: u64, level: usize, format: Format) {
+        if level == 0 || format != Format::Aarch64 {
+            return;
+        }
+        let Some(root) = tlb.root else { return };
+        // SAFETY: the simulated memory is never unmapped (as in `access`).
+        let walked =
+            unsafe { walk_format(Format::Aarch64, &*self.machine, root, 3, va, &mut |_, _| {}) };
+        if let Some((frame, flags, level)) = walked {
+            tlb.insert(tag, va, TlbEntry { frame, flags }, level, self.index);
+        }
     }
 
     /// Invalidates this CPU's translation of `va` under its current tag, as INVLPG would.
     pub fn invalidate_page(&self, va: u64) {
         let mut tlb = lock(&self.state().tlb);
         if let Some(tag) = tlb.tag {
-            tlb.entries.remove(&(tag, va / PAGE_SIZE));
+            tlb.invalidate(tag, va);
         }
     }
 }

@@ -30,11 +30,7 @@ use self::cpu::{CpuState, CpuTlb};
 use crate::abi::PAGE_SIZE;
 use crate::arch::MmuFlags;
 
-/// Bytes one entry of a table at `level` covers (level 0: a 4 KiB page).
-const fn entry_span(level: usize) -> u64 {
-    1 << (12 + 9 * level)
-}
-use crate::arch::{walk_format, Format, PteFormat, X86_64};
+use crate::arch::{entry_span, walk_format, Format, PteFormat, LARGE_LEVELS, X86_64};
 use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
 use crate::tlb::{Tlb, TlbConfigError};
 use crate::vmar::{Access, AddressSpace, FaultError};
@@ -113,6 +109,10 @@ pub struct Counters {
     pub tlb_misses: AtomicU64,
     /// Page faults raised into the crate.
     pub page_faults: AtomicU64,
+    /// Aligned runs handed out by `alloc_aligned_run`.
+    pub runs_allocated: AtomicU64,
+    /// Runs given back whole by `free_run`.
+    pub runs_freed: AtomicU64,
 }
 
 /// A snapshot of [`Counters`]; the fields mean what they mean there.
@@ -129,6 +129,8 @@ pub struct CounterSnapshot {
     pub tlb_hits: u64,
     pub tlb_misses: u64,
     pub page_faults: u64,
+    pub runs_allocated: u64,
+    pub runs_freed: u64,
 }
 
 impl CounterSnapshot {
@@ -145,6 +147,8 @@ impl CounterSnapshot {
             tlb_hits: self.tlb_hits - earlier.tlb_hits,
             tlb_misses: self.tlb_misses - earlier.tlb_misses,
             page_faults: self.page_faults - earlier.page_faults,
+            runs_allocated: self.runs_allocated - earlier.runs_allocated,
+            runs_freed: self.runs_freed - earlier.runs_freed,
         }
     }
 }
@@ -307,6 +311,8 @@ impl SimMachine {
             tlb_hits: c.tlb_hits.load(Ordering::SeqCst),
             tlb_misses: c.tlb_misses.load(Ordering::SeqCst),
             page_faults: c.page_faults.load(Ordering::SeqCst),
+            runs_allocated: c.runs_allocated.load(Ordering::SeqCst),
+            runs_freed: c.runs_freed.load(Ordering::SeqCst),
         }
     }
 
@@ -405,6 +411,20 @@ impl SimMachine {
                     .filter(|(&(tag, _), _)| Some(tag) == tlb.tag)
                     .map(|(&(_, vpn), entry)| (entry.frame, index, vpn, false)),
             );
+            for (&(tag, level, first), entry) in &tlb.large {
+                if Some(tag) == tlb.tag {
+                    // Every frame of a large translation; few of them are cached at once.
+                    let pages = entry_span(level) / PAGE_SIZE;
+                    cached.extend((0..pages).map(|i| {
+                        (
+                            PhysAddr(entry.frame.0 + i * PAGE_SIZE),
+                            index,
+                            first + i,
+                            false,
+                        )
+                    }));
+                }
+            }
             cached.extend(
                 tlb.walks
                     .iter()
@@ -448,7 +468,7 @@ impl SimMachine {
         match request.scope {
             TlbScope::Pages(pages) => {
                 for &va in pages {
-                    tlb.entries.remove(&(request.asid, va / PAGE_SIZE));
+                    tlb.invalidate(request.asid, va);
                     tlb.drop_walks(request.asid, va, request.tables_freed);
                 }
                 if request.tables_freed {

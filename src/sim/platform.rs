@@ -68,6 +68,40 @@ unsafe impl Platform for SimMachine {
         None
     }
 
+    fn alloc_aligned_run(&self, count: usize) -> Option<PhysAddr> {
+        if !count.is_power_of_two() {
+            return None;
+        }
+        let mut allocator = lock(&self.allocator);
+        if allocator.budget.is_some_and(|b| b < count as u64) {
+            return None;
+        }
+        // Frame 0 is never handed out: the first candidate run starts at `count`.
+        let first = (count..self.frames.saturating_sub(count - 1))
+            .step_by(count)
+            .find(|&first| (first..first + count).all(|f| !allocator.is_used(f)))?;
+        for f in first..first + count {
+            allocator.set(f, true);
+        }
+        if let Some(budget) = allocator.budget.as_mut() {
+            *budget -= count as u64;
+        }
+        self.counters
+            .frames_allocated
+            .fetch_add(count as u64, Ordering::SeqCst);
+        self.counters.runs_allocated.fetch_add(1, Ordering::SeqCst);
+        Some(PhysAddr::from_frame_number(first as u64))
+    }
+
+    unsafe fn free_run(&self, base: PhysAddr, count: usize) {
+        self.counters.runs_freed.fetch_add(1, Ordering::SeqCst);
+        let frames: Vec<PhysAddr> = (0..count as u64)
+            .map(|i| PhysAddr(base.0 + i * PAGE_SIZE))
+            .collect();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_frames(&frames) };
+    }
+
     unsafe fn free_frames(&self, frames: &[PhysAddr]) {
         if let Some(zero) = self.zero_page() {
             assert!(!frames.contains(&zero), "the shared zero page was freed");
@@ -195,6 +229,15 @@ unsafe impl Platform for SimMachine {
                 tag != asid || allocator.is_used(self.frame_index(entry.frame)),
                 "CPU {cpu} switched to tag {asid} with a stale translation of {:#x} to freed {:?}",
                 vpn * PAGE_SIZE,
+                entry.frame
+            );
+        }
+        for (&(tag, _, first), entry) in tlb.large.iter() {
+            assert!(
+                tag != asid || allocator.is_used(self.frame_index(entry.frame)),
+                "CPU {cpu} switched to tag {asid} with a stale large translation of {:#x} to \
+                 freed {:?}",
+                first * PAGE_SIZE,
                 entry.frame
             );
         }

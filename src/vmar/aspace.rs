@@ -87,6 +87,7 @@ impl AddressSpace {
             return Err(AspaceError::Root(problem));
         }
         let (asid, dirty) = platform.tlb().asids().alloc();
+        mmu.set_tag(asid);
         let root_vmar = 1;
         let mut vmars = BTreeMap::new();
         vmars.insert(

@@ -140,7 +140,12 @@ impl AddressSpace {
                 } else {
                     flags - MmuFlags::WRITE
                 };
-                self.map_fault(va, frame, flags, (inner, tree), batch)
+                let large = if writable {
+                    Self::large_leaf_for(&region, vmo, &inner, va, index)
+                } else {
+                    None
+                };
+                self.map_fault(va, frame, flags, large, (inner, tree), batch)
                     .map(|()| None)
             }
         }
@@ -156,7 +161,7 @@ impl AddressSpace {
         access: Access,
         batch: &mut Option<TlbBatch>,
     ) -> Result<FaultPage, FaultError> {
-        if access != Access::Write {
+        if access != Access::Write && !vmo.has_large_pages() {
             if let Some(zero) = vmo.zero_page_for_read_locked(inner, index) {
                 return Ok(FaultPage::Map {
                     frame: zero,
@@ -194,19 +199,50 @@ impl AddressSpace {
         }
     }
 
-    /// Maps the faulting page `va` to `pa` with `flags` and lets go of the locks `held`.
+    /// The largest leaf that may map the faulting page `va` (page `index` of `vmo`): its
+    /// address, first frame and level, where the region covers the leaf's whole span and the
+    /// VMO has a suitably aligned run of frames there.
+    fn large_leaf_for(
+        region: &Region,
+        vmo: &Vmo,
+        inner: &VmoInner,
+        va: u64,
+        index: u64,
+    ) -> Option<(u64, PhysAddr, usize)> {
+        LARGE_LEVELS.iter().rev().find_map(|&level| {
+            let span = entry_span(level);
+            let base = va & !(span - 1);
+            if base < region.base() || base.checked_add(span)? > region.end() {
+                return None;
+            }
+            let first = index - ((va - base) >> PAGE_SHIFT);
+            let pa = vmo.large_run_locked(inner, first, level)?;
+            Some((base, pa, level))
+        })
+    }
+
+    /// Maps the faulting page `va` to `pa` with `flags` (with the large leaf `large` instead,
+    /// where one is offered and the table takes it) and lets go of the locks `held`.
     fn map_fault<H>(
         &self,
         va: u64,
         pa: PhysAddr,
         flags: MmuFlags,
+        large: Option<(u64, PhysAddr, usize)>,
         held: H,
         batch: Option<TlbBatch>,
     ) -> Result<(), FaultError> {
-        let mapped = self
-            .mmu
-            .lock()
-            .map(&*self.platform, va, pa, flags | MmuFlags::USER);
+        let platform = &*self.platform;
+        let flags = flags | MmuFlags::USER;
+        let mapped = {
+            let mut mmu = self.mmu.lock();
+            match large.and_then(|(base, run, level)| {
+                mmu.map_large(platform, base, run, level, flags).ok()
+            }) {
+                Some(replaced) => Ok(replaced),
+                None => mmu.map(platform, va, pa, flags),
+            }
+        };
         let replaced = mapped.map_err(|_| FaultError::NoMemory)?;
         crate::arch::publish_new_entries();
         drop(held);

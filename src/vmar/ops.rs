@@ -253,11 +253,34 @@ impl Vmar {
         flags: MmuFlags,
     ) -> ZxResult {
         let first = vmo_offset >> PAGE_SHIFT;
-        let last = ((vmo_offset + len).min(vmo.size())) >> PAGE_SHIFT;
+        let last = (((vmo_offset + len).min(vmo.size())) >> PAGE_SHIFT).max(first);
+        let platform = &**self.aspace.platform();
+        let flags = flags | MmuFlags::USER;
         let mut mmu = self.aspace.mmu.lock();
-        for (index, pa) in vmo.committed_in_locked(inner, first, last.max(first)) {
-            let va = start + ((index << PAGE_SHIFT) - vmo_offset);
-            mmu.map(&**self.aspace.platform(), va, pa, flags | MmuFlags::USER)?;
+        let va_of = |index: u64| start + ((index << PAGE_SHIFT) - vmo_offset);
+        let mut index = first;
+        while index < last {
+            let va = va_of(index);
+            // The largest leaf that fits here, where the VMO has a run for it.
+            let large = LARGE_LEVELS.iter().rev().find_map(|&level| {
+                let pages = entry_span(level) >> PAGE_SHIFT;
+                let fits = va % entry_span(level) == 0 && index + pages <= last;
+                let run = fits.then(|| vmo.large_run_locked(inner, index, level))??;
+                mmu.map_large(platform, va, run, level, flags)
+                    .ok()
+                    .map(|_| pages)
+            });
+            if let Some(pages) = large {
+                index += pages;
+                continue;
+            }
+            // Pages, up to where the next 2 MiB leaf could begin.
+            let next = (va | (entry_span(1) - 1)) + 1;
+            let stop = last.min(index + ((next - va) >> PAGE_SHIFT));
+            for (index, pa) in vmo.committed_in_locked(inner, index, stop) {
+                mmu.map(platform, va_of(index), pa, flags)?;
+            }
+            index = stop;
         }
         Ok(())
     }
@@ -280,6 +303,11 @@ impl Vmar {
         if partial_vmar {
             return Err(Status::InvalidArgs);
         }
+        // Large leaves across the ends are split first, all or nothing (ZX_ERR_NO_MEMORY).
+        self.aspace
+            .mmu
+            .lock()
+            .split_edges(&**self.aspace.platform(), start, end)?;
         self.aspace.split_at_bounds(tree, self.id, start, end)?;
         let mut scratch = RangeScratch::take(tree);
         tree.node(self.id)?
@@ -343,6 +371,14 @@ impl Vmar {
             }
             let flags = perms_to_mmu(options);
             let aspace = &self.aspace;
+            // Large leaves across the ends are split first, all or nothing (ZX_ERR_NO_MEMORY).
+            let (first, last) = (range.covered.first(), range.covered.last());
+            if let (Some(first), Some(last)) = (first, last) {
+                aspace
+                    .mmu
+                    .lock()
+                    .split_edges(&**aspace.platform(), first.start, last.end)?;
+            }
             for c in range.covered {
                 aspace.split_at_bounds(range.tree, c.vmar, c.start, c.end)?;
             }

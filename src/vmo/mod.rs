@@ -13,6 +13,7 @@ mod cow_pages;
 mod deferred;
 mod info;
 mod io;
+mod large;
 mod mapping;
 mod page_list;
 mod pin;
@@ -104,6 +105,9 @@ pub struct Vmo {
     size: AtomicU64,
     /// Created with `ZX_VMO_RESIZABLE`.
     resizable: bool,
+    /// A paged VMO made with [`Vmo::create_large_pages`]: commits in aligned 2 MiB runs where it
+    /// can, which its mappings map with 2 MiB leaves.
+    large_pages: bool,
     kind: VmoKind,
     platform: Arc<dyn Platform>,
     inner: Mutex<VmoInner>,
@@ -139,6 +143,7 @@ impl Vmo {
             koid: next_koid(),
             size: AtomicU64::new(size),
             resizable,
+            large_pages: false,
             kind,
             platform,
             inner: Mutex::new(VmoInner {
@@ -319,6 +324,9 @@ impl Vmo {
         if let Some(pa) = self.lookup_page_locked(inner, index) {
             return Ok(pa);
         }
+        if let Some(first) = self.commit_run_locked(inner, index) {
+            return Ok(PhysAddr(first.0 + ((index % CHUNK_PAGES) << PAGE_SHIFT)));
+        }
         let pa = self.alloc_page_frame()?;
         zero_frame(&*self.platform, pa);
         inner.pages.insert(index, pa);
@@ -398,6 +406,17 @@ impl Vmo {
         for index in first..last {
             if inner.pages.get(index).is_some() {
                 continue;
+            }
+            if index % CHUNK_PAGES == 0 && index + CHUNK_PAGES <= last {
+                // A run wholly inside the range, of a VMO with large pages: one allocation.
+                if added.try_reserve(CHUNK_PAGES as usize).is_err() {
+                    self.give_back_locked(inner, &added);
+                    return Err(Status::NoMemory.into());
+                }
+                if self.commit_run_locked(inner, index).is_some() {
+                    added.extend(index..index + CHUNK_PAGES);
+                    continue;
+                }
             }
             if added.try_reserve(1).is_err() {
                 self.give_back_locked(inner, &added);

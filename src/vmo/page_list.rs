@@ -124,6 +124,15 @@ impl PageList {
         self.committed
     }
 
+    /// The first frame of the run that pages `[index, index + CHUNK_PAGES)` are committed to,
+    /// where `index` starts a chunk and [`Chunk::run`] finds one.
+    pub fn run_at(&self, index: u64) -> Option<PhysAddr> {
+        if index % CHUNK_PAGES != 0 {
+            return None;
+        }
+        self.chunks.get(&(index / CHUNK_PAGES))?.run()
+    }
+
     /// The frame of page `index`, if committed.
     pub fn get(&self, index: u64) -> Option<PhysAddr> {
         let chunk = self.chunks.get(&(index / CHUNK_PAGES))?;

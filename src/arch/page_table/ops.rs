@@ -60,9 +60,41 @@ pub trait PageTableOps: Send {
     /// Only right while the tree never mapped anything.
     fn abandon(&mut self, out: &mut PendingFlush);
 
-    /// Calls `f` with every valid level-0 entry of the user range's root slots: its address,
-    /// frame and permissions, in address order. For audits; O(tables).
+    /// Calls `f` with every page the user range's root slots translate (each 4 KiB page of a
+    /// large leaf too): its address, frame and permissions, in address order. For audits.
     fn for_each_page(&self, platform: &dyn Platform, f: &mut dyn FnMut(u64, PhysAddr, MmuFlags));
+
+    /// Gives the tree its address space's tag, which a split's break-before-make invalidates
+    /// under (0 until set).
+    fn set_tag(&mut self, tag: u16);
+
+    /// Whether the tree may hold large leaves on `platform` (see [`PageTableOps::map_large`]).
+    fn large_leaves(&self, platform: &dyn Platform) -> bool;
+
+    /// Maps `[va, va + entry_span(level))` to the frames from `pa` with one large leaf: `level` 1
+    /// for 2 MiB, 2 for 1 GiB, `va` and `pa` aligned to that span. Answers whether the same leaf
+    /// was there already. `ZX_ERR_ALREADY_EXISTS` where smaller leaves (or a larger one) are in
+    /// the way, and `ZX_ERR_NOT_SUPPORTED` where the format needs break-before-make and the
+    /// platform's invalidations are not broadcast: the caller maps 4 KiB pages instead.
+    /// `ZX_ERR_NO_MEMORY` changes nothing.
+    fn map_large(
+        &mut self,
+        platform: &dyn Platform,
+        va: u64,
+        pa: PhysAddr,
+        level: usize,
+        flags: MmuFlags,
+    ) -> Result<bool, Status>;
+
+    /// Splits every large leaf that straddles `start` or `end` into leaves of the next sizes
+    /// down, which translate the same, so that a change to `[start, end)` touches no translation
+    /// outside it. All or nothing: `ZX_ERR_NO_MEMORY` changes nothing. (An unmap or protect
+    /// that meets a straddling leaf splits it too, or, with no frame for the table, removes the
+    /// leaf whole.)
+    fn split_edges(&mut self, platform: &dyn Platform, start: u64, end: u64) -> Result<(), Status>;
+
+    /// The leaves of the tree, by size.
+    fn leaf_counts(&self, platform: &dyn Platform) -> LeafCounts;
 }
 
 impl<F: PteFormat> PageTableOps for PageTable<F> {
@@ -101,9 +133,22 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         while level > 0 {
             // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
             let table = unsafe { entries(platform, table_pa) };
-            let entry = table[table_index(va, level)].load(Ordering::Relaxed);
+            let slot = &table[table_index(va, level)];
+            let entry = slot.load(Ordering::Relaxed);
+            if F::is_leaf(entry, level) {
+                // A large leaf covers the page: it stays if it translates as asked already;
+                // otherwise it is split, and the page's own entry set below.
+                let span = entry_span(level);
+                let mapped = PhysAddr(F::address(entry).0 + (va & (span - 1)));
+                let wanted = flags | MmuFlags::READ;
+                if mapped == pa && F::page_flags(entry) == wanted {
+                    return Ok(true);
+                }
+                table_pa = self.split_leaf(platform, slot, level, va & !(span - 1))?;
+                level -= 1;
+                continue;
+            }
             if !F::is_table(entry, level) {
-                debug_assert!(!F::is_valid(entry), "block mappings are never made");
                 break;
             }
             table_pa = F::address(entry);
@@ -169,9 +214,7 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         let (lo, hi) = self.owned_span();
         let (start, end) = (start.max(lo), end.min(hi));
         if start < end {
-            Self::protect_level(
-                platform, self.root, ROOT_LEVEL, start, end, flags, self.attrs, out,
-            );
+            self.protect_level(platform, self.root, ROOT_LEVEL, start, end, flags, out);
         }
     }
 
@@ -209,6 +252,37 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
         self.slots
     }
 
+    fn set_tag(&mut self, tag: u16) {
+        self.tag = tag;
+    }
+
+    fn large_leaves(&self, platform: &dyn Platform) -> bool {
+        Self::large_leaves_allowed(platform)
+    }
+
+    fn map_large(
+        &mut self,
+        platform: &dyn Platform,
+        va: u64,
+        pa: PhysAddr,
+        level: usize,
+        flags: MmuFlags,
+    ) -> Result<bool, Status> {
+        self.map_large_inner(platform, va, pa, level, flags)
+    }
+
+    fn split_edges(&mut self, platform: &dyn Platform, start: u64, end: u64) -> Result<(), Status> {
+        self.split_edges_inner(platform, start, end)
+    }
+
+    fn leaf_counts(&self, platform: &dyn Platform) -> LeafCounts {
+        let mut counts = LeafCounts::default();
+        if self.tables > 0 {
+            self.count_leaves(platform, self.root, ROOT_LEVEL, &mut counts);
+        }
+        counts
+    }
+
     fn abandon(&mut self, out: &mut PendingFlush) {
         debug_assert!(self.tables <= 1, "abandon() after mapping");
         if self.tables > 0 {
@@ -232,11 +306,13 @@ pub unsafe fn translate<F: PteFormat>(
 ) -> Option<(PhysAddr, MmuFlags)> {
     // SAFETY: forwarded from the caller.
     unsafe { walk::<F>(platform, root, ROOT_LEVEL, va, &mut |_, _| {}) }
+        .map(|(frame, flags, _)| (frame, flags))
 }
 
 /// Walks for `va` from the table at `table_pa`, which sits at `level` (3: the root), as an MMU
-/// would, without locks: the frame and permissions of its level-0 entry, or `None` where an entry
-/// is not valid. `on_table(level, table)` is called for each table-pointing entry passed, with
+/// would, without locks: the frame of `va`'s page, the permissions, and the level of the leaf
+/// that maps it (0: a page; 1, 2: a 2 MiB or 1 GiB leaf), or `None` where an entry is not valid.
+/// `on_table(level, table)` is called for each table-pointing entry passed, with
 /// the level of the table it points to: what an MMU's walk caches may keep.
 ///
 /// # Safety
@@ -247,7 +323,7 @@ pub unsafe fn walk<F: PteFormat>(
     level: usize,
     va: u64,
     on_table: &mut dyn FnMut(usize, PhysAddr),
-) -> Option<(PhysAddr, MmuFlags)> {
+) -> Option<(PhysAddr, MmuFlags, usize)> {
     if va >= crate::arch::USER_ADDRESS_LIMIT || level > ROOT_LEVEL {
         return None;
     }
@@ -259,11 +335,18 @@ pub unsafe fn walk<F: PteFormat>(
         if !F::is_valid(entry) {
             return None;
         }
-        if level == 0 {
-            return Some((F::address(entry), F::page_flags(entry)));
-        }
         if !F::is_table(entry, level) {
-            return None;
+            if level == ROOT_LEVEL {
+                // No format has leaves in its root.
+                return None;
+            }
+            // A leaf: a page, or a large leaf whose page at `va` is its frame plus the offset.
+            let offset = va & (entry_span(level) - 1) & !0xfff;
+            return Some((
+                PhysAddr(F::address(entry).0 + offset),
+                F::page_flags(entry),
+                level,
+            ));
         }
         table_pa = F::address(entry);
         on_table(level - 1, table_pa);
@@ -282,7 +365,7 @@ pub unsafe fn walk_format(
     level: usize,
     va: u64,
     on_table: &mut dyn FnMut(usize, PhysAddr),
-) -> Option<(PhysAddr, MmuFlags)> {
+) -> Option<(PhysAddr, MmuFlags, usize)> {
     // SAFETY: forwarded from the caller.
     unsafe {
         match format {

@@ -48,6 +48,24 @@ impl Chunk {
             .map(|(_, frame)| frame)
     }
 
+    /// The first frame, where every page is committed and the frames are one run of
+    /// consecutive frames aligned to the chunk's size (2 MiB): what one 2 MiB leaf can map, and
+    /// what goes back to the platform in one call.
+    pub fn run(&self) -> Option<PhysAddr> {
+        let Slots::Direct(slots) = &self.slots else {
+            return None;
+        };
+        if u64::from(self.used) != CHUNK_PAGES || slots.len() != CHUNK_PAGES as usize {
+            return None;
+        }
+        let first = slots[0];
+        let consecutive = slots
+            .iter()
+            .enumerate()
+            .all(|(i, &number)| number == first.wrapping_add(i as u32));
+        (consecutive && u64::from(first) % CHUNK_PAGES == 0).then(|| decode(first))
+    }
+
     /// How many pages are committed.
     pub(super) fn used(&self) -> u64 {
         u64::from(self.used)
@@ -213,6 +231,11 @@ impl Chunk {
             }
             // SAFETY: forwarded from the caller.
             unsafe { platform.free_frames(&batch[..count]) };
+        }
+        if let Some(base) = self.run() {
+            // SAFETY: forwarded from the caller: every frame of the run is one of ours.
+            unsafe { platform.free_run(base, CHUNK_PAGES as usize) };
+            return;
         }
         match &self.slots {
             Slots::Packed(numbers) => {
