@@ -427,3 +427,150 @@ fn a_split_breaks_the_large_translation_before_making_the_table() {
     assert_eq!(cpu1.load(addr + 0x3000).unwrap(), 1);
     assert_eq!(cpu1.tlb_translation(addr + 0x3000).unwrap().1, 0);
 }
+
+/// A range edge aligned to 2 MiB but inside a 1 GiB leaf still splits it: the leaf becomes 2 MiB
+/// leaves, and no page table below them is needed.
+#[test]
+fn an_edge_aligned_to_2mib_inside_a_1gib_leaf_splits_it_once() {
+    for format in Format::ALL {
+        let machine = large_machine(64, 1);
+        let mut pt = tree(&machine, format);
+        pt.map_large(&*machine, GIB, DEVICE, 2, RW).unwrap();
+        let tables = pt.table_pages();
+        pt.split_edges(&*machine, GIB + MIB2, 2 * GIB).unwrap();
+        assert_eq!(pt.leaf_counts(&*machine), counts(0, 512, 0), "{format:?}");
+        assert_eq!(pt.table_pages(), tables + 1, "{format:?}");
+        let mut pending = PendingFlush::new();
+        pt.unmap(&*machine, GIB + MIB2, 2 * GIB, &mut pending);
+        assert_eq!(pt.leaf_counts(&*machine), counts(0, 1, 0), "{format:?}");
+        assert!(
+            pending.is_full(),
+            "{format:?}: 511 leaves pass the threshold"
+        );
+        release(&machine, pt);
+    }
+}
+
+/// The platform decides which leaves exist: with 2 MiB at most a 1 GiB physical VMO maps with
+/// 512 leaves of 2 MiB; with none, pages only. On aarch64 an IPI-only machine makes none either
+/// (a split's break-before-make needs an invalidation that reaches every CPU by itself).
+#[test]
+fn the_platform_caps_the_leaf_size() {
+    for (format, level, broadcast, want) in [
+        (Format::X86_64, 1, false, counts(0, 512, 0)),
+        (Format::Aarch64, 1, true, counts(0, 512, 0)),
+        (Format::X86_64, 0, false, counts(512 * 512, 0, 0)),
+        (Format::Aarch64, 2, false, counts(512 * 512, 0, 0)),
+        (Format::X86_64, 2, false, counts(0, 0, 1)),
+    ] {
+        let machine = SimMachine::new(SimConfig {
+            frames: 1024,
+            broadcast,
+            ..SimConfig::default()
+        });
+        machine.set_max_leaf_level(level);
+        let p = large_process(&machine, format);
+        let vmo = Vmo::create_physical(machine.clone(), DEVICE, GIB).unwrap();
+        let handle = vmo_handle(&p, vmo);
+        map_aligned(&p, handle, GIB, GIB, ZX_VM_MAP_RANGE);
+        assert_eq!(
+            leaves(&p),
+            want,
+            "{format:?}, level {level}, broadcast {broadcast}"
+        );
+    }
+}
+
+/// A snapshot of a large-page VMO mapped with a 2 MiB leaf: the leaf turns read-only whole (one
+/// entry rewritten), a write through it copies one page and splits the leaf, the child keeps the
+/// old contents, and no frame leaks when all is closed.
+#[test]
+fn a_snapshot_write_protects_a_large_leaf_and_a_write_splits_it() {
+    for format in Format::ALL {
+        let machine = large_machine(4096, 2);
+        let p = large_process(&machine, format);
+        let vmo = Vmo::create_large_pages(machine.clone(), MIB2).unwrap();
+        let handle = vmo_handle(&p, vmo);
+        let addr = map_aligned(&p, handle, MIB2, MIB2, 0);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        cpu.store(addr + 0x2000, 5).unwrap();
+        assert_eq!(leaves(&p), counts(0, 1, 0), "{format:?}");
+        let snap = child(&p, handle, ZX_VMO_CHILD_SNAPSHOT, 0, MIB2).unwrap();
+        assert_eq!(
+            leaves(&p),
+            counts(0, 1, 0),
+            "{format:?}: rewritten, not split"
+        );
+        assert!(cpu.tlb_entry(addr + 0x2000).is_none(), "{format:?}");
+        assert_eq!(cpu.load(addr + 0x2000).unwrap(), 5);
+        cpu.store(addr + 0x2000, 6).unwrap();
+        assert_eq!(leaves(&p), counts(512, 0, 0), "{format:?}");
+        assert_eq!(read_word(&p, snap, 0x2000), 5, "{format:?}");
+        assert_eq!(cpu.load(addr + 0x2000).unwrap(), 6);
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+        assert_eq!(zx_handle_close(&p, snap), ZX_OK);
+        cpu.store(addr + 0x3000, 7).unwrap();
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+    }
+}
+
+/// A contiguous VMO whose frames happen to be aligned is mapped with 2 MiB leaves on fault too,
+/// and one that is not aligned alike with pages.
+#[test]
+fn a_contiguous_vmo_faults_in_large_leaves_where_aligned() {
+    for format in Format::ALL {
+        let machine = large_machine(4096, 1);
+        let p = large_process(&machine, format);
+        // Take frames until the next allocation starts 2 MiB aligned.
+        let mut hold = Vec::new();
+        while let Some(pa) = machine.alloc_frame() {
+            if pa.0 % MIB2 == MIB2 - PAGE_SIZE {
+                hold.push(pa);
+                break;
+            }
+            hold.push(pa);
+        }
+        let vmo = Vmo::create_contiguous(machine.clone(), 2 * MIB2).unwrap();
+        // SAFETY: these frames were never mapped anywhere.
+        unsafe { machine.free_frames(&hold) };
+        let handle = vmo_handle(&p, vmo);
+        let addr = map_aligned(&p, handle, 2 * MIB2, MIB2, 0);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        cpu.store(addr + MIB2 + 0x8000, 1).unwrap();
+        assert_eq!(leaves(&p), counts(0, 1, 0), "{format:?}");
+        assert_eq!(cpu.tlb_translation(addr + MIB2).unwrap().1, 1);
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+    }
+}
+
+/// A mapping placed anywhere lands where large leaves can map it: a large-page VMO at an address
+/// that lines its runs up, a physical VMO at one that lines its frames up, when there is room.
+#[test]
+fn mappings_placed_anywhere_line_up_with_their_runs() {
+    for format in Format::ALL {
+        let machine = large_machine(4096, 1);
+        let p = large_process(&machine, format);
+        let root = p.root_vmar_handle();
+        let mut addr = 0;
+        // Something small first, so that the lowest gap is not aligned.
+        let small = patterned_vmo(&p, 1);
+        map_rw(&p, root, small, 0, 1);
+        let vmo = Vmo::create_large_pages(machine.clone(), 2 * MIB2).unwrap();
+        let handle = vmo_handle(&p, vmo);
+        let options = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+        let status = zx_vmar_map(&p, root, options, 0, handle, 0, 2 * MIB2, &mut addr);
+        assert_eq!(status, ZX_OK);
+        assert_eq!(addr % MIB2, 0, "{format:?}");
+        let device = PhysAddr(DEVICE.0 + MIB2 + 0x5000);
+        let vmo = Vmo::create_physical(machine.clone(), device, 3 * MIB2).unwrap();
+        let handle = vmo_handle(&p, vmo);
+        let options = options | ZX_VM_MAP_RANGE;
+        let status = zx_vmar_map(&p, root, options, 0, handle, 0x3000, 2 * MIB2, &mut addr);
+        assert_eq!(status, ZX_OK);
+        assert_eq!(addr % MIB2, (device.0 + 0x3000) % MIB2, "{format:?}");
+        // 504 pages up to the first 2 MiB boundary, one leaf, 8 pages.
+        assert_eq!(leaves(&p), counts(512, 1, 0), "{format:?}");
+    }
+}

@@ -421,6 +421,22 @@ pub unsafe trait Platform: Send + Sync {
     #[cfg(not(target_os = "none"))]
     fn invalidate_local(&self, request: &TlbInvalidate<'_>);
 
+    /// The largest leaf the crate may put in a page table: 0 (4 KiB pages only), 1 (2 MiB
+    /// leaves too) or 2 (1 GiB leaves too); higher answers count as 2. Optional: the default
+    /// answers 2 on aarch64 (with a 4 KiB granule, level-2 and level-1 block descriptors always
+    /// exist), on bare-metal x86_64 2 where CPUID reports 1 GiB pages and 1 otherwise, and 2 on a
+    /// host (the simulation). A kernel answers 0 to keep every mapping in 4 KiB pages.
+    fn max_leaf_level(&self) -> usize {
+        #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+        {
+            self::native::max_leaf_level()
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+        {
+            2
+        }
+    }
+
     /// Whether [`Platform::invalidate_local`] reaches every CPU by itself, as aarch64's
     /// `TLBI ...IS` does; then the crate sends no IPIs. Optional: the default says true on aarch64.
     fn invalidation_is_broadcast(&self) -> bool {

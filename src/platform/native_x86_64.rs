@@ -95,3 +95,27 @@ pub fn invalidate_local(request: &TlbInvalidate<'_>) {
         }
     }
 }
+
+/// The largest leaf this CPU's paging takes: 2 (1 GiB pages) where CPUID reports them
+/// (leaf 0x8000_0001, EDX bit 26, "Page1GB"), else 1 (2 MiB pages, which 4-level paging always
+/// has).
+pub fn max_leaf_level() -> usize {
+    use core::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads identification registers; leaf
+    // 0x8000_0000 answers the highest extended leaf, checked before 0x8000_0001 is asked.
+    let (max_extended, edx) = unsafe {
+        let max = __cpuid(0x8000_0000).eax;
+        let edx = if max >= 0x8000_0001 {
+            __cpuid(0x8000_0001).edx
+        } else {
+            0
+        };
+        (max, edx)
+    };
+    if max_extended >= 0x8000_0001 && edx & (1 << 26) != 0 {
+        2
+    } else {
+        1
+    }
+}

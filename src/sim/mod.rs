@@ -40,7 +40,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `mutex`; a panic elsewhere (a failed check) must not hide behind a poisoned lock.
@@ -181,6 +181,8 @@ pub struct SimMachine {
     memory: Box<[AtomicU64]>,
     frames: usize,
     poison_freed: AtomicBool,
+    /// What [`Platform::max_leaf_level`] answers (2 unless a test lowers it).
+    max_leaf_level: AtomicUsize,
     broadcast: bool,
     tlb: Tlb,
     allocator: Mutex<FrameAllocator>,
@@ -244,6 +246,7 @@ impl SimMachine {
             memory,
             frames: config.frames,
             poison_freed: AtomicBool::new(config.poison_freed),
+            max_leaf_level: AtomicUsize::new(2),
             broadcast: config.broadcast,
             tlb,
             allocator: Mutex::new(allocator),
@@ -367,6 +370,12 @@ impl SimMachine {
     /// Lets only `frames` more frame allocations succeed (`None`: no limit).
     pub fn set_allocation_budget(&self, frames: Option<u64>) {
         lock(&self.allocator).budget = frames;
+    }
+
+    /// Sets what [`Platform::max_leaf_level`] answers: 0 keeps every mapping in 4 KiB pages, 1
+    /// allows 2 MiB leaves, 2 (the default) 1 GiB leaves too.
+    pub fn set_max_leaf_level(&self, level: usize) {
+        self.max_leaf_level.store(level, Ordering::Relaxed);
     }
 
     /// Turns poisoning of freed frames on or off.

@@ -186,6 +186,10 @@ unsafe impl Platform for SimMachine {
         }
     }
 
+    fn max_leaf_level(&self) -> usize {
+        self.max_leaf_level.load(Ordering::Relaxed)
+    }
+
     fn invalidation_is_broadcast(&self) -> bool {
         self.broadcast
     }

@@ -23,7 +23,9 @@
 //!    tree locks.
 //!
 //! The frame allocator and the TLB invalidation ([`crate::platform::Platform`]) sit below all of
-//! them; a [`TlbBatch`] is finished after the locks are dropped.
+//! them; a [`TlbBatch`] is finished after the locks are dropped. The one invalidation made with
+//! locks held is a split's break-before-make on aarch64 (`src/arch/page_table/large.rs`): a
+//! broadcast `TLBI` under the page-table lock, which waits for no other CPU.
 
 mod aspace;
 mod fault;

@@ -116,6 +116,14 @@ impl Vmar {
         }))
     }
 
+    /// The options `zx_vmar_map` takes.
+    const MAP_OPTIONS: VmOptions = VmOptions::PERMS
+        .union(VmOptions::SPECIFIC)
+        .union(VmOptions::SPECIFIC_OVERWRITE)
+        .union(VmOptions::MAP_RANGE)
+        .union(VmOptions::ALLOW_FAULTS)
+        .union(VmOptions::REQUIRE_NON_RESIZABLE);
+
     /// `zx_vmar_map`: maps `len` bytes of `vmo` from `vmo_offset`. `options` holds `ZX_VM_PERM_*`
     /// and the placement flags; `can_map` the `ZX_VM_CAN_MAP_*` permissions that the caller's
     /// handles allow (the mapping may never exceed them). Returns the mapped address.
@@ -128,13 +136,7 @@ impl Vmar {
         len: u64,
         can_map: VmOptions,
     ) -> ZxResult<u64> {
-        let allowed = VmOptions::PERMS
-            | VmOptions::SPECIFIC
-            | VmOptions::SPECIFIC_OVERWRITE
-            | VmOptions::MAP_RANGE
-            | VmOptions::ALLOW_FAULTS
-            | VmOptions::REQUIRE_NON_RESIZABLE;
-        if !allowed.contains(options) || !valid_perms(options) {
+        if !Self::MAP_OPTIONS.contains(options) || !valid_perms(options) {
             return Err(Status::InvalidArgs);
         }
         // As in Zircon: an overwrite cannot also map the range at once (a map that could fail
@@ -165,7 +167,9 @@ impl Vmar {
         let can_map = can_map & node.flags & VmOptions::CAN_MAP_PERMS;
         let platform = &**self.aspace.platform();
         let mut batch = TlbBatch::new(platform);
-        let start = match self.place_locked(&mut tree, options, vmar_offset, len, &mut batch) {
+        let align = vmo.leaf_alignment(vmo_offset, len);
+        let placed = self.place_locked(&mut tree, options, vmar_offset, len, align, &mut batch);
+        let start = match placed {
             Ok(start) => start,
             Err(status) => {
                 drop(tree);
@@ -203,12 +207,14 @@ impl Vmar {
     /// Where a new mapping of `len` bytes goes: at `vmar_offset` with `ZX_VM_SPECIFIC` (after
     /// unmapping what is there, with `ZX_VM_SPECIFIC_OVERWRITE`), else in the lowest gap that
     /// fits.
+    #[allow(clippy::too_many_arguments)]
     fn place_locked(
         &self,
         tree: &mut AspaceTree,
         options: VmOptions,
         vmar_offset: u64,
         len: u64,
+        align: Option<(u64, u64)>,
         batch: &mut TlbBatch,
     ) -> ZxResult<u64> {
         let node = tree.node(self.id)?;
@@ -220,7 +226,11 @@ impl Vmar {
             if len > node.size {
                 return Err(Status::InvalidArgs);
             }
-            return node.find_gap(len).ok_or(Status::NoResources);
+            // A mapping that large leaves could map goes where they can, if there is room.
+            let aligned = align.and_then(|(align, phase)| node.find_aligned_gap(len, align, phase));
+            return aligned
+                .or_else(|| node.find_gap(len))
+                .ok_or(Status::NoResources);
         }
         if !node.flags.contains(VmOptions::CAN_MAP_SPECIFIC) {
             return Err(Status::AccessDenied);

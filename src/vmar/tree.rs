@@ -93,6 +93,26 @@ impl VmarNode {
         (self.end() - candidate >= size).then_some(candidate)
     }
 
+    /// The lowest free gap of `size` bytes whose start is `phase` past a multiple of `align` (a
+    /// power of two), if there is one.
+    pub(super) fn find_aligned_gap(&self, size: u64, align: u64, phase: u64) -> Option<u64> {
+        let fit = |from: u64, to: u64| {
+            // The first address at or after `from` that is `phase` past a multiple of `align`.
+            let start = from.checked_add(phase.wrapping_sub(from) & (align - 1))?;
+            (start.checked_add(size)? <= to).then_some(start)
+        };
+        let mut candidate = self.base;
+        for region in self.children.iter() {
+            if region.base() > candidate {
+                if let Some(start) = fit(candidate, region.base()) {
+                    return Some(start);
+                }
+            }
+            candidate = candidate.max(region.end());
+        }
+        fit(candidate, self.end())
+    }
+
     /// Unlinks `region` from the children.
     pub(super) fn unlink(&mut self, region: &Arc<Region>) {
         // SAFETY: callers pass only regions found in this node's tree under the tree lock they

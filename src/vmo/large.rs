@@ -9,8 +9,9 @@ impl Vmo {
     /// has them ([`Platform::alloc_aligned_run`]), and 4 KiB pages where it has not.
     ///
     /// - A fault commits the whole aligned run around its page when none of the run's pages is
-    ///   committed and the run lies inside the VMO; `ZX_VMO_OP_COMMIT` commits so the runs it
-    ///   covers wholly. Reads of uncommitted pages commit too (no zero page).
+    ///   committed and the run lies inside the VMO; `ZX_VMO_OP_COMMIT`, `zx_vmo_write` and a pin
+    ///   commit so the runs their range covers wholly. Reads of uncommitted pages commit too (no
+    ///   zero page).
     /// - A mapping maps each committed run with one 2 MiB leaf where its address is aligned
     ///   alike (on fault, and at `ZX_VM_MAP_RANGE`).
     /// - `ZX_VMO_OP_DECOMMIT` of a whole run clears that one leaf in each mapping and gives the
@@ -63,6 +64,27 @@ impl Vmo {
             inner.pages.insert(first + i, pa);
         }
         Some(base)
+    }
+
+    /// Where a mapping of `len` bytes from `offset` should start for large leaves to map it: the
+    /// alignment (the largest leaf span that the length reaches and the platform allows) and
+    /// the address modulo that alignment which lines the VMO's runs up with it. `None` for a VMO
+    /// that never offers a run.
+    pub(crate) fn leaf_alignment(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let phys = match self.kind {
+            VmoKind::Contiguous { base } | VmoKind::Physical { base } => base.0,
+            VmoKind::Paged if self.large_pages => 0,
+            VmoKind::Paged => return None,
+        };
+        let max = match self.kind {
+            VmoKind::Paged => 1,
+            _ => 2,
+        };
+        let level = (1..=max.min(self.platform.max_leaf_level()))
+            .rev()
+            .find(|&level| len >= entry_span(level))?;
+        let align = entry_span(level);
+        Some((align, phys.wrapping_add(offset) & (align - 1)))
     }
 
     /// The first frame of pages `[index, index + pages)`, where they are one run of frames

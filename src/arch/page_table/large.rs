@@ -48,11 +48,13 @@ pub(super) fn split_record<'a>(
 const MAX_SPLITS: usize = 4;
 
 impl<F: PteFormat> PageTable<F> {
-    /// Whether this tree may hold large leaves on `platform`: a format that needs
-    /// break-before-make splits only where an invalidation reaches every CPU by itself (aarch64's
-    /// `TLBI ...IS`), because the split must complete it while holding the operation's locks.
+    /// Whether this tree may hold large leaves on `platform`: the platform allows some
+    /// ([`Platform::max_leaf_level`]), and a format that needs break-before-make splits only
+    /// where an invalidation reaches every CPU by itself (aarch64's `TLBI ...IS`), because the
+    /// split must complete it while holding the operation's locks.
     pub(super) fn large_leaves_allowed(platform: &dyn Platform) -> bool {
-        !F::BREAK_BEFORE_MAKE || platform.invalidation_is_broadcast()
+        platform.max_leaf_level() > 0
+            && (!F::BREAK_BEFORE_MAKE || platform.invalidation_is_broadcast())
     }
 
     /// Replaces the large leaf in `slot` (at `level`, mapping from `base`) with a new table of
@@ -119,7 +121,7 @@ impl<F: PteFormat> PageTable<F> {
         let mut count = 0;
         let (lo, hi) = self.owned_span();
         for edge in [start, end] {
-            if edge <= lo || edge >= hi || edge % entry_span(1) == 0 {
+            if edge <= lo || edge >= hi {
                 continue;
             }
             let mut table_pa = self.root;
@@ -221,7 +223,7 @@ impl<F: PteFormat> PageTable<F> {
         {
             return Err(Status::InvalidArgs);
         }
-        if !Self::large_leaves_allowed(platform) {
+        if !Self::large_leaves_allowed(platform) || level > platform.max_leaf_level() {
             return Err(Status::NotSupported);
         }
         let mut table_pa = self.root;
