@@ -574,3 +574,55 @@ fn mappings_placed_anywhere_line_up_with_their_runs() {
         assert_eq!(leaves(&p), counts(512, 1, 0), "{format:?}");
     }
 }
+
+/// `zx_vmar_protect` and `zx_vmar_unmap` inside a 2 MiB leaf with no frame left for the split:
+/// `ZX_ERR_NO_MEMORY`, and nothing changed (the leaf, its permissions, the mapping, the frames).
+/// DECOMMIT, whose specification has no `ZX_ERR_NO_MEMORY`, removes the whole leaf instead.
+#[test]
+fn a_split_that_finds_no_frame_fails_whole_or_drops_the_leaf() {
+    for format in Format::ALL {
+        let machine = large_machine(4096, 1);
+        let p = large_process(&machine, format);
+        let vmo = Vmo::create_large_pages(machine.clone(), MIB2).unwrap();
+        let handle = vmo_handle(&p, vmo);
+        let addr = map_aligned(&p, handle, MIB2, MIB2, 0);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        cpu.store(addr + 0x4000, 9).unwrap();
+        let root = p.root_vmar_handle();
+        let tables = p.aspace().page_table_pages();
+        machine.set_allocation_budget(Some(0));
+        let before = machine.counters();
+        let status = zx_vmar_protect(&p, root, ZX_VM_PERM_READ, addr + 0x4000, PAGE_SIZE);
+        assert_eq!(status, ZX_ERR_NO_MEMORY, "{format:?}");
+        assert_eq!(
+            zx_vmar_unmap(&p, root, addr + 0x4000, PAGE_SIZE),
+            ZX_ERR_NO_MEMORY
+        );
+        let delta = machine.counters().since(&before);
+        assert_eq!(delta.frames_allocated, 0, "{format:?}");
+        assert_eq!(leaves(&p), counts(0, 1, 0), "{format:?}");
+        assert_eq!(p.aspace().page_table_pages(), tables);
+        cpu.store(addr + 0x4000, 10).unwrap();
+        cpu.store(addr + 0x5000, 11).unwrap();
+        assert_eq!(delta.page_faults, 0, "{format:?}: still mapped writable");
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+        // DECOMMIT of one page: the leaf goes whole, the page reads 0, the others fault back.
+        let status = zx_vmar_op_range(
+            &p,
+            root,
+            ZX_VMAR_OP_DECOMMIT,
+            addr + 0x4000,
+            PAGE_SIZE,
+            0,
+            0,
+        );
+        assert_eq!(status, ZX_OK, "{format:?}");
+        assert_eq!(leaves(&p), counts(0, 0, 0), "{format:?}");
+        assert_eq!(committed(&p, handle), MIB2 - PAGE_SIZE);
+        machine.set_allocation_budget(None);
+        assert_eq!(cpu.load(addr + 0x4000).unwrap(), 0, "{format:?}");
+        assert_eq!(cpu.load(addr + 0x5000).unwrap(), 11, "{format:?}");
+        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+    }
+}

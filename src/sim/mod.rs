@@ -412,6 +412,8 @@ impl SimMachine {
         // The usable translations are usually far fewer than the frames freed: index those.
         let mut cached = lock(&self.check_scratch);
         cached.clear();
+        // Large translations by their range of frames: (first frame, bytes, CPU, first page).
+        let mut large = Vec::new();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
             cached.extend(
@@ -420,26 +422,35 @@ impl SimMachine {
                     .filter(|(&(tag, _), _)| Some(tag) == tlb.tag)
                     .map(|(&(_, vpn), entry)| (entry.frame, index, vpn, false)),
             );
-            for (&(tag, level, first), entry) in &tlb.large {
-                if Some(tag) == tlb.tag {
-                    // Every frame of a large translation; few of them are cached at once.
-                    let pages = entry_span(level) / PAGE_SIZE;
-                    cached.extend((0..pages).map(|i| {
-                        (
-                            PhysAddr(entry.frame.0 + i * PAGE_SIZE),
-                            index,
-                            first + i,
-                            false,
-                        )
-                    }));
-                }
-            }
+            large.extend(
+                tlb.large
+                    .iter()
+                    .filter(|(&(tag, _, _), _)| Some(tag) == tlb.tag)
+                    .map(|(&(_, level, first), entry)| {
+                        (entry.frame, entry_span(level), index, first)
+                    }),
+            );
             cached.extend(
                 tlb.walks
                     .iter()
                     .filter(|(&(tag, _, _), _)| Some(tag) == tlb.tag)
                     .map(|(&(_, _, base), &(table, _))| (table, index, base / PAGE_SIZE, true)),
             );
+        }
+        if !large.is_empty() {
+            let mut freed = frames.to_vec();
+            freed.sort_unstable();
+            for (start, bytes, cpu, first) in large {
+                let at = freed.partition_point(|frame| frame.0 < start.0);
+                if let Some(frame) = freed.get(at) {
+                    assert!(
+                        frame.0 >= start.0 + bytes,
+                        "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it \
+                         (through a large translation)",
+                        first * PAGE_SIZE + (frame.0 - start.0)
+                    );
+                }
+            }
         }
         if cached.is_empty() {
             return;
