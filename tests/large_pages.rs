@@ -360,9 +360,9 @@ fn large_page_vmo_commits_maps_and_decommits_runs() {
 }
 
 /// A protect of one page inside a 2 MiB leaf that another CPU caches: once it returns, that CPU
-/// can no longer write the page, and the other pages keep their permissions. The deliberately
-/// broken split (`break-split`) fails here: the stale large translation survives (and on
-/// aarch64 the simulated TLB reports the conflict break-before-make prevents).
+/// can no longer write the page, and the other pages keep their permissions. (The protect splits
+/// the leaf before it changes the page, so its own invalidation of the page drops the large
+/// translation: the broken split build passes here; the two tests named in `.ci/run` catch it.)
 #[test]
 fn a_split_leaves_no_stale_large_translation() {
     for format in Format::ALL {

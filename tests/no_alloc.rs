@@ -1,7 +1,7 @@
-//! Once warm, decommit, unmap, protect (without a split) and their shootdowns allocate nothing on
-//! the heap: a counting allocator watches every allocation the calling thread makes (the
-//! simulated CPUs that take the IPIs run on the same thread), on 1 CPU and with the address space
-//! active on 4, on both page-table formats.
+//! Once warm, decommit (of large leaves too, whole or split), unmap, protect (without a split) and
+//! their shootdowns allocate nothing on the heap: a counting allocator watches every allocation
+//! the calling thread makes (the simulated CPUs that take the IPIs run on the same thread), on 1
+//! CPU and with the address space active on 4, on both page-table formats.
 
 mod common;
 
@@ -235,6 +235,87 @@ fn protect_unmap_aarch64_four_cpus() {
 }
 
 /// The negative control: the counter sees an allocation when there is one.
+/// A large-page VMO mapped with 2 MiB leaves: a DECOMMIT of a whole run (one leaf cleared, the
+/// run freed in one call) and one of a single page (the leaf split) allocate nothing on the heap:
+/// the split's table is a frame from the platform.
+fn large_leaves_allocate_nothing(format: Format, cpus: usize) {
+    const MIB2: u64 = 2 << 20;
+    let machine = SimMachine::new(SimConfig {
+        frames: 4096,
+        cpus,
+        broadcast: format == Format::Aarch64,
+        ..SimConfig::default()
+    });
+    let process = process(&machine, format);
+    let vmo = zx_vm::Vmo::create_large_pages(machine.clone(), 2 * MIB2).unwrap();
+    let rights = Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS);
+    let handle = process
+        .add_handle(zx_vm::object::KernelObject::Vmo(vmo), rights)
+        .unwrap();
+    let root = process.root_vmar_handle();
+    let mut addr = 0;
+    let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+    assert_eq!(
+        zx_vmar_map(&process, root, rw, 0, handle, 0, 2 * MIB2, &mut addr),
+        ZX_OK
+    );
+    assert_eq!(addr % MIB2, 0, "placed where its runs line up");
+    for cpu in 0..cpus {
+        machine.cpu(cpu).switch_to(Some(process.aspace()));
+    }
+    let touch = || {
+        for cpu in (0..cpus).rev() {
+            for run in 0..2 {
+                machine.cpu(cpu).store(addr + run * MIB2, run + 1).unwrap();
+            }
+        }
+        machine.cpu(0).enter();
+    };
+    let decommit = |offset: u64, len: u64| {
+        zx_vmar_op_range(
+            &process,
+            root,
+            ZX_VMAR_OP_DECOMMIT,
+            addr + offset,
+            len,
+            0,
+            0,
+        )
+    };
+    for round in 0..4 {
+        touch();
+        let before = machine.counters();
+        let mut status = (ZX_OK, ZX_OK);
+        let count = allocations(|| status = (decommit(0, MIB2), decommit(MIB2, PAGE_SIZE)));
+        assert_eq!(status, (ZX_OK, ZX_OK));
+        let delta = machine.counters().since(&before);
+        assert_eq!(delta.runs_freed, 1, "{format:?}");
+        if round > 0 {
+            assert_eq!(
+                count, 0,
+                "{format:?}, {cpus} CPUs: large-leaf decommits allocated {count} times"
+            );
+        }
+        // Back to whole runs: decommit everything (allocations not counted).
+        assert_eq!(decommit(0, 2 * MIB2), ZX_OK);
+    }
+    for cpu in 0..cpus {
+        machine.cpu(cpu).switch_to(None);
+    }
+}
+
+#[test]
+fn large_leaves_x86_64() {
+    large_leaves_allocate_nothing(Format::X86_64, 1);
+    large_leaves_allocate_nothing(Format::X86_64, 4);
+}
+
+#[test]
+fn large_leaves_aarch64() {
+    large_leaves_allocate_nothing(Format::Aarch64, 1);
+    large_leaves_allocate_nothing(Format::Aarch64, 4);
+}
+
 #[test]
 fn the_counter_counts() {
     let count = allocations(|| drop(std::hint::black_box(vec![1u8; 16])));

@@ -190,6 +190,9 @@ pub struct SimMachine {
     counters: Counters,
     /// The freed-frame check's list, kept so that the check allocates nothing once warm.
     check_scratch: Mutex<Vec<(PhysAddr, usize, u64, bool)>>,
+    /// The freed-frame check's lists for large translations, kept warm as `check_scratch` is:
+    /// the ranges cached (first frame, bytes, CPU, first page) and the frames freed, sorted.
+    check_large: Mutex<(Vec<(PhysAddr, u64, usize, u64)>, Vec<PhysAddr>)>,
     /// Called at the start of every [`Platform::load_root`], as the CPU that loads: a test's way
     /// to run something in the middle of a context switch.
     load_root_hook: Mutex<Option<LoadRootHook>>,
@@ -251,6 +254,7 @@ impl SimMachine {
             tlb,
             allocator: Mutex::new(allocator),
             check_scratch: Mutex::new(Vec::new()),
+            check_large: Mutex::new((Vec::new(), Vec::new())),
             load_root_hook: Mutex::new(None),
             zero_frame: AtomicU64::new(0),
             cpus: (0..config.cpus)
@@ -413,7 +417,9 @@ impl SimMachine {
         let mut cached = lock(&self.check_scratch);
         cached.clear();
         // Large translations by their range of frames: (first frame, bytes, CPU, first page).
-        let mut large = Vec::new();
+        let mut large_scratch = lock(&self.check_large);
+        let (large, freed) = &mut *large_scratch;
+        large.clear();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
             cached.extend(
@@ -438,9 +444,10 @@ impl SimMachine {
             );
         }
         if !large.is_empty() {
-            let mut freed = frames.to_vec();
+            freed.clear();
+            freed.extend_from_slice(frames);
             freed.sort_unstable();
-            for (start, bytes, cpu, first) in large {
+            for &(start, bytes, cpu, first) in large.iter() {
                 let at = freed.partition_point(|frame| frame.0 < start.0);
                 if let Some(frame) = freed.get(at) {
                     assert!(
