@@ -268,9 +268,15 @@ fn a_gib_aligned_physical_vmo_is_one_entry() {
     }
 }
 
+/// The leaves of `p`'s page table by size, through the public accessor (checked against the
+/// walker's own count).
 fn leaves(p: &Process) -> LeafCounts {
-    p.aspace()
-        .with_page_table_unsynchronized(|pt, m| pt.leaf_counts(m))
+    let counts = p.aspace().leaf_counts();
+    let walked = p
+        .aspace()
+        .with_page_table_unsynchronized(|pt, m| pt.leaf_counts(m));
+    assert_eq!(counts, walked);
+    counts
 }
 
 /// A paged VMO with large pages: the first touch of a run commits it whole (one allocation) and

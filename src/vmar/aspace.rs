@@ -265,6 +265,12 @@ impl AddressSpace {
         self.mmu.lock().table_pages()
     }
 
+    /// The page table's leaves by size (taking its lock): 4 KiB pages, 2 MiB and 1 GiB leaves.
+    /// For tests and diagnostics, e.g. a kernel checking that a mapping got large leaves.
+    pub fn leaf_counts(&self) -> LeafCounts {
+        self.mmu.lock().leaf_counts(&*self.platform)
+    }
+
     /// The frame and permissions `va` translates to in the page table (taking its lock).
     pub fn query(&self, va: u64) -> Option<(PhysAddr, MmuFlags)> {
         self.mmu.lock().query(&*self.platform, va)

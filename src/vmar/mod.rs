@@ -53,8 +53,8 @@ use crate::abi::{
     is_page_aligned, page_round_up, zx_koid_t, Status, VmOptions, ZxResult, PAGE_SHIFT, PAGE_SIZE,
 };
 use crate::arch::{
-    check_prepared_root, entry_span, new_page_table_for, translate_format, Format, MmuFlags,
-    PageTableOps, PendingFlush, RootProblem, LARGE_LEVELS, USER_ADDRESS_LIMIT,
+    check_prepared_root, entry_span, new_page_table_for, translate_format, Format, LeafCounts,
+    MmuFlags, PageTableOps, PendingFlush, RootProblem, LARGE_LEVELS, USER_ADDRESS_LIMIT,
 };
 use crate::platform::{AtomicCpuSet, CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
 use crate::tlb::{FlushTarget, Item, Reach, TlbBatch};
