@@ -93,6 +93,44 @@ impl FrameAllocator {
         Some(PhysAddr(bitmap.base + first as u64 * PAGE_SIZE))
     }
 
+    /// Allocates `count` physically contiguous frames whose first is aligned to `count` frames
+    /// (`count` a power of two): the runs large pages are made of. `None` when no such run is
+    /// free (or the pool's base is not itself aligned so, which boot never does: x86_64 starts
+    /// at 0, aarch64 at the 1 GiB its RAM begins at).
+    pub fn alloc_aligned(&self, count: usize) -> Option<PhysAddr> {
+        let mut bitmap = self.bitmap.lock();
+        if !(bitmap.base / PAGE_SIZE).is_multiple_of(count as u64) {
+            return None;
+        }
+        let first = bitmap
+            .used
+            .find_run(bitmap.cursor, bitmap.frames, count, count)?;
+        bitmap.used.set_run(first, count, true);
+        bitmap.cursor = first + count;
+        self.allocated.fetch_add(count as u64, Ordering::Relaxed);
+        Some(PhysAddr(bitmap.base + first as u64 * PAGE_SIZE))
+    }
+
+    /// Returns the `count` frames from `base`, as [`FrameAllocator::free`] does each, with one
+    /// check and one update of the bitmap for the whole run.
+    pub fn free_run(&self, base: PhysAddr, count: usize) {
+        let first = {
+            let bitmap = self.bitmap.lock();
+            let first = base.0.wrapping_sub(bitmap.base) / PAGE_SIZE;
+            assert!(
+                first + count as u64 <= bitmap.frames as u64
+                    && (first..first + count as u64).all(|i| bitmap.used.is_used(i as usize)),
+                "free of the run of {count} frames at {base:?}, not all allocated"
+            );
+            first as usize
+        };
+        for i in 0..count as u64 {
+            poison(PhysAddr(base.0 + i * PAGE_SIZE));
+        }
+        self.bitmap.lock().used.set_run(first, count, false);
+        self.freed.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
     /// Returns `frame`, filling it with [`FREED_POISON`] first. Panics on a frame that is not
     /// allocated: a double free is a bug the tests must see.
     pub fn free(&self, frame: PhysAddr) {
@@ -105,14 +143,7 @@ impl FrameAllocator {
             );
             index as usize
         };
-        let words = arch::phys_to_virt(frame) as *mut u64;
-        for i in 0..(PAGE_SIZE / 8) as usize {
-            // SAFETY: `frame` is allocated (checked above; it stays marked in use until the
-            // bit is cleared below, so no one else can be handed it meanwhile) and the caller
-            // gave it up: no CPU reaches it through a user mapping any more (the
-            // `Platform::free_frames` contract). The direct map maps all RAM writable.
-            unsafe { words.add(i).write_volatile(FREED_POISON) };
-        }
+        poison(frame);
         self.bitmap.lock().used.set(index, false);
         self.freed.fetch_add(1, Ordering::Relaxed);
     }
@@ -138,5 +169,18 @@ impl FrameAllocator {
     /// Frames in the pool.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Fills `frame` with [`FREED_POISON`]. The caller checked that it is allocated (it stays marked
+/// in use until the caller clears its bit afterwards, so no one else can be handed it meanwhile)
+/// and frees it: no CPU reaches it through a user mapping any more (the `Platform::free_frames`
+/// contract).
+fn poison(frame: PhysAddr) {
+    let words = arch::phys_to_virt(frame) as *mut u64;
+    for i in 0..(PAGE_SIZE / 8) as usize {
+        // SAFETY: as the caller vouches (above), the frame is allocated and given up; the direct
+        // map maps all RAM writable.
+        unsafe { words.add(i).write_volatile(FREED_POISON) };
     }
 }

@@ -4,7 +4,8 @@
 //! state, counters, the CPUs' identities) lives in statics set up at boot, so the same platform is
 //! reachable from the IPI handler, which has no `Arc` at hand.
 //!
-//! - frames: [`crate::frames::FRAMES`];
+//! - frames: [`crate::frames::FRAMES`], which also hands out the aligned runs of 512 frames that
+//!   large-page VMOs commit (`alloc_aligned_run`) and takes them back in one call (`free_run`);
 //! - `phys_to_virt`: the kernel's direct map of physical memory (`arch::PHYS_OFFSET + pa`);
 //! - `current_cpu`: a per-CPU register set at boot (x86_64 GS base, aarch64 TPIDR_EL1);
 //! - `tlb`: the one [`Tlb`], made at boot by [`KernelPlatform::init`] with `Tlb::new(cpus, tags,
@@ -176,8 +177,8 @@ impl KernelPlatform {
 // SAFETY: what the trait asks, point by point:
 // - frames: `FRAMES` hands out frames of RAM above the kernel image (never the image, the boot
 //   tables, the AP trampoline page or MMIO), each at most once until it is freed (a bitmap under
-//   an interrupt-safe lock), and only this platform (and the stand-ins that forward to it) frees
-//   into it;
+//   an interrupt-safe lock; single frames, contiguous runs and aligned runs alike), and only this
+//   platform (and the stand-ins that forward to it) frees into it;
 // - `phys_to_virt`: the direct map covers all RAM the allocator manages as normal write-back
 //   memory, the type the table walks use, and is never unmapped (x86_64: physical 0-3 GiB in
 //   1 GiB pages, and the allocator takes no RAM above 3 GiB, whose GiB is mapped uncached for the
@@ -204,6 +205,15 @@ unsafe impl Platform for KernelPlatform {
 
     fn alloc_contiguous(&self, count: usize) -> Option<PhysAddr> {
         FRAMES.alloc(count)
+    }
+
+    fn alloc_aligned_run(&self, count: usize) -> Option<PhysAddr> {
+        FRAMES.alloc_aligned(count)
+    }
+
+    unsafe fn free_run(&self, base: PhysAddr, count: usize) {
+        // One bitmap check and update for the run (the default frees frame by frame).
+        FRAMES.free_run(base, count);
     }
 
     unsafe fn free_frames(&self, frames: &[PhysAddr]) {
