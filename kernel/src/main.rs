@@ -60,7 +60,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 /// and every CPU are up.
 fn kmain() -> ! {
     println!(
-        "zx-vm test kernel: {}, {} CPUs online, {} MiB in the frame pool{}{}",
+        "zx-vm test kernel: {}, {} CPUs online, {} MiB in the frame pool{}{}{}",
         arch::NAME,
         smp::online_count(),
         (frames::FRAMES.total() * 4096) >> 20,
@@ -71,6 +71,11 @@ fn kmain() -> ! {
         },
         if cfg!(feature = "break-write-protect") {
             ", zx-vm built with break-write-protect"
+        } else {
+            ""
+        },
+        if cfg!(feature = "break-split") {
+            ", zx-vm built with break-split"
         } else {
             ""
         }

@@ -1,5 +1,5 @@
 //! `cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush]
-//! [--break-write-protect] [--runs N] [--timeout SECONDS]`
+//! [--break-write-protect] [--break-split] [--runs N] [--timeout SECONDS]`
 //!
 //! Builds the test kernel (`kernel/`) for `<arch>-unknown-none` and runs it under QEMU (TCG, never
 //! KVM: stale TLB entries only show under TCG), with 4 CPUs and 256 MiB. The kernel reports its
@@ -16,13 +16,16 @@
 //!
 //! The kernel is built into `$CARGO_TARGET_DIR` when that is set, else `target/` at the workspace
 //! root (a broken build into a subdirectory named after its features: `break-remote-flush/`,
-//! `break-write-protect/`, or both joined by `+`).
+//! `break-write-protect/`, `break-split/`, or several joined by `+`).
 //!
 //! `--break-remote-flush` builds zx-vm with its deliberately broken shootdown (remote CPUs
 //! acknowledge without flushing; on aarch64 the kernel then invalidates by IPI, so that there is a
 //! remote flush to skip). `--break-write-protect` builds it with its deliberately broken snapshot
 //! (the parent's writable translations stay writable), which the kernel's snapshot scenario must
-//! catch. With either, the kernel test must fail; `--runs N` repeats the run and counts.
+//! catch. `--break-split` builds it with its deliberately broken split of large leaves (no
+//! break-before-make on aarch64, the changes made inside the new table not invalidated), which
+//! the kernel's large-page scenario must catch. With any of them, the kernel test must fail;
+//! `--runs N` repeats the run and counts.
 //!
 //! The exit status is 0 when every run passed, 1 when one failed (so with a `--break-*` flag, 1
 //! is the expected outcome), 2 for a usage or build error, and 3 when the kernel had nothing to
@@ -37,7 +40,7 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str =
     "usage: cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush] \
-     [--break-write-protect] [--runs N] [--timeout SECONDS]";
+     [--break-write-protect] [--break-split] [--runs N] [--timeout SECONDS]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arch {
@@ -154,9 +157,10 @@ struct Options {
 
 /// The deliberately broken builds of zx-vm: the feature (zx-vm's and the kernel's, and the flag
 /// without its `--`) and what it breaks.
-const BREAKAGES: [(&str, &str); 2] = [
+const BREAKAGES: [(&str, &str); 3] = [
     ("break-remote-flush", "shootdown"),
     ("break-write-protect", "write-protect"),
+    ("break-split", "large-leaf split"),
 ];
 
 impl Options {
