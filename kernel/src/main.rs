@@ -3,7 +3,9 @@
 //! It boots on QEMU (x86_64 through PVH, aarch64 on the `virt` machine) with several CPUs, gives the
 //! crate a real [`zx_vm::Platform`], and runs the scenarios in [`scenarios`]: a VMO mapped in two
 //! address spaces on different CPUs, decommitted while the other CPUs keep reading; a VMO
-//! snapshotted while the other CPUs keep writing it ([`snapshot_scenario`]); a negative
+//! snapshotted while the other CPUs keep writing it ([`snapshot_scenario`]); 2 MiB leaves (a
+//! physical VMO and a large-page VMO) split by protect, DECOMMIT and unmap while the other CPUs
+//! use them ([`large_scenario`]); a negative
 //! control that shows the harness can see a stale TLB entry; the crate's single-CPU integration
 //! kit on the boot CPU ([`kit_scenario`]); and the host's contract tests, run on real CPUs. Before
 //! them the boot CPU checks the translation regime with the crate's `arch::regime`. The run ends
@@ -21,7 +23,7 @@
 //! cross-CPU jobs), `bitmap.rs` (the page bitmap of both allocators), `frames.rs` (frame
 //! allocator), `forward.rs` (the one forwarding platform the scenarios wrap the kernel's in),
 //! `heap.rs` (global allocator), `sync.rs` (interrupt-safe spinlock), `console.rs`, `scenarios.rs`,
-//! `snapshot_scenario.rs`, `kit_scenario.rs`, `contract.rs` (the host contract tests' machine, on
+//! `snapshot_scenario.rs`, `large_scenario.rs`, `kit_scenario.rs`, `contract.rs` (the host contract tests' machine, on
 //! real CPUs), and one directory per architecture.
 
 #![no_std]
@@ -38,6 +40,7 @@ mod forward;
 mod frames;
 mod heap;
 mod kit_scenario;
+mod large_scenario;
 mod mm;
 mod platform;
 mod scenarios;

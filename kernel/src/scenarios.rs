@@ -8,11 +8,16 @@
 //! 2. [`crate::snapshot_scenario`]: one CPU snapshots a VMO (`zx_vmo_create_child`) over and over
 //!    while the others keep writing it through writable mappings in two address spaces; no child
 //!    may hold a value stored after its snapshot call returned.
-//! 3. [`stale_tlb_negative_control`]: a page-table entry changed with no invalidation is still
+//! 3. [`crate::large_scenario`]: 2 MiB leaves of a physical VMO (`ZX_VM_MAP_RANGE`) and of a
+//!    large-page VMO, split by `zx_vmar_protect` of one page, DECOMMIT of one page (and of a whole
+//!    run) and `zx_vmar_unmap` of a 4 KiB hole while the other CPUs read and write them; after each
+//!    call no CPU may write the protected page, read the decommitted data or reach the hole.
+//!    aarch64 runs it in broadcast mode only (the only mode with large leaves).
+//! 4. [`stale_tlb_negative_control`]: a page-table entry changed with no invalidation is still
 //!    read through on another CPU: the harness can see a stale TLB entry (the test expects it).
-//! 4. [`crate::kit_scenario`]: the crate's single-CPU integration kit (`SingleCpu`, `NativeCpu`,
+//! 5. [`crate::kit_scenario`]: the crate's single-CPU integration kit (`SingleCpu`, `NativeCpu`,
 //!    `FreeListFrames` over a bump source) on the boot CPU, with a user range of its own.
-//! 5. The host's contract tests, on real CPUs ([`crate::contract`]).
+//! 6. The host's contract tests, on real CPUs ([`crate::contract`]).
 //!
 //! Scenarios 1 and 2 run in every invalidation mode the architecture has: x86_64 by IPI; aarch64
 //! by `TLBI ...IS` broadcast (the crate sends no IPIs) and by IPI with local `TLBI`.
@@ -48,6 +53,10 @@ pub fn run_all() -> bool {
         passed &= report("decommit while reading", decommit_while_reading());
         passed &= report("snapshot while writing", crate::snapshot_scenario::run());
     }
+    // Large leaves: aarch64 makes them only with broadcast invalidation (x86_64 is always in IPI
+    // mode).
+    KernelPlatform::set_ipi_mode(false);
+    passed &= report("large pages", crate::large_scenario::run());
     // aarch64 runs the rest in its default mode, broadcast (unless the broken build asks for IPIs).
     KernelPlatform::set_ipi_mode(cfg!(feature = "break-remote-flush"));
     passed &= report("stale TLB negative control", stale_tlb_negative_control());
@@ -308,7 +317,7 @@ fn decommit_while_reading() -> bool {
 }
 
 // =================================================================================================
-// 3. The negative control: a stale TLB entry is visible.
+// 4. The negative control: a stale TLB entry is visible.
 // =================================================================================================
 
 /// Records the frames a page table the kernel builds itself takes, so that they can be freed
