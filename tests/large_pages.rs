@@ -632,3 +632,43 @@ fn a_split_that_finds_no_frame_fails_whole_or_drops_the_leaf() {
         assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
     }
 }
+
+/// Only a large-page VMO commits runs: a plain paged VMO of the same size commits the page a
+/// fault touches; a large-page VMO's read fault commits the run even where the platform has a
+/// zero page (a large-page VMO maps none). Sizes: up to `MAX_VMO_SIZE`, as for any paged VMO.
+#[test]
+fn only_large_page_vmos_commit_runs() {
+    for format in Format::ALL {
+        let machine = large_machine(4096, 1);
+        machine.enable_zero_page();
+        let p = large_process(&machine, format);
+        let plain = Vmo::create(machine.clone(), MIB2).unwrap();
+        let plain = vmo_handle(&p, plain);
+        let at = map_aligned(&p, plain, MIB2, MIB2, 0);
+        let cpu = machine.cpu(0);
+        cpu.switch_to(Some(p.aspace()));
+        cpu.store(at, 1).unwrap();
+        assert_eq!(committed(&p, plain), PAGE_SIZE, "{format:?}");
+        assert_eq!(leaves(&p), counts(1, 0, 0), "{format:?}");
+        let large = Vmo::create_large_pages(machine.clone(), MIB2).unwrap();
+        assert!(large.has_large_pages());
+        let large = vmo_handle(&p, large);
+        let mut addr = 0;
+        let options = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+        let root = p.root_vmar_handle();
+        assert_eq!(
+            zx_vmar_map(&p, root, options, 0, large, 0, MIB2, &mut addr),
+            ZX_OK
+        );
+        let before = machine.counters();
+        assert_eq!(cpu.load(addr + 0x7000).unwrap(), 0);
+        assert_eq!(machine.counters().since(&before).runs_allocated, 1);
+        assert_eq!(committed(&p, large), MIB2, "{format:?}: no zero page");
+        assert_eq!(leaves(&p), counts(1, 1, 0), "{format:?}");
+    }
+    let machine = large_machine(64, 1);
+    let max = zx_vm::vmo::MAX_VMO_SIZE;
+    assert!(Vmo::create_large_pages(machine.clone(), max).is_ok());
+    let too_big = Vmo::create_large_pages(machine.clone(), max + 1).err();
+    assert_eq!(too_big, Some(Status::OutOfRange));
+}
