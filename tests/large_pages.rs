@@ -672,3 +672,21 @@ fn only_large_page_vmos_commit_runs() {
     let too_big = Vmo::create_large_pages(machine.clone(), max + 1).err();
     assert_eq!(too_big, Some(Status::OutOfRange));
 }
+
+/// The simulation's check covers runs freed whole: freeing a run that a CPU still caches through
+/// a large translation panics.
+#[test]
+#[should_panic(expected = "through a large translation")]
+fn the_sim_refuses_to_free_a_run_a_tlb_still_maps() {
+    let machine = large_machine(4096, 1);
+    let p = large_process(&machine, Format::X86_64);
+    let vmo = Vmo::create_large_pages(machine.clone(), MIB2).unwrap();
+    let handle = vmo_handle(&p, vmo);
+    let addr = map_aligned(&p, handle, MIB2, MIB2, 0);
+    let cpu = machine.cpu(0);
+    cpu.switch_to(Some(p.aspace()));
+    cpu.store(addr, 1).unwrap();
+    let (run, _) = p.aspace().query(addr).unwrap();
+    // SAFETY: none: the point is that the simulation refuses.
+    unsafe { machine.free_run(run, 512) };
+}

@@ -48,6 +48,24 @@ fn new_table(platform: &dyn Platform) -> Result<PhysAddr, Status> {
     Ok(pa)
 }
 
+/// Allocates `count` zeroed table pages (at most [`LEVELS`]), all or none: on failure the ones
+/// made go straight back, never having been linked.
+fn new_tables(platform: &dyn Platform, count: usize) -> Result<[PhysAddr; LEVELS], Status> {
+    let mut fresh = [PhysAddr(0); LEVELS];
+    for made in 0..count {
+        match new_table(platform) {
+            Ok(table) => fresh[made] = table,
+            Err(status) => {
+                // SAFETY: these frames were allocated just now and never linked into a tree, so
+                // no page-table entry, walker or TLB can refer to them.
+                unsafe { platform.free_frames(&fresh[..made]) };
+                return Err(status);
+            }
+        }
+    }
+    Ok(fresh)
+}
+
 /// One address space's page tables in format `F`.
 ///
 /// The tree is owned: dropping a `PageTable` without [`PageTableOps::release`] leaks its pages
@@ -111,6 +129,29 @@ impl<F: PteFormat> PageTable<F> {
             tag: 0,
             _format: PhantomData,
         })
+    }
+
+    /// Makes the tables missing on `va`'s walk below `table_pa` (at `level`, whose entry for
+    /// `va` is empty) down to level `to`, all allocated before any is linked, so that running out
+    /// of frames changes nothing. Answers the table at `to`.
+    fn link_missing(
+        &mut self,
+        platform: &dyn Platform,
+        va: u64,
+        mut table_pa: PhysAddr,
+        level: usize,
+        to: usize,
+    ) -> Result<PhysAddr, Status> {
+        let fresh = new_tables(platform, level - to)?;
+        for (at, &child) in (to + 1..=level).rev().zip(&fresh) {
+            // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
+            let table = unsafe { entries(platform, table_pa) };
+            // Release: the zeroed child is visible before the entry that links it.
+            table[table_index(va, at)].store(F::table_entry(child), Ordering::Release);
+            self.tables += 1;
+            table_pa = child;
+        }
+        Ok(table_pa)
     }
 
     /// Clears the level-0 entries in `[start, end)` below `table` (at `level`), records them in

@@ -60,6 +60,10 @@ std::thread_local! {
     static CURRENT_CPU: Cell<usize> = const { Cell::new(0) };
 }
 
+/// A large translation some CPU can use, for the freed-frame check: its first frame, its size in
+/// bytes, the CPU, and its first page number.
+type LargeCached = (PhysAddr, u64, usize, u64);
+
 /// How to build a [`SimMachine`].
 #[derive(Clone, Copy, Debug)]
 pub struct SimConfig {
@@ -192,7 +196,7 @@ pub struct SimMachine {
     check_scratch: Mutex<Vec<(PhysAddr, usize, u64, bool)>>,
     /// The freed-frame check's lists for large translations, kept warm as `check_scratch` is:
     /// the ranges cached (first frame, bytes, CPU, first page) and the frames freed, sorted.
-    check_large: Mutex<(Vec<(PhysAddr, u64, usize, u64)>, Vec<PhysAddr>)>,
+    check_large: Mutex<(Vec<LargeCached>, Vec<PhysAddr>)>,
     /// Called at the start of every [`Platform::load_root`], as the CPU that loads: a test's way
     /// to run something in the middle of a context switch.
     load_root_hook: Mutex<Option<LoadRootHook>>,
@@ -405,20 +409,73 @@ impl SimMachine {
         if frames.is_empty() {
             return;
         }
+        self.check_roots(|root| frames.contains(&root));
+        let mut cached = lock(&self.check_scratch);
+        let mut large_scratch = lock(&self.check_large);
+        let (large, freed) = &mut *large_scratch;
+        self.collect_cached(&mut cached, large);
+        if !large.is_empty() {
+            freed.clear();
+            freed.extend_from_slice(frames);
+            freed.sort_unstable();
+            for &(start, bytes, cpu, first) in large.iter() {
+                let at = freed.partition_point(|frame| frame.0 < start.0);
+                if let Some(&frame) = freed.get(at) {
+                    Self::check_large_miss(frame, start, bytes, cpu, first);
+                }
+            }
+        }
+        // The usable translations are usually far fewer than the frames freed: index those.
+        for frame in frames {
+            let at = cached.partition_point(|&(cached_frame, ..)| cached_frame < *frame);
+            if let Some(&(cached_frame, cpu, vpn, walk)) = cached.get(at) {
+                Self::check_small_miss(*frame, cached_frame, cpu, vpn, walk);
+            }
+        }
+    }
+
+    /// [`SimMachine::check_not_cached`] for the `count` frames from `base`, by range.
+    fn check_run_not_cached(&self, base: PhysAddr, count: usize) {
+        let end = base.0 + count as u64 * PAGE_SIZE;
+        self.check_roots(|root| (base.0..end).contains(&root.0));
+        let mut cached = lock(&self.check_scratch);
+        let mut large_scratch = lock(&self.check_large);
+        let (large, _) = &mut *large_scratch;
+        self.collect_cached(&mut cached, large);
+        for &(start, bytes, cpu, first) in large.iter() {
+            if start.0 < end {
+                Self::check_large_miss(PhysAddr(start.0.max(base.0)), start, bytes, cpu, first);
+            }
+        }
+        let at = cached.partition_point(|&(frame, ..)| frame < base);
+        if let Some(&(frame, cpu, vpn, walk)) = cached.get(at) {
+            if frame.0 < end {
+                Self::check_small_miss(frame, frame, cpu, vpn, walk);
+            }
+        }
+    }
+
+    /// Panics if a CPU has one of the frames `freed` says loaded as its root table.
+    fn check_roots(&self, freed: impl Fn(PhysAddr) -> bool) {
         for (index, cpu) in self.cpus.iter().enumerate() {
             if let Some(root) = lock(&cpu.tlb).root {
                 assert!(
-                    !frames.contains(&root),
+                    !freed(root),
                     "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
                 );
             }
         }
-        // The usable translations are usually far fewer than the frames freed: index those.
-        let mut cached = lock(&self.check_scratch);
+    }
+
+    /// The translations and walks each CPU can use now (under the tag it runs), sorted by frame
+    /// into `cached` (frame, CPU, page, whether a walk), and its large translations into `large`
+    /// (first frame, bytes, CPU, first page).
+    fn collect_cached(
+        &self,
+        cached: &mut Vec<(PhysAddr, usize, u64, bool)>,
+        large: &mut Vec<LargeCached>,
+    ) {
         cached.clear();
-        // Large translations by their range of frames: (first frame, bytes, CPU, first page).
-        let mut large_scratch = lock(&self.check_large);
-        let (large, freed) = &mut *large_scratch;
         large.clear();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
@@ -443,43 +500,32 @@ impl SimMachine {
                     .map(|(&(_, _, base), &(table, _))| (table, index, base / PAGE_SIZE, true)),
             );
         }
-        if !large.is_empty() {
-            freed.clear();
-            freed.extend_from_slice(frames);
-            freed.sort_unstable();
-            for &(start, bytes, cpu, first) in large.iter() {
-                let at = freed.partition_point(|frame| frame.0 < start.0);
-                if let Some(frame) = freed.get(at) {
-                    assert!(
-                        frame.0 >= start.0 + bytes,
-                        "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it \
-                         (through a large translation)",
-                        first * PAGE_SIZE + (frame.0 - start.0)
-                    );
-                }
-            }
-        }
-        if cached.is_empty() {
-            return;
-        }
         cached.sort_unstable();
-        let cached = &*cached;
-        for frame in frames {
-            let at = cached.partition_point(|&(cached_frame, ..)| cached_frame < *frame);
-            if let Some(&(cached_frame, cpu, vpn, walk)) = cached.get(at) {
-                assert!(
-                    cached_frame != *frame || walk,
-                    "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it",
-                    vpn * PAGE_SIZE
-                );
-                assert!(
-                    cached_frame != *frame,
-                    "page-table page {frame:?} freed while CPU {cpu}'s walk cache still points to \
-                     it (for addresses from {:#x})",
-                    vpn * PAGE_SIZE
-                );
-            }
-        }
+    }
+
+    /// Panics if `frame`, freed, lies in the large translation of `bytes` from `start`.
+    fn check_large_miss(frame: PhysAddr, start: PhysAddr, bytes: u64, cpu: usize, first: u64) {
+        assert!(
+            frame.0 < start.0 || frame.0 >= start.0 + bytes,
+            "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it (through a \
+             large translation)",
+            first * PAGE_SIZE + (frame.0 - start.0)
+        );
+    }
+
+    /// Panics if `frame`, freed, is `cached_frame`, which CPU `cpu` caches for page `vpn`.
+    fn check_small_miss(frame: PhysAddr, cached_frame: PhysAddr, cpu: usize, vpn: u64, walk: bool) {
+        assert!(
+            cached_frame != frame || walk,
+            "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it",
+            vpn * PAGE_SIZE
+        );
+        assert!(
+            cached_frame != frame,
+            "page-table page {frame:?} freed while CPU {cpu}'s walk cache still points to it (for \
+             addresses from {:#x})",
+            vpn * PAGE_SIZE
+        );
     }
 
     /// Runs `f` as CPU `cpu` on this thread (for IPIs taken on the sender's thread).

@@ -59,10 +59,9 @@ impl Vmo {
             return None;
         }
         for i in 0..CHUNK_PAGES {
-            let pa = PhysAddr(base.0 + (i << PAGE_SHIFT));
-            zero_frame(&*self.platform, pa);
-            inner.pages.insert(first + i, pa);
+            zero_frame(&*self.platform, PhysAddr(base.0 + (i << PAGE_SHIFT)));
         }
+        inner.pages.insert_run(first, base);
         Some(base)
     }
 

@@ -125,7 +125,7 @@ impl PageList {
     }
 
     /// The first frame of the run that pages `[index, index + CHUNK_PAGES)` are committed to,
-    /// where `index` starts a chunk and [`Chunk::run`] finds one.
+    /// where `index` starts a chunk committed by [`PageList::insert_run`] and unchanged since.
     pub fn run_at(&self, index: u64) -> Option<PhysAddr> {
         if index % CHUNK_PAGES != 0 {
             return None;
@@ -148,6 +148,17 @@ impl PageList {
             .or_insert_with(|| Box::new(Chunk::new()));
         chunk.insert((index % CHUNK_PAGES) as usize, encode(frame));
         self.committed += 1;
+    }
+
+    /// Commits the [`CHUNK_PAGES`] pages from `index` (which starts a chunk with no page
+    /// committed) to the run of consecutive frames from `first` (aligned to the run's size, and
+    /// its last frame one the list can hold), in one step.
+    pub fn insert_run(&mut self, index: u64, first: PhysAddr) {
+        debug_assert!(index % CHUNK_PAGES == 0);
+        let chunk = Box::new(Chunk::new_run(encode(first)));
+        let old = self.chunks.insert(index / CHUNK_PAGES, chunk);
+        debug_assert!(old.is_none(), "a run over committed pages");
+        self.committed += CHUNK_PAGES;
     }
 
     /// Takes every committed page in `[start, end)` out of the list into `out`: chunks that lie

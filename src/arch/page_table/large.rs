@@ -46,6 +46,7 @@ pub(super) fn split_record<'a>(
 
 /// Most tables the two edges of one range can need: a 1 GiB leaf and a 2 MiB leaf at each.
 const MAX_SPLITS: usize = 4;
+static_assertions::const_assert!(MAX_SPLITS <= LEVELS);
 
 impl<F: PteFormat> PageTable<F> {
     /// Whether this tree may hold large leaves on `platform`: the platform allows some
@@ -169,17 +170,7 @@ impl<F: PteFormat> PageTable<F> {
         if count == 0 {
             return Ok(());
         }
-        let mut fresh = [PhysAddr(0); MAX_SPLITS];
-        for made in 0..count {
-            match new_table(platform) {
-                Ok(table) => fresh[made] = table,
-                Err(status) => {
-                    // SAFETY: allocated just now and never linked: nothing can refer to them.
-                    unsafe { platform.free_frames(&fresh[..made]) };
-                    return Err(status);
-                }
-            }
-        }
+        let fresh = new_tables(platform, count)?;
         // Top-down per edge, as found: a 1 GiB leaf is split before the 2 MiB one inside it.
         for (&(level, base), &table) in found[..count].iter().zip(&fresh[..count]) {
             let slot = self.slot_at(platform, base, level);
@@ -242,26 +233,8 @@ impl<F: PteFormat> PageTable<F> {
             table_pa = F::address(entry);
             at -= 1;
         }
-        // Tables missing above the leaf: all allocated before any is linked.
-        let mut fresh = [PhysAddr(0); LEVELS - 1];
-        let missing = at - level;
-        for made in 0..missing {
-            match new_table(platform) {
-                Ok(table) => fresh[made] = table,
-                Err(status) => {
-                    // SAFETY: allocated just now and never linked.
-                    unsafe { platform.free_frames(&fresh[..made]) };
-                    return Err(status);
-                }
-            }
-        }
-        for &child in &fresh[..missing] {
-            // SAFETY: as above.
-            let table = unsafe { entries(platform, table_pa) };
-            table[table_index(va, at)].store(F::table_entry(child), Ordering::Release);
-            self.tables += 1;
-            table_pa = child;
-            at -= 1;
+        if at > level {
+            table_pa = self.link_missing(platform, va, table_pa, at, level)?;
         }
         // SAFETY: as above.
         let slot = &unsafe { entries(platform, table_pa) }[table_index(va, level)];

@@ -154,28 +154,8 @@ impl<F: PteFormat> PageTableOps for PageTable<F> {
             table_pa = F::address(entry);
             level -= 1;
         }
-        // Allocate every missing table before linking any, so that running out of frames
-        // changes nothing: tables never linked were never seen by a walker, and go back at once.
-        let mut fresh = [PhysAddr(0); LEVELS - 1];
-        for made in 0..level {
-            match new_table(platform) {
-                Ok(table) => fresh[made] = table,
-                Err(status) => {
-                    // SAFETY: these frames were allocated just now and never linked into the
-                    // tree, so no page-table entry, walker or TLB can refer to them.
-                    unsafe { platform.free_frames(&fresh[..made]) };
-                    return Err(status);
-                }
-            }
-        }
-        for &child in &fresh[..level] {
-            // SAFETY: `table_pa` is a table of this tree, owned exclusively through &mut self.
-            let table = unsafe { entries(platform, table_pa) };
-            // Release: the zeroed child is visible before the entry that links it.
-            table[table_index(va, level)].store(F::table_entry(child), Ordering::Release);
-            self.tables += 1;
-            table_pa = child;
-            level -= 1;
+        if level > 0 {
+            table_pa = self.link_missing(platform, va, table_pa, level, 0)?;
         }
         // SAFETY: as above, a level-0 table of this tree.
         let table = unsafe { entries(platform, table_pa) };

@@ -31,6 +31,9 @@ pub struct Chunk {
     used: u32,
     /// The frame numbers.
     slots: Slots,
+    /// Made whole by [`Chunk::new_run`] and unchanged since: every page committed, to one run of
+    /// consecutive frames from `alloc_aligned_run`. Any insert or removal clears it.
+    run: bool,
 }
 
 impl Chunk {
@@ -39,6 +42,20 @@ impl Chunk {
             present: [0; WORDS],
             used: 0,
             slots: Slots::Packed(Vec::new()),
+            run: false,
+        }
+    }
+
+    /// A chunk whose every page is committed to the run of consecutive frames from frame number
+    /// `first` (aligned to [`CHUNK_PAGES`]): what a large-page VMO commits in one allocation.
+    pub(super) fn new_run(first: u32) -> Self {
+        debug_assert!(u64::from(first) % CHUNK_PAGES == 0);
+        let slots = (0..CHUNK_PAGES as u32).map(|i| first + i).collect();
+        Chunk {
+            present: [u64::MAX; WORDS],
+            used: CHUNK_PAGES as u32,
+            slots: Slots::Direct(slots),
+            run: true,
         }
     }
 
@@ -48,22 +65,15 @@ impl Chunk {
             .map(|(_, frame)| frame)
     }
 
-    /// The first frame, where every page is committed and the frames are one run of
-    /// consecutive frames aligned to the chunk's size (2 MiB): what one 2 MiB leaf can map, and
-    /// what goes back to the platform in one call.
+    /// The first frame of the run, where the chunk was made whole from one aligned run of
+    /// frames ([`Chunk::new_run`]) and has not changed since: what one 2 MiB leaf can map, and what
+    /// goes back to the platform in one call. (Frames committed one by one never count as a run,
+    /// even where they happen to lie so: `Platform::free_run` sees only runs it handed out.)
     pub fn run(&self) -> Option<PhysAddr> {
-        let Slots::Direct(slots) = &self.slots else {
-            return None;
-        };
-        if u64::from(self.used) != CHUNK_PAGES || slots.len() != CHUNK_PAGES as usize {
-            return None;
+        match &self.slots {
+            Slots::Direct(slots) if self.run => Some(decode(slots[0])),
+            _ => None,
         }
-        let first = slots[0];
-        let consecutive = slots
-            .iter()
-            .enumerate()
-            .all(|(i, &number)| number == first.wrapping_add(i as u32));
-        (consecutive && u64::from(first) % CHUNK_PAGES == 0).then(|| decode(first))
     }
 
     /// How many pages are committed.
@@ -108,6 +118,7 @@ impl Chunk {
 
     pub(super) fn insert(&mut self, i: usize, frame: u32) {
         debug_assert!(!self.contains(i), "page {i} of the chunk committed twice");
+        self.run = false;
         match &mut self.slots {
             Slots::Packed(numbers) if numbers.len() < PACKED_MAX => {
                 numbers.insert(Chunk::rank_of(&self.present, i), frame);
@@ -138,6 +149,9 @@ impl Chunk {
     /// Takes the committed pages in `[lo, hi)` (`hi` up to [`CHUNK_PAGES`]) out into `out`;
     /// returns how many. Never allocates but to grow `out`.
     pub(super) fn remove_range(&mut self, lo: usize, hi: usize, out: &mut Vec<PhysAddr>) -> u64 {
+        // Whatever leaves, the chunk is no longer whole (nothing leaving an empty range of a full
+        // chunk is the one exception, and a rare one).
+        self.run = false;
         if hi - lo == 1 {
             // One page (the common small decommit): no range walk.
             if !self.contains(lo) {
