@@ -233,8 +233,17 @@ impl Extra {
 
 pub fn counters_json(c: &CounterSnapshot) -> String {
     format!(
-        "{{\"shootdowns\": {}, \"ipis\": {}, \"page_invalidations\": {}, \"full_invalidations\": {}, \"frames_freed\": {}}}",
-        c.shootdowns, c.ipis, c.page_invalidations, c.full_invalidations, c.frames_freed
+        "{{\"shootdowns\": {}, \"ipis\": {}, \"page_invalidations\": {}, \"full_invalidations\": {}, \"table_invalidations\": {}, \"frames_freed\": {}, \"runs_freed\": {}, \"frames_allocated\": {}, \"runs_allocated\": {}, \"page_faults\": {}}}",
+        c.shootdowns,
+        c.ipis,
+        c.page_invalidations,
+        c.full_invalidations,
+        c.table_invalidations,
+        c.frames_freed,
+        c.runs_freed,
+        c.frames_allocated,
+        c.runs_allocated,
+        c.page_faults
     )
 }
 
