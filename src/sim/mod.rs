@@ -409,11 +409,10 @@ impl SimMachine {
         if frames.is_empty() {
             return;
         }
-        self.check_roots(|root| frames.contains(&root));
         let mut cached = lock(&self.check_scratch);
         let mut large_scratch = lock(&self.check_large);
         let (large, freed) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large);
+        self.collect_cached(&mut cached, large, |root| frames.contains(&root));
         if !large.is_empty() {
             freed.clear();
             freed.extend_from_slice(frames);
@@ -437,11 +436,10 @@ impl SimMachine {
     /// [`SimMachine::check_not_cached`] for the `count` frames from `base`, by range.
     fn check_run_not_cached(&self, base: PhysAddr, count: usize) {
         let end = base.0 + count as u64 * PAGE_SIZE;
-        self.check_roots(|root| (base.0..end).contains(&root.0));
         let mut cached = lock(&self.check_scratch);
         let mut large_scratch = lock(&self.check_large);
         let (large, _) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large);
+        self.collect_cached(&mut cached, large, |root| (base.0..end).contains(&root.0));
         for &(start, bytes, cpu, first) in large.iter() {
             if start.0 < end {
                 Self::check_large_miss(PhysAddr(start.0.max(base.0)), start, bytes, cpu, first);
@@ -455,52 +453,49 @@ impl SimMachine {
         }
     }
 
-    /// Panics if a CPU has one of the frames `freed` says loaded as its root table.
-    fn check_roots(&self, freed: impl Fn(PhysAddr) -> bool) {
-        for (index, cpu) in self.cpus.iter().enumerate() {
-            if let Some(root) = lock(&cpu.tlb).root {
-                assert!(
-                    !freed(root),
-                    "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
-                );
-            }
-        }
-    }
-
     /// The translations and walks each CPU can use now (under the tag it runs), sorted by frame
     /// into `cached` (frame, CPU, page, whether a walk), and its large translations into `large`
-    /// (first frame, bytes, CPU, first page).
+    /// (first frame, bytes, CPU, first page). Panics if a CPU has a frame that `freed` says is
+    /// being freed loaded as its root table.
     fn collect_cached(
         &self,
         cached: &mut Vec<(PhysAddr, usize, u64, bool)>,
         large: &mut Vec<LargeCached>,
+        freed: impl Fn(PhysAddr) -> bool,
     ) {
         cached.clear();
         large.clear();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
+            if let Some(root) = tlb.root {
+                assert!(
+                    !freed(root),
+                    "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
+                );
+            }
+            // Only the tag the CPU runs: a range of each map, which is keyed by tag first.
+            let Some(tag) = tlb.tag else { continue };
             cached.extend(
                 tlb.entries
-                    .iter()
-                    .filter(|(&(tag, _), _)| Some(tag) == tlb.tag)
+                    .range((tag, 0)..=(tag, u64::MAX))
                     .map(|(&(_, vpn), entry)| (entry.frame, index, vpn, false)),
             );
             large.extend(
                 tlb.large
-                    .iter()
-                    .filter(|(&(tag, _, _), _)| Some(tag) == tlb.tag)
+                    .range((tag, 0, 0)..=(tag, usize::MAX, u64::MAX))
                     .map(|(&(_, level, first), entry)| {
                         (entry.frame, entry_span(level), index, first)
                     }),
             );
             cached.extend(
                 tlb.walks
-                    .iter()
-                    .filter(|(&(tag, _, _), _)| Some(tag) == tlb.tag)
+                    .range((tag, 0, 0)..=(tag, usize::MAX, u64::MAX))
                     .map(|(&(_, _, base), &(table, _))| (table, index, base / PAGE_SIZE, true)),
             );
         }
-        cached.sort_unstable();
+        if cached.len() > 1 {
+            cached.sort_unstable();
+        }
     }
 
     /// Panics if `frame`, freed, lies in the large translation of `bytes` from `start`.

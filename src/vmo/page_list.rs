@@ -256,6 +256,50 @@ impl PageList {
 mod tests {
     use super::*;
 
+    /// A run chunk: every page's frame is the run's first plus its index, with no slots; it
+    /// stays a run only while whole; a decommit of some pages keeps the rest as they were; a
+    /// page committed again with another frame makes the chunk direct.
+    #[test]
+    fn a_run_is_one_chunk_without_slots() {
+        const C: u64 = CHUNK_PAGES;
+        let mut list = PageList::new();
+        let first = PhysAddr::from_frame_number(4 * C);
+        list.insert_run(C, first);
+        assert_eq!(list.committed_pages(), C);
+        assert_eq!(list.run_at(C), Some(first));
+        assert_eq!((list.run_at(0), list.run_at(C + 1)), (None, None));
+        assert_eq!(
+            list.get(C + 9),
+            Some(PhysAddr::from_frame_number(4 * C + 9))
+        );
+        assert_eq!(list.heap_bytes(), core::mem::size_of::<Chunk>());
+        let mut removed = RemovedPages::default();
+        assert_eq!(list.remove_range(C + 3, C + 5, &mut removed), 2);
+        let frames: Vec<u64> = removed.frames().map(PhysAddr::frame_number).collect();
+        assert_eq!(frames, [4 * C + 3, 4 * C + 4]);
+        assert_eq!(list.run_at(C), None, "no longer whole");
+        assert_eq!(
+            list.get(C + 5),
+            Some(PhysAddr::from_frame_number(4 * C + 5))
+        );
+        list.insert(C + 3, PhysAddr::from_frame_number(7));
+        assert_eq!(list.get(C + 3), Some(PhysAddr::from_frame_number(7)));
+        assert_eq!(
+            list.get(C + 511),
+            Some(PhysAddr::from_frame_number(5 * C - 1))
+        );
+        assert_eq!(list.get(C + 4), None);
+        assert_eq!(list.committed_pages(), C - 1);
+        let all: Vec<(u64, u64)> = list
+            .iter_range(C, 2 * C)
+            .map(|(i, pa)| (i, pa.frame_number()))
+            .collect();
+        assert_eq!(all.len(), (C - 1) as usize);
+        assert!(all
+            .iter()
+            .all(|&(i, f)| i == C + 3 && f == 7 || f == 4 * C + (i - C)));
+    }
+
     #[test]
     fn insert_get_remove() {
         let mut list = PageList::new();

@@ -21,6 +21,10 @@ enum Slots {
     /// direct, and its slots stay, until it empties (shrinking would allocate on the decommit
     /// path).
     Direct(Vec<u32>),
+    /// Committed as one aligned run from `alloc_aligned_run` ([`Chunk::new_run`]): page `i`'s
+    /// frame is number `first + i`, where its bit is set. No heap at all. A decommit of some
+    /// pages keeps it (their bits go); a commit into it makes the chunk direct.
+    Run(u32),
 }
 
 /// The frames of the committed pages among [`CHUNK_PAGES`] consecutive pages.
@@ -31,9 +35,6 @@ pub struct Chunk {
     used: u32,
     /// The frame numbers.
     slots: Slots,
-    /// Made whole by [`Chunk::new_run`] and unchanged since: every page committed, to one run of
-    /// consecutive frames from `alloc_aligned_run`. Any insert or removal clears it.
-    run: bool,
 }
 
 impl Chunk {
@@ -42,7 +43,6 @@ impl Chunk {
             present: [0; WORDS],
             used: 0,
             slots: Slots::Packed(Vec::new()),
-            run: false,
         }
     }
 
@@ -50,12 +50,10 @@ impl Chunk {
     /// `first` (aligned to [`CHUNK_PAGES`]): what a large-page VMO commits in one allocation.
     pub(super) fn new_run(first: u32) -> Self {
         debug_assert!(u64::from(first) % CHUNK_PAGES == 0);
-        let slots = (0..CHUNK_PAGES as u32).map(|i| first + i).collect();
         Chunk {
             present: [u64::MAX; WORDS],
             used: CHUNK_PAGES as u32,
-            slots: Slots::Direct(slots),
-            run: true,
+            slots: Slots::Run(first),
         }
     }
 
@@ -65,13 +63,13 @@ impl Chunk {
             .map(|(_, frame)| frame)
     }
 
-    /// The first frame of the run, where the chunk was made whole from one aligned run of
-    /// frames ([`Chunk::new_run`]) and has not changed since: what one 2 MiB leaf can map, and what
-    /// goes back to the platform in one call. (Frames committed one by one never count as a run,
-    /// even where they happen to lie so: `Platform::free_run` sees only runs it handed out.)
+    /// The first frame of the run, where the chunk was committed as one aligned run of frames
+    /// ([`Chunk::new_run`]) and still holds all of it: what one 2 MiB leaf can map, and what goes
+    /// back to the platform in one call. (Frames committed one by one never count as a run, even
+    /// where they happen to lie so: `Platform::free_run` sees only runs it handed out.)
     pub fn run(&self) -> Option<PhysAddr> {
-        match &self.slots {
-            Slots::Direct(slots) if self.run => Some(decode(slots[0])),
+        match self.slots {
+            Slots::Run(first) if u64::from(self.used) == CHUNK_PAGES => Some(decode(first)),
             _ => None,
         }
     }
@@ -113,12 +111,20 @@ impl Chunk {
         Some(decode(match &self.slots {
             Slots::Packed(numbers) => numbers[self.rank(i)],
             Slots::Direct(slots) => slots[i],
+            Slots::Run(first) => first + i as u32,
         }))
     }
 
     pub(super) fn insert(&mut self, i: usize, frame: u32) {
         debug_assert!(!self.contains(i), "page {i} of the chunk committed twice");
-        self.run = false;
+        if let Slots::Run(first) = self.slots {
+            // A page of a run comes back with a frame of its own: the run's other frames go
+            // into slots (a commit may allocate).
+            let top = Chunk::pages_of(&self.present, 0, CHUNK_PAGES as usize)
+                .last()
+                .map_or(i, |page| page.max(i));
+            self.slots = Slots::Direct((0..=top as u32).map(|p| first + p).collect());
+        }
         match &mut self.slots {
             Slots::Packed(numbers) if numbers.len() < PACKED_MAX => {
                 numbers.insert(Chunk::rank_of(&self.present, i), frame);
@@ -141,6 +147,7 @@ impl Chunk {
                 }
                 slots[i] = frame;
             }
+            Slots::Run(_) => unreachable!("made direct above"),
         }
         self.present[i / 64] |= 1 << (i % 64);
         self.used += 1;
@@ -149,9 +156,6 @@ impl Chunk {
     /// Takes the committed pages in `[lo, hi)` (`hi` up to [`CHUNK_PAGES`]) out into `out`;
     /// returns how many. Never allocates but to grow `out`.
     pub(super) fn remove_range(&mut self, lo: usize, hi: usize, out: &mut Vec<PhysAddr>) -> u64 {
-        // Whatever leaves, the chunk is no longer whole (nothing leaving an empty range of a full
-        // chunk is the one exception, and a rare one).
-        self.run = false;
         if hi - lo == 1 {
             // One page (the common small decommit): no range walk.
             if !self.contains(lo) {
@@ -160,6 +164,7 @@ impl Chunk {
             let number = match &mut self.slots {
                 Slots::Packed(numbers) => numbers.remove(Chunk::rank_of(&self.present, lo)),
                 Slots::Direct(slots) => slots[lo],
+                Slots::Run(first) => *first + lo as u32,
             };
             out.push(decode(number));
             self.present[lo / 64] &= !(1 << (lo % 64));
@@ -177,6 +182,12 @@ impl Chunk {
                 let before = out.len();
                 let pages = Chunk::pages_of(&self.present, lo, hi);
                 out.extend(pages.map(|page| decode(slots[page])));
+                out.len() - before
+            }
+            Slots::Run(first) => {
+                let before = out.len();
+                let pages = Chunk::pages_of(&self.present, lo, hi);
+                out.extend(pages.map(|page| decode(*first + page as u32)));
                 out.len() - before
             }
         };
@@ -214,6 +225,7 @@ impl Chunk {
                     numbers[k - 1]
                 }
                 Slots::Direct(slots) => slots[i],
+                Slots::Run(first) => first + i as u32,
             };
             (i, decode(number))
         })
@@ -260,6 +272,14 @@ impl Chunk {
             }
             // One call per bitmap word: a full word's slots are its frames as they lie (all 64
             // of them lie below the highest committed page, so inside the slots).
+            Slots::Run(first) => {
+                let pages = Chunk::pages_of(&self.present, 0, CHUNK_PAGES as usize);
+                let mut numbers = pages.map(|page| first + page as u32).peekable();
+                while numbers.peek().is_some() {
+                    // SAFETY: forwarded from the caller.
+                    unsafe { give(platform, batch, numbers.by_ref().take(FREE_BATCH)) };
+                }
+            }
             Slots::Direct(slots) => {
                 for (w, &bits) in self.present.iter().enumerate() {
                     if bits == u64::MAX {
@@ -282,6 +302,7 @@ impl Chunk {
             + match &self.slots {
                 Slots::Packed(numbers) => numbers.capacity() * core::mem::size_of::<u32>(),
                 Slots::Direct(slots) => slots.capacity() * core::mem::size_of::<u32>(),
+                Slots::Run(_) => 0,
             }
     }
 }
@@ -316,6 +337,7 @@ impl Chunk {
     pub(super) fn slot_capacity(&self) -> usize {
         match &self.slots {
             Slots::Packed(numbers) | Slots::Direct(numbers) => numbers.capacity(),
+            Slots::Run(_) => 0,
         }
     }
 }
