@@ -375,6 +375,28 @@ impl SimMachine {
         );
     }
 
+    /// Whether [`Platform::alloc_aligned_run`] of `count` frames would succeed now (a free run
+    /// aligned to `count` frames, within the allocation budget), without allocating: for a test
+    /// model that must know whether a fault commits a whole run.
+    pub fn has_aligned_run(&self, count: usize) -> bool {
+        count.is_power_of_two()
+            && self
+                .free_aligned_run(&lock(&self.allocator), count)
+                .is_some()
+    }
+
+    /// The first frame of the lowest free run of `count` frames aligned to `count` frames that
+    /// the budget allows, if any. Frame 0 is never handed out: the first candidate starts at
+    /// `count`.
+    fn free_aligned_run(&self, allocator: &FrameAllocator, count: usize) -> Option<usize> {
+        if allocator.budget.is_some_and(|b| b < count as u64) {
+            return None;
+        }
+        (count..self.frames.saturating_sub(count - 1))
+            .step_by(count)
+            .find(|&first| (first..first + count).all(|f| !allocator.is_used(f)))
+    }
+
     /// Lets only `frames` more frame allocations succeed (`None`: no limit).
     pub fn set_allocation_budget(&self, frames: Option<u64>) {
         lock(&self.allocator).budget = frames;

@@ -73,13 +73,7 @@ unsafe impl Platform for SimMachine {
             return None;
         }
         let mut allocator = lock(&self.allocator);
-        if allocator.budget.is_some_and(|b| b < count as u64) {
-            return None;
-        }
-        // Frame 0 is never handed out: the first candidate run starts at `count`.
-        let first = (count..self.frames.saturating_sub(count - 1))
-            .step_by(count)
-            .find(|&first| (first..first + count).all(|f| !allocator.is_used(f)))?;
+        let first = self.free_aligned_run(&allocator, count)?;
         for f in first..first + count {
             allocator.set(f, true);
         }
