@@ -13,7 +13,11 @@
 //! starts from the same small world ([`prelude`]); seven in eight get a child of one of its VMOs
 //! somewhere (so that about 2,300 per format have a child), besides the random
 //! `zx_vmo_create_child` calls. After every call, contents are compared through `zx_vmo_read` and
-//! through every translation the CPUs' TLBs hold. A failure shrinks to a minimal sequence (there
+//! through every translation the CPUs' TLBs hold. One sequence in three also works on large pages
+//! ([`large_start`], [`large_op`]): kernel-made large-page, contiguous and physical VMOs of whole
+//! 2 MiB runs, mapped 2 MiB aligned, faulted (a fault commits a whole run: `Model::fault_run`)
+//! and split by protects, DECOMMITs, unmaps and snapshots; on a machine of 8,192 frames, with a
+//! large VMO's pages sampled between full comparisons. A failure shrinks to a minimal sequence (there
 //! is no persistence file: keep what a failure finds as an explicit test, in `tests/regressions.rs`
 //! for crate bugs, or below).
 //!
@@ -349,6 +353,10 @@ fn coverage() {
         "unpin: ZX_OK",
         "contiguous: ZX_OK",
         "physical: ZX_OK",
+        "large pages: ZX_OK",
+        "large contiguous: ZX_OK",
+        "large physical: ZX_OK",
+        "large: fault commits a run",
         "zx_vmo_create_child snapshot: ZX_OK",
         "zx_vmo_create_child slice: ZX_OK",
         "zx_vmo_create_child reference: ZX_OK",

@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// A VMO with at most this many pages to compare is compared whole at every deep check.
+const FULL_CHECK_PAGES: usize = 64;
+/// Otherwise one page in this many (and the first of each 2 MiB run), except at a full check.
+const SAMPLE_STRIDE: u64 = 32;
+
 /// The audit's complaint about a page in a hidden node that no VMO sees any more.
 const UNSEEN: &str = "a hidden page that no side sees";
 
@@ -218,6 +223,18 @@ impl World {
     /// Every live VMO's contents match the model's, byte for byte (a slice's or reference's
     /// through it, against its target's model pages).
     pub fn deep_check(&self) -> R2 {
+        self.deep_check_pages(true)
+    }
+
+    /// As [`World::deep_check`]; unless `full`, only a sample of the pages of a VMO with more than
+    /// [`FULL_CHECK_PAGES`] to compare (a 2 MiB run is 512): one in [`SAMPLE_STRIDE`], a
+    /// different one each step, and the first of each run.
+    pub fn deep_check_pages(&self, full: bool) -> R2 {
+        let sampled = |index: u64, count: usize| {
+            full || count <= FULL_CHECK_PAGES
+                || index % SAMPLE_STRIDE == self.steps as u64 % SAMPLE_STRIDE
+                || index % RUN_PAGES == 0
+        };
         for id in self.model.live_vmos() {
             let vmo = self.vmo_objs[id]
                 .upgrade()
@@ -225,7 +242,7 @@ impl World {
             let m = &self.model.vmos[id];
             if m.kind == MKind::Physical {
                 if m.alias.is_none() {
-                    self.check_physical(id)?;
+                    self.check_physical(id, &sampled)?;
                 }
                 continue;
             }
@@ -240,8 +257,9 @@ impl World {
             if size <= 16 {
                 pages.extend(0..size);
             }
+            let count = pages.len();
             let mut got = vec![0u8; PAGE_BYTES];
-            for index in pages {
+            for index in pages.into_iter().filter(|&i| sampled(i, count)) {
                 vmo.read(index * PAGE, &mut got)
                     .map_err(|e| format!("VMO {id}: read: {e:?}"))?;
                 let want = data
@@ -259,9 +277,10 @@ impl World {
     }
 
     /// A physical VMO's frames hold the model's pages.
-    fn check_physical(&self, id: usize) -> R2 {
+    fn check_physical(&self, id: usize, sampled: &dyn Fn(u64, usize) -> bool) -> R2 {
         let base = self.phys_base[&id];
-        for (&index, page) in &self.model.vmos[id].data {
+        let data = &self.model.vmos[id].data;
+        for (&index, page) in data.iter().filter(|(&i, _)| sampled(i, data.len())) {
             let got: Vec<u8> = (0..PAGE / 8)
                 .flat_map(|w| {
                     self.machine
@@ -329,11 +348,19 @@ impl Drop for World {
 }
 
 /// The page-table pages the translations in `aspace` need: the root, and one table per level for
-/// each distinct 512 GiB, 1 GiB and 2 MiB region holding a translation.
+/// each distinct 512 GiB, 1 GiB and 2 MiB region holding a translation, but none below a large
+/// leaf (a 2 MiB leaf's region needs no page table; a 1 GiB leaf's needs neither a directory nor
+/// the 512 tables below).
 pub(super) fn needed_tables(aspace: &zx_vm::AddressSpace) -> usize {
     let mut vas = Vec::new();
-    aspace.with_page_table_unsynchronized(|table, platform| {
-        table.for_each_page(platform, &mut |va, _, _| vas.push(va));
+    let leaves = aspace.with_page_table_unsynchronized(|table, platform| {
+        table.for_each_page(platform, &mut |va, _, _| {
+            // Every 4 KiB page of a large leaf comes here: one per 2 MiB is enough.
+            if vas.last().is_none_or(|&last: &u64| last >> 21 != va >> 21) {
+                vas.push(va);
+            }
+        });
+        table.leaf_counts(platform)
     });
     let distinct = |shift: u32| {
         vas.iter()
@@ -341,7 +368,7 @@ pub(super) fn needed_tables(aspace: &zx_vm::AddressSpace) -> usize {
             .collect::<BTreeSet<_>>()
             .len()
     };
-    1 + distinct(39) + distinct(30) + distinct(21)
+    1 + distinct(39) + distinct(30) + distinct(21) - leaves.large_2m - 513 * leaves.large_1g
 }
 
 /// Where two byte strings first differ.

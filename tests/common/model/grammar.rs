@@ -60,6 +60,22 @@ pub enum Addr {
     },
     /// Any value.
     Raw(u64),
+    /// In the `idx`-th (mod their count) mapping of 2 MiB or more that a map made in the address
+    /// space (see [`World::addr`]): `page` is taken mod its pages + 1. Where there is none: as
+    /// if one of 2 MiB were at slot `idx % 4 + 1` of the root VMAR ([`large_slot`]).
+    Run { idx: u8, page: u16, bytes: u16 },
+}
+
+/// 2 MiB: the span of a large leaf, of a large-page VMO's runs, and of the aligned slots that
+/// large mappings are made at (`ZX_VM_SPECIFIC` at whole multiples of it).
+pub const MIB2: u64 = 2 << 20;
+/// Pages in 2 MiB: a run of a large-page VMO.
+pub const RUN_PAGES: u64 = MIB2 / PAGE;
+
+/// The offset in a root VMAR of the `k`-th 2 MiB-aligned slot for large mappings (the root
+/// VMAR's base is 2 MiB aligned; slot 0 is where the prelude's mappings go).
+pub const fn large_slot(k: u64) -> u64 {
+    k * MIB2
 }
 
 /// The rights a duplicate or replace asks for.
@@ -236,8 +252,25 @@ pub enum Op {
         p: u8,
         pages: u8,
     },
+    /// A kernel-made VMO of `runs` x 2 MiB and `extra` pages handed to the process: a paged one
+    /// with large pages (`Vmo::create_large_pages`), a contiguous one, or a physical one over a
+    /// 2 MiB-aligned run of frames the harness owns (whole runs only: `extra` is ignored).
+    LargeVmo {
+        p: u8,
+        kind: LargeKind,
+        runs: u8,
+        extra: u8,
+    },
     /// Compare every VMO's contents now.
     Check,
+}
+
+/// What [`Op::LargeVmo`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LargeKind {
+    Pages,
+    Contiguous,
+    Physical,
 }
 
 /// A start for random sequences, so that they begin with something to work on: process 0 has
@@ -366,6 +399,18 @@ pub(super) fn op_name(op: &Op) -> &'static str {
         Op::Unpin { .. } => "unpin",
         Op::Contiguous { .. } => "contiguous",
         Op::Physical { .. } => "physical",
+        Op::LargeVmo {
+            kind: LargeKind::Pages,
+            ..
+        } => "large pages",
+        Op::LargeVmo {
+            kind: LargeKind::Contiguous,
+            ..
+        } => "large contiguous",
+        Op::LargeVmo {
+            kind: LargeKind::Physical,
+            ..
+        } => "large physical",
         Op::Check => "check",
     }
 }

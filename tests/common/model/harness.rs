@@ -29,7 +29,8 @@ impl WorldConfig {
             cpus: 3,
             tags,
             broadcast,
-            frames: 4096,
+            // Room for a few 2 MiB runs (512 frames each) besides the small VMOs.
+            frames: 8192,
             handle_limits: vec![1 << 16, 6],
             zero_page: false,
         }
@@ -52,6 +53,9 @@ pub struct World {
     pub(super) issued: Vec<Vec<zx_handle_t>>,
     /// Addresses returned by map and allocate, and the root VMARs' base.
     pub(super) addrs: Vec<u64>,
+    /// Mappings of 2 MiB or more that maps made, per address space: (address, length), for
+    /// [`Addr::Run`].
+    pub(super) large_maps: Vec<Vec<(u64, u64)>>,
     /// Addresses accessed, per address space.
     pub(super) touched: Vec<Vec<u64>>,
     /// Every page accessed, per address space: where a TLB may hold a translation.
@@ -125,6 +129,7 @@ impl World {
             vmar_objs,
             issued,
             addrs: vec![USER_ASPACE_BASE],
+            large_maps: vec![Vec::new(); config.handle_limits.len()],
             touched: vec![Vec::new(); config.handle_limits.len()],
             accessed: vec![BTreeSet::new(); config.handle_limits.len()],
             last_cpu: 0,
@@ -245,6 +250,15 @@ impl World {
                 .wrapping_add_signed(i64::from(pages) * PAGE as i64)
                 .wrapping_add(u64::from(bytes)),
             Addr::Raw(v) => v,
+            Addr::Run { idx, page, bytes } => {
+                let maps = &self.large_maps[p];
+                let (base, len) = if maps.is_empty() {
+                    (USER_ASPACE_BASE + large_slot(u64::from(idx) % 4 + 1), MIB2)
+                } else {
+                    maps[usize::from(idx) % maps.len()]
+                };
+                base + (u64::from(page) % (len / PAGE + 1)) * PAGE + u64::from(bytes)
+            }
         }
     }
 
@@ -286,7 +300,12 @@ impl World {
         // it died again.
         let exempt = matches!(
             self.current,
-            "contiguous" | "physical" | "zx_handle_replace"
+            "contiguous"
+                | "physical"
+                | "large pages"
+                | "large contiguous"
+                | "large physical"
+                | "zx_handle_replace"
         ) || (self.current == "zx_vmo_create_child" && got == ZX_ERR_NO_RESOURCES);
         if got != ZX_OK && !self.exhaustion && !exempt {
             let mut delta = self.machine.counters().since(&self.counters_before);
@@ -309,7 +328,12 @@ impl World {
         // the handle calls never allocate a frame, and their contracts have no NO_MEMORY).
         let allocates = matches!(
             self.current,
-            "zx_vmo_write" | "zx_vmo_op_range" | "zx_vmar_map" | "pin" | "contiguous"
+            "zx_vmo_write"
+                | "zx_vmo_op_range"
+                | "zx_vmar_map"
+                | "pin"
+                | "contiguous"
+                | "large contiguous"
         );
         if self.exhaustion && allocates && got == ZX_ERR_NO_MEMORY && want == ZX_OK {
             self.model = saved.expect("a copy is kept in exhaustion mode");
@@ -378,7 +402,9 @@ impl World {
         self.check().map_err(|e| format!("after {op:?}: {e}"))?;
         if matches!(op, Op::Check) || (self.deep_every != 0 && (self.steps % self.deep_every == 0))
         {
-            self.deep_check()
+            // Every page every 16 steps (and on `Op::Check`), a sample of a large VMO's between.
+            let full = matches!(op, Op::Check) || self.steps % 16 == 0;
+            self.deep_check_pages(full)
                 .map_err(|e| format!("after {op:?}: {e}"))?;
         }
         Ok(())
@@ -443,6 +469,12 @@ impl World {
             Op::Unpin { p, h, offset, len } => self.step_pin(false, p, h, offset, len)?,
             Op::Contiguous { p, pages } => self.step_contiguous(p, pages)?,
             Op::Physical { p, pages } => self.step_physical(p, pages)?,
+            Op::LargeVmo {
+                p,
+                kind,
+                runs,
+                extra,
+            } => self.step_large_vmo(p, kind, runs, extra)?,
             Op::Check => {}
         }
         Ok(())

@@ -261,6 +261,11 @@ pub struct MVmo {
     /// The crate's copy-on-write depth: hidden nodes above the VMO (an upper bound once a VMO of
     /// its family died, since the crate then merges nodes away).
     pub depth: usize,
+    /// A paged VMO with large pages (`Vmo::create_large_pages`): a fault on a page commits the
+    /// whole aligned run of [`RUN_PAGES`] around it where the run lies inside the VMO, has no
+    /// page yet, the VMO is in no snapshot family and the machine has an aligned run of frames
+    /// ([`Model::run_available`]); and a load commits (no zero page). Invisible otherwise.
+    pub large: bool,
 }
 
 /// A slice or reference: another VMO's pages under another name.
@@ -361,6 +366,10 @@ pub struct Model {
     /// For a snapshot whose depth the model cannot know (an upper bound at the limit, in a
     /// family where a VMO died): the crate's answer, which the model then follows.
     pub depth_override: Option<bool>,
+    /// Whether the machine has a free 2 MiB-aligned run of frames for the access being modelled
+    /// (the harness asks the machine before each access): a fault on a large-page VMO commits a
+    /// whole run only then.
+    pub run_available: bool,
 }
 
 impl Model {
@@ -376,6 +385,7 @@ impl Model {
             trees: 0,
             shed: BTreeMap::new(),
             depth_override: None,
+            run_available: false,
         }
     }
 

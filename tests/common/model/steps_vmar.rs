@@ -128,6 +128,13 @@ impl World {
                 return Err(format!("{}: address {addr:#x}, model {want:x?}", what()));
             }
             self.addrs.push(addr);
+            if len >= MIB2 {
+                let maps = &mut self.large_maps[p];
+                if maps.len() >= 8 {
+                    maps.remove(0);
+                }
+                maps.push((addr, len));
+            }
         }
         Ok(())
     }
@@ -323,6 +330,9 @@ impl World {
             Some(v) => format!("cpu{c}.store({va:#x}, {v:#x})"),
         };
         let saved = self.saved();
+        // Whether a fault on a large-page VMO can commit a whole run (the model asks no more of
+        // the machine than that).
+        self.model.run_available = self.machine.has_aligned_run(RUN_PAGES as usize);
         let got = match store {
             None => self.cpus[c].load(va),
             Some(value) => self.cpus[c].store(va, value).map(|()| 0),

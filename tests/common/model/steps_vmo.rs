@@ -282,6 +282,89 @@ impl World {
     }
 }
 
+impl World {
+    /// `Op::LargeVmo`, on the crate and on the model.
+    pub(super) fn step_large_vmo(&mut self, p: u8, kind: LargeKind, runs: u8, extra: u8) -> R2 {
+        let p = self.proc(p);
+        let runs = u64::from(runs.clamp(1, 2));
+        let size = runs * MIB2 + u64::from(extra) * PAGE;
+        let what = || format!("large VMO {kind:?} (p{p}, size {size:#x})");
+        let platform: Arc<dyn Platform> = self.machine.clone();
+        let mut phys = None;
+        if kind == LargeKind::Contiguous {
+            // Whether the machine's frames (fragmented by the runs) still hold that many in a
+            // row is no part of the contract: none, and nothing happens.
+            let pages = size / PAGE;
+            let Some(base) = self.machine.alloc_contiguous(pages as usize) else {
+                return Ok(());
+            };
+            let frames: Vec<PhysAddr> = (0..pages).map(|i| PhysAddr(base.0 + i * PAGE)).collect();
+            // SAFETY: allocated just now, and never mapped or used.
+            unsafe { self.machine.free_frames(&frames) };
+        }
+        let made = match kind {
+            LargeKind::Pages => Vmo::create_large_pages(platform, size),
+            LargeKind::Contiguous => Vmo::create_contiguous(platform, size),
+            LargeKind::Physical => {
+                // Device memory stand-in over a 2 MiB-aligned run the harness owns, zeroed;
+                // none free: nothing happens.
+                let pages = runs * RUN_PAGES;
+                let Some(base) = self.machine.alloc_aligned_run(pages as usize) else {
+                    return Ok(());
+                };
+                for i in 0..pages {
+                    // SAFETY: the frame was just allocated for the harness and nothing else uses
+                    // it; `phys_to_virt` gives PAGE_SIZE writable bytes (the Platform contract).
+                    unsafe {
+                        std::ptr::write_bytes(
+                            self.machine.phys_to_virt(PhysAddr(base.0 + i * PAGE)),
+                            0,
+                            PAGE_BYTES,
+                        )
+                    };
+                }
+                self.phys.push((base, pages));
+                phys = Some((base, pages));
+                Vmo::create_physical(platform, base, pages * PAGE)
+            }
+        };
+        let mut out = ZX_HANDLE_INVALID;
+        let got = match made {
+            Err(status) => status.into_raw(),
+            Ok(vmo) => match self.procs[p].add_handle(
+                KernelObject::Vmo(vmo),
+                Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS),
+            ) {
+                Err(status) => status.into_raw(),
+                Ok(value) => {
+                    out = value;
+                    ZX_OK
+                }
+            },
+        };
+        if got == ZX_OK {
+            self.check_new_handle(p, out, &what)?;
+        }
+        let saved = self.saved();
+        let want = status(match (kind, phys) {
+            (LargeKind::Pages, _) => self.model.vmo_create_large_pages(p, size, out),
+            (LargeKind::Contiguous, _) => self.model.vmo_create_contiguous(p, size, out),
+            (LargeKind::Physical, Some((_, pages))) => {
+                self.model.vmo_create_physical(p, pages, out)
+            }
+            (LargeKind::Physical, None) => unreachable!("returned above"),
+        });
+        if self.settle(&what, saved, got, want)? {
+            if let Some((base, _)) = phys {
+                self.phys_base.insert(self.model.vmos.len() - 1, base);
+            }
+            self.issue(p, out);
+            self.register_vmo(p, out);
+        }
+        Ok(())
+    }
+}
+
 /// The kind of child `options` ask for, for outcome counts.
 fn child_kind(options: u32) -> &'static str {
     let kind = options & !(ZX_VMO_CHILD_NO_WRITE | ZX_VMO_CHILD_RESIZABLE);

@@ -434,6 +434,123 @@ pub fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+// =================================================================================================
+// Large pages
+// =================================================================================================
+
+/// A page in a large mapping ([`Addr::Run`]): mostly near the start or the end of one of its two
+/// first runs, so that splits, faults and decommits meet.
+pub fn run_page() -> impl Strategy<Value = u16> {
+    let run = RUN_PAGES as u16;
+    prop_oneof![
+        6 => (0u16..2, 0u16..4).prop_map(move |(r, p)| r * run + p),
+        3 => (0u16..2, 1u16..4).prop_map(move |(r, p)| r * run + run - p),
+        2 => (0u16..2).prop_map(move |r| r * run),
+        1 => 0u16..3 * run,
+    ]
+}
+
+/// A run-aligned offset in a VMO, plus a few pages.
+pub fn run_offset() -> impl Strategy<Value = Off> {
+    prop_oneof![
+        4 => (0u64..3, 0u64..4).prop_map(|(r, p)| Off::Raw(r * MIB2 + p * PAGE)),
+        1 => (0u64..2).prop_map(|r| Off::Raw(r * MIB2 + MIB2 - PAGE)),
+    ]
+}
+
+/// A length for splits (a page or a few) or for whole runs.
+pub fn run_length() -> impl Strategy<Value = Len> {
+    prop_oneof![
+        6 => (1u8..4).prop_map(Len::Pages),
+        3 => (1u64..3).prop_map(|r| Len::Raw(r * MIB2)),
+        1 => Just(Len::Raw(MIB2 + PAGE)),
+    ]
+}
+
+/// Calls that make large-page, contiguous and physical VMOs of whole 2 MiB runs, map them at
+/// 2 MiB-aligned addresses (`ZX_VM_SPECIFIC` in the root VMAR), fault and commit whole runs, and
+/// split them: single-page protects and back, DECOMMITs of pages and runs, holes unmapped and
+/// runs mapped again, snapshots, writes, pins, and resizes (refused: not resizable).
+pub fn large_op() -> impl Strategy<Value = Op> {
+    let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+    let recent = || (0u8..2).prop_map(H::RecentVmo);
+    let run = |idx: u8, page: u16, bytes: u16| Addr::Run { idx, page, bytes };
+    prop_oneof![
+        3 => (prop_oneof![6 => Just(LargeKind::Pages), 1 => Just(LargeKind::Contiguous), 1 => Just(LargeKind::Physical)], 1u8..3, prop_oneof![2 => Just(0u8), 1 => 1u8..3])
+            .prop_map(|(kind, runs, extra)| Op::LargeVmo { p: 0, kind, runs, extra }),
+        5 => (recent(), 1u64..6, prop_oneof![3 => Just(Off::Pages(0)), 1 => Just(Off::Raw(MIB2)), 1 => (1u8..3).prop_map(Off::Pages)],
+              prop_oneof![3 => (1u64..3).prop_map(|r| Len::Raw(r * MIB2)), 1 => Just(Len::Raw(MIB2 + 3 * PAGE))],
+              prop_oneof![4 => Just(0u32), 1 => Just(ZX_VM_MAP_RANGE)])
+            .prop_map(move |(vmo, slot, vmo_offset, len, extra)| Op::VmarMap {
+                p: 0, vmar: H::Vmar(0), vmo, options: rw | ZX_VM_SPECIFIC | extra,
+                vmar_offset: Off::Raw(large_slot(slot)), vmo_offset, len,
+            }),
+        8 => (cpu(), any::<u8>(), run_page(), 0u16..512, any::<u64>())
+            .prop_map(move |(cpu, idx, page, word, value)| Op::Store { cpu, addr: run(idx, page, word * 8), value }),
+        6 => (cpu(), any::<u8>(), run_page(), 0u16..512)
+            .prop_map(move |(cpu, idx, page, word)| Op::Load { cpu, addr: run(idx, page, word * 8) }),
+        4 => (any::<u8>(), run_page(), prop_oneof![Just(ZX_VM_PERM_READ), Just(rw)], prop_oneof![4 => Just(Len::Pages(1)), 1 => (2u8..4).prop_map(Len::Pages)])
+            .prop_map(move |(idx, page, options, len)| Op::VmarProtect { p: 0, h: H::Vmar(0), options, addr: run(idx, page, 0), len }),
+        4 => (any::<u8>(), run_page(), run_length())
+            .prop_map(move |(idx, page, len)| Op::VmarOpRange {
+                p: 0, h: H::Vmar(0), op: ZX_VMAR_OP_DECOMMIT, addr: run(idx, page, 0), len, buffer: 0, buffer_size: 0,
+            }),
+        2 => (any::<u8>(), run_page(), run_length())
+            .prop_map(move |(idx, page, len)| Op::VmarUnmap { p: 0, h: H::Vmar(0), addr: run(idx, page, 0), len }),
+        3 => (recent(), prop_oneof![Just(ZX_VMO_OP_DECOMMIT), Just(ZX_VMO_OP_COMMIT), Just(ZX_VMO_OP_ZERO)], run_offset(), run_length())
+            .prop_map(|(h, op, offset, size)| Op::VmoOpRange { p: 0, h, op, offset, size, buffer: 0 }),
+        2 => (recent(), run_offset(), 0u16..9000, any::<u8>())
+            .prop_map(|(h, offset, len, seed)| Op::VmoWrite { p: 0, h, offset, len, seed }),
+        1 => (recent(), run_offset(), 0u16..9000)
+            .prop_map(|(h, offset, len)| Op::VmoRead { p: 0, h, offset, len }),
+        2 => (recent(), prop_oneof![Just(ZX_VMO_CHILD_SNAPSHOT), Just(ZX_VMO_CHILD_SNAPSHOT | ZX_VMO_CHILD_RESIZABLE), Just(ZX_VMO_CHILD_SLICE)],
+              prop_oneof![Just(Off::Pages(0)), Just(Off::Raw(MIB2))], prop_oneof![Just(Len::Pages(2)), Just(Len::Raw(MIB2))])
+            .prop_map(|(h, options, offset, size)| Op::VmoCreateChild { p: 0, h, options, offset, size }),
+        1 => (recent(), (0u8..3).prop_map(|r| Len::Raw(u64::from(r) * MIB2 + PAGE)))
+            .prop_map(|(h, size)| Op::VmoSetSize { p: 0, h, size }),
+        1 => (recent(), run_offset()).prop_map(|(h, offset)| Op::Pin { p: 0, h, offset, len: Len::Pages(1) }),
+        1 => (recent(), run_offset()).prop_map(|(h, offset)| Op::Unpin { p: 0, h, offset, len: Len::Pages(1) }),
+        1 => (0u8..2).prop_map(|h| Op::Close { p: 0, h: H::RecentVmo(h) }),
+        1 => Just(Op::VmoInfo { p: 0, h: H::RecentVmo(0) }),
+    ]
+}
+
+/// The start of a sequence about large pages: a large-page VMO of two runs and a page, mapped
+/// 2 MiB aligned, and both runs touched (committed whole, mapped with 2 MiB leaves).
+pub fn large_start() -> Vec<Op> {
+    let run = |page: u16| Addr::Run {
+        idx: 0,
+        page,
+        bytes: 8,
+    };
+    vec![
+        Op::LargeVmo {
+            p: 0,
+            kind: LargeKind::Pages,
+            runs: 2,
+            extra: 1,
+        },
+        Op::VmarMap {
+            p: 0,
+            vmar: H::Vmar(0),
+            vmo: H::RecentVmo(0),
+            options: ZX_VM_PERM_READ | ZX_VM_PERM_WRITE | ZX_VM_SPECIFIC,
+            vmar_offset: Off::Raw(large_slot(2)),
+            vmo_offset: Off::Pages(0),
+            len: Len::Raw(2 * MIB2 + PAGE),
+        },
+        Op::Store {
+            cpu: 0,
+            addr: run(3),
+            value: 0x1111,
+        },
+        Op::Load {
+            cpu: 1,
+            addr: run(RUN_PAGES as u16 + 9),
+        },
+    ]
+}
+
 /// One random sequence: the machine's tag count and invalidation mode, and up to 64 calls.
 #[derive(Clone, Debug)]
 pub struct Case {
@@ -450,10 +567,25 @@ pub fn case() -> impl Strategy<Value = Case> {
         any::<bool>(),
         prop::collection::vec(op(), 1..=64),
         prop_oneof![1 => Just(None), 7 => (any::<usize>(), good_child()).prop_map(Some)],
+        prop_oneof![
+            2 => Just(None),
+            1 => (any::<usize>(), prop::collection::vec((any::<usize>(), large_op()), 4..24)).prop_map(Some),
+        ],
     )
-        .prop_map(|(tags, broadcast, zero_page, mut ops, child)| {
+        .prop_map(|(tags, broadcast, zero_page, mut ops, child, large)| {
             if let Some((at, child)) = child {
                 ops.insert(at % (ops.len() + 1), child);
+            }
+            // One sequence in three works on large pages: a start, then its calls among the rest.
+            if let Some((start, large)) = large {
+                let start = start % (ops.len() + 1);
+                for (i, op) in large_start().into_iter().enumerate() {
+                    ops.insert(start + i, op);
+                }
+                for (at, op) in large {
+                    let at = start + 4 + at % (ops.len() - start - 3);
+                    ops.insert(at, op);
+                }
             }
             Case {
                 tags,

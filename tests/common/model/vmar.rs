@@ -268,8 +268,15 @@ impl Model {
             return Err(MFault::OutOfRange);
         }
         let at = (va % PAGE) as usize;
+        if let Some((first, last)) = self.fault_run(mapping.vmo, index) {
+            record("large", "fault commits a run");
+            for i in first..last {
+                self.commit_page(mapping.vmo, i);
+            }
+        }
         let v = &self.vmos[mapping.vmo];
-        if store.is_none() && self.zero_page && v.kind == MKind::Paged {
+        // A large-page VMO's read fault commits: no zero page.
+        if store.is_none() && self.zero_page && v.kind == MKind::Paged && !v.large {
             // A load reads the page or the zero page; it commits nothing.
             return Ok(v.data.get(&index).map_or(0, |page| {
                 u64::from_le_bytes(page[at..at + 8].try_into().expect("8 bytes"))

@@ -20,6 +20,7 @@ impl Model {
             tree: None,
             foreign: BTreeSet::new(),
             depth: 0,
+            large: false,
         });
         self.vmos.len() - 1
     }
@@ -135,6 +136,35 @@ impl Model {
         self.has_room(p)?;
         let id = self.new_vmo(MKind::Contiguous, size / PAGE);
         self.add_handle(p, Obj::Vmo(id), ZX_DEFAULT_VMO_RIGHTS, new)
+    }
+
+    /// A paged VMO with large pages (`Vmo::create_large_pages`) made by the kernel and handed to
+    /// `p` with the default VMO rights: not resizable.
+    pub fn vmo_create_large_pages(&mut self, p: usize, size: u64, new: zx_handle_t) -> R {
+        let size = round_up(size).ok_or(ZX_ERR_OUT_OF_RANGE)?;
+        if size > MAX_VMO_SIZE {
+            return Err(ZX_ERR_OUT_OF_RANGE);
+        }
+        self.has_room(p)?;
+        let id = self.new_vmo(MKind::Paged, size / PAGE);
+        self.vmos[id].large = true;
+        self.add_handle(p, Obj::Vmo(id), ZX_DEFAULT_VMO_RIGHTS, new)
+    }
+
+    /// The run a fault on uncommitted page `index` of `vmo` commits whole, if it commits one: the
+    /// aligned [`RUN_PAGES`] around it, where the VMO has large pages and is in no snapshot
+    /// family, the run lies inside the VMO and none of its pages is committed, and the machine
+    /// has a run of frames (`commit_run_locked` in `src/vmo/large.rs`).
+    pub(super) fn fault_run(&self, vmo: usize, index: u64) -> Option<(u64, u64)> {
+        let v = &self.vmos[vmo];
+        let first = index - index % RUN_PAGES;
+        let last = first + RUN_PAGES;
+        let commits = v.large
+            && v.tree.is_none()
+            && self.run_available
+            && last <= v.pages
+            && v.data.range(first..last).next().is_none();
+        commits.then_some((first, last))
     }
 
     /// A physical VMO (over frames the harness owns, zeroed) handed to `p` with the default VMO
