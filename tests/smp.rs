@@ -13,7 +13,7 @@ use zx_vm::arch::Format;
 use zx_vm::sim::{SimConfig, SimMachine, FREED_POISON};
 use zx_vm::syscall::*;
 use zx_vm::vmar::FaultError;
-use zx_vm::{Platform, Process};
+use zx_vm::{KernelObject, Platform, Process, Rights};
 
 fn smp_machine(cpus: usize, tags: u16, broadcast: bool) -> Arc<SimMachine> {
     SimMachine::new(SimConfig {
@@ -1374,4 +1374,322 @@ fn snapshot_stress_x86_64_ipis() {
 #[test]
 fn snapshot_stress_aarch64_broadcast() {
     snapshot_stress(Format::Aarch64, true, 100);
+}
+
+// =================================================================================================
+// Large pages: 2 MiB leaves split under CPUs that use them
+// =================================================================================================
+
+const MIB2: u64 = 2 << 20;
+/// Pages of the large-page VMO: two runs.
+const LARGE_PAGES: u64 = 2 * MIB2 / PAGE_SIZE;
+/// Pages from here on (the end of the second run) are never decommitted: no write to them may
+/// ever be lost. Whole-run DECOMMITs take the first run only.
+const LARGE_KEPT: u64 = LARGE_PAGES - 8;
+/// Pages the splitter works on and the workers favour, so that they meet.
+const LARGE_HOT: [u64; 12] = [0, 1, 2, 255, 510, 511, 512, 513, 700, 1013, 1015, 1020];
+
+/// What the workers and the splitter share: per address space and page, generations that are
+/// odd while the page may be read-only (from just before `zx_vmar_protect` makes it so until the
+/// one that makes it writable again returned), while it must be read-only (from when the first
+/// returned until just before the second), and while it may be unmapped.
+struct LargeShared {
+    may_be_read_only: Vec<Vec<AtomicU64>>,
+    read_only: Vec<Vec<AtomicU64>>,
+    unmapped: Vec<Vec<AtomicU64>>,
+    /// Set when a worker ends (by a panic too): the splitter stops waiting for accesses.
+    worker_ended: Arc<AtomicBool>,
+    pause: AtomicBool,
+    parked: AtomicU64,
+    accesses: AtomicU64,
+    done: AtomicBool,
+}
+
+impl LargeShared {
+    fn new(spaces: usize) -> LargeShared {
+        let pages = || (0..LARGE_PAGES).map(|_| AtomicU64::new(0)).collect();
+        LargeShared {
+            may_be_read_only: (0..spaces).map(|_| pages()).collect(),
+            worker_ended: Arc::new(AtomicBool::new(false)),
+            read_only: (0..spaces).map(|_| pages()).collect(),
+            unmapped: (0..spaces).map(|_| pages()).collect(),
+            pause: AtomicBool::new(false),
+            parked: AtomicU64::new(0),
+            accesses: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Maps `len` bytes of `vmo` from `vmo_offset` at `addr` exactly, read-write.
+fn map_at(p: &Process, addr: u64, vmo: zx_handle_t, vmo_offset: u64, len: u64) -> zx_status_t {
+    let base = p.aspace().root_vmar().base();
+    let mut out = 0;
+    let status = zx_vmar_map(
+        p,
+        p.root_vmar_handle(),
+        ZX_VM_PERM_READ | ZX_VM_PERM_WRITE | ZX_VM_SPECIFIC,
+        addr - base,
+        vmo,
+        vmo_offset,
+        len,
+        &mut out,
+    );
+    assert!(status != ZX_OK || out == addr);
+    status
+}
+
+/// Three CPUs read and write their own word of the pages of a large-page VMO of two runs, mapped
+/// 2 MiB aligned in two address spaces (so that the runs are mapped with 2 MiB leaves), while a
+/// fourth splits the leaves: it makes single pages read-only and writable again, DECOMMITs
+/// single pages (through either address space or the VMO) and the whole first run, and unmaps
+/// single pages and whole runs and maps them again; every few calls it stops the workers and
+/// audits both address spaces. A worker reads, in each page, the last value it wrote there or
+/// zero (decommitted since; never the poison of a freed frame), and in the pages from
+/// [`LARGE_KEPT`] on always the last value; a store to a page made read-only in its address
+/// space, between `zx_vmar_protect` returning and the page being made writable again, must
+/// fault; a fault is only ever for a page read-only or unmapped meanwhile. With `break-split`
+/// (a split that leaves the 2 MiB translation in the TLBs) this fails.
+fn large_page_stress(format: Format, broadcast: bool, calls: u64) {
+    let machine = smp_machine(4, 8, broadcast);
+    let platform: Arc<dyn Platform> = machine.clone();
+    let a = new_process(&machine, format);
+    let b = new_process(&machine, format);
+    let vmo = zx_vm::Vmo::create_large_pages(platform, LARGE_PAGES * PAGE_SIZE).unwrap();
+    let rights = Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS);
+    let vmo_a = a
+        .add_handle(KernelObject::Vmo(vmo.clone()), rights)
+        .unwrap();
+    let vmo_b = b.add_handle(KernelObject::Vmo(vmo), rights).unwrap();
+    let aligned = |p: &Process| (p.aspace().root_vmar().base() + 4 * MIB2) & !(MIB2 - 1);
+    let (addr_a, addr_b) = (aligned(&a), aligned(&b));
+    assert_eq!(map_at(&a, addr_a, vmo_a, 0, 2 * MIB2), ZX_OK);
+    assert_eq!(map_at(&b, addr_b, vmo_b, 0, 2 * MIB2), ZX_OK);
+    let shared = Arc::new(LargeShared::new(2));
+    let start = Arc::new(Barrier::new(4));
+    let spaces = [
+        (0usize, &a, addr_a, 0usize),
+        (1, &a, addr_a, 0),
+        (2, &b, addr_b, 1),
+    ];
+    let mut workers = Vec::new();
+    for (cpu, process, base, space) in spaces {
+        let (machine, process, start, shared) = (
+            machine.clone(),
+            process.clone(),
+            start.clone(),
+            shared.clone(),
+        );
+        workers.push(std::thread::spawn(move || {
+            let cpu_handle = machine.cpu(cpu);
+            let _attached = cpu_handle.attach();
+            let _ended = SetOnDrop(shared.worker_ended.clone());
+            cpu_handle.switch_to(Some(process.aspace()));
+            start.wait();
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1));
+            let mut last = vec![0u64; LARGE_PAGES as usize];
+            let mut round = 0u64;
+            let (read_only, unmapped) = (&shared.read_only[space], &shared.unmapped[space]);
+            while !shared.done.load(Ordering::SeqCst) {
+                if shared.pause.load(Ordering::SeqCst) {
+                    shared.parked.fetch_add(1, Ordering::SeqCst);
+                    while shared.pause.load(Ordering::SeqCst) && !shared.done.load(Ordering::SeqCst)
+                    {
+                        cpu_handle.poll();
+                        std::thread::yield_now();
+                    }
+                    shared.parked.fetch_sub(1, Ordering::SeqCst);
+                }
+                round += 1;
+                let page = if rng.below(2) == 0 {
+                    LARGE_HOT[rng.below(LARGE_HOT.len() as u64) as usize]
+                } else {
+                    rng.below(LARGE_PAGES)
+                };
+                let va = base + page * PAGE_SIZE + cpu as u64 * 8;
+                let (ro, hole) = (&read_only[page as usize], &unmapped[page as usize]);
+                let may_ro = &shared.may_be_read_only[space][page as usize];
+                let hole_before = hole.load(Ordering::SeqCst);
+                let loaded = cpu_handle.load(va);
+                let hole_moved = |before: u64| before % 2 == 1 || hole.load(Ordering::SeqCst) != before;
+                match loaded {
+                    Ok(seen) => {
+                        assert_ne!(seen, FREED_POISON, "{format:?} CPU {cpu} read a freed frame");
+                        let expected = last[page as usize];
+                        if page >= LARGE_KEPT {
+                            assert_eq!(seen, expected, "{format:?} CPU {cpu}: write lost in page {page}");
+                        } else {
+                            assert!(
+                                seen == expected || seen == 0,
+                                "{format:?} CPU {cpu}: page {page} read {seen:#x}, last wrote {expected:#x}"
+                            );
+                        }
+                    }
+                    Err(fault) => assert!(
+                        fault == FaultError::NotMapped && hole_moved(hole_before),
+                        "{format:?} CPU {cpu}: load of page {page}: {fault:?}"
+                    ),
+                }
+                let value = ((cpu as u64 + 1) << 56) | round;
+                let (may_before, ro_before) = (may_ro.load(Ordering::SeqCst), ro.load(Ordering::SeqCst));
+                let hole_before = hole.load(Ordering::SeqCst);
+                let stored = cpu_handle.store(va, value);
+                let (ro_after, may_after) = (ro.load(Ordering::SeqCst), may_ro.load(Ordering::SeqCst));
+                match stored {
+                    Ok(()) => {
+                        assert!(
+                            !(ro_before % 2 == 1 && ro_after == ro_before),
+                            "{format:?} CPU {cpu}: a store to page {page} succeeded while it was read-only"
+                        );
+                        last[page as usize] = value;
+                    }
+                    Err(FaultError::AccessDenied) => assert!(
+                        may_before % 2 == 1 || may_after != may_before,
+                        "{format:?} CPU {cpu}: store to writable page {page} denied"
+                    ),
+                    Err(FaultError::NotMapped) => assert!(
+                        hole_moved(hole_before),
+                        "{format:?} CPU {cpu}: store to mapped page {page} not mapped"
+                    ),
+                    Err(fault) => panic!("{format:?} CPU {cpu}: store to page {page}: {fault:?}"),
+                }
+                shared.accesses.fetch_add(1, Ordering::Relaxed);
+            }
+            cpu_handle.switch_to(None);
+        }));
+    }
+    let splitter = {
+        let (machine, a, b, start, shared) = (
+            machine.clone(),
+            a.clone(),
+            b.clone(),
+            start.clone(),
+            shared.clone(),
+        );
+        std::thread::spawn(move || {
+            let cpu = machine.cpu(3);
+            let _attached = cpu.attach();
+            start.wait();
+            let finish = || shared.done.store(true, Ordering::SeqCst);
+            struct Finish<F: Fn()>(F);
+            impl<F: Fn()> Drop for Finish<F> {
+                fn drop(&mut self) {
+                    (self.0)()
+                }
+            }
+            let _finish = Finish(finish);
+            let spaces = [(&a, addr_a, vmo_a), (&b, addr_b, vmo_b)];
+            let mut rng = Rng(7);
+            let wait_for_workers = |count: u64| {
+                let seen = shared.accesses.load(Ordering::Relaxed);
+                while shared.accesses.load(Ordering::Relaxed) < seen + count {
+                    assert!(!shared.worker_ended.load(Ordering::SeqCst), "a worker died");
+                    cpu.poll();
+                    std::thread::yield_now();
+                }
+            };
+            for call in 0..calls {
+                let space = rng.below(2) as usize;
+                let (p, base, vmo) = spaces[space];
+                let root = p.root_vmar_handle();
+                let page = LARGE_HOT[rng.below(LARGE_HOT.len() as u64) as usize];
+                let va = base + page * PAGE_SIZE;
+                match call % 6 {
+                    // One page read-only while the workers run, then writable again.
+                    0 | 1 => {
+                        let may_ro = &shared.may_be_read_only[space][page as usize];
+                        let ro = &shared.read_only[space][page as usize];
+                        may_ro.fetch_add(1, Ordering::SeqCst);
+                        let status = zx_vmar_protect(p, root, ZX_VM_PERM_READ, va, PAGE_SIZE);
+                        assert_eq!(status, ZX_OK, "{format:?}");
+                        ro.fetch_add(1, Ordering::SeqCst);
+                        wait_for_workers(24);
+                        ro.fetch_add(1, Ordering::SeqCst);
+                        let rw = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE;
+                        assert_eq!(zx_vmar_protect(p, root, rw, va, PAGE_SIZE), ZX_OK);
+                        may_ro.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // DECOMMIT of one page, through an address space or the VMO.
+                    2 if page < LARGE_KEPT => {
+                        let status = if rng.below(2) == 0 {
+                            zx_vmar_op_range(p, root, ZX_VMAR_OP_DECOMMIT, va, PAGE_SIZE, 0, 0)
+                        } else {
+                            let offset = page * PAGE_SIZE;
+                            zx_vmo_op_range(p, vmo, ZX_VMO_OP_DECOMMIT, offset, PAGE_SIZE, 0, 0)
+                        };
+                        assert_eq!(status, ZX_OK, "{format:?}");
+                    }
+                    // DECOMMIT of the whole first run.
+                    3 => {
+                        let status = zx_vmo_op_range(p, vmo, ZX_VMO_OP_DECOMMIT, 0, MIB2, 0, 0);
+                        assert_eq!(status, ZX_OK, "{format:?}");
+                    }
+                    // A hole of one page, mapped again.
+                    4 => {
+                        let hole = &shared.unmapped[space][page as usize];
+                        hole.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(zx_vmar_unmap(p, root, va, PAGE_SIZE), ZX_OK, "{format:?}");
+                        wait_for_workers(12);
+                        assert_eq!(map_at(p, va, vmo, page * PAGE_SIZE, PAGE_SIZE), ZX_OK);
+                        hole.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // A whole run unmapped and mapped again (a 2 MiB leaf on the next fault).
+                    _ => {
+                        let run = rng.below(2);
+                        let first = run * (LARGE_PAGES / 2);
+                        let holes = &shared.unmapped[space];
+                        for page in first..first + LARGE_PAGES / 2 {
+                            holes[page as usize].fetch_add(1, Ordering::SeqCst);
+                        }
+                        let run_va = base + first * PAGE_SIZE;
+                        assert_eq!(zx_vmar_unmap(p, root, run_va, MIB2), ZX_OK, "{format:?}");
+                        wait_for_workers(12);
+                        assert_eq!(map_at(p, run_va, vmo, first * PAGE_SIZE, MIB2), ZX_OK);
+                        for page in first..first + LARGE_PAGES / 2 {
+                            holes[page as usize].fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                wait_for_workers(48);
+                if call % 16 == 15 {
+                    // Stop the workers between accesses and audit both address spaces.
+                    shared.pause.store(true, Ordering::SeqCst);
+                    while shared.parked.load(Ordering::SeqCst) < 3 {
+                        assert!(!shared.worker_ended.load(Ordering::SeqCst), "a worker died");
+                        cpu.poll();
+                        std::thread::yield_now();
+                    }
+                    for (p, _, _) in spaces {
+                        assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
+                    }
+                    shared.pause.store(false, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let splitter = splitter.join();
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    splitter.expect("splitter");
+    assert_eq!(a.aspace().audit(), Ok(()));
+    assert_eq!(b.aspace().audit(), Ok(()));
+    let counters = machine.counters();
+    // The whole-run DECOMMITs gave runs back, and the workers' faults committed them again.
+    assert!(counters.runs_allocated >= 3, "{counters:?}");
+    if broadcast {
+        assert_eq!(counters.ipis, 0, "broadcast invalidation needs no IPIs");
+    }
+    drop((a, b));
+    assert_eq!(machine.frames_in_use(), 0);
+}
+
+#[test]
+fn large_page_stress_x86_64_ipis() {
+    large_page_stress(Format::X86_64, false, 64);
+}
+
+#[test]
+fn large_page_stress_aarch64_broadcast() {
+    large_page_stress(Format::Aarch64, true, 64);
 }
