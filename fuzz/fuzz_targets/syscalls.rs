@@ -60,6 +60,8 @@ struct World {
     handles: Vec<(usize, zx_handle_t)>,
     /// Addresses returned by map and allocate.
     addrs: Vec<u64>,
+    /// Addresses of the 2 MiB-aligned mappings [`large_op`] made.
+    large: Vec<u64>,
     vmos: Vec<Weak<Vmo>>,
 }
 
@@ -197,7 +199,8 @@ fn run(data: &[u8]) {
         Format::Aarch64
     };
     let machine = SimMachine::new(SimConfig {
-        frames: 384,
+        // Flag 0x80: room for a few 2 MiB runs (512 frames each) for the large-page ops.
+        frames: if flags & 0x80 != 0 { 3072 } else { 384 },
         cpus: 2,
         poison_freed: true,
         tags: u16::from(flags >> 1 & 3),
@@ -213,6 +216,7 @@ fn run(data: &[u8]) {
         processes: Vec::new(),
         handles: Vec::new(),
         addrs: Vec::new(),
+        large: Vec::new(),
         vmos: Vec::new(),
     };
     for p in 0..2 {
@@ -230,6 +234,11 @@ fn run(data: &[u8]) {
         let p = world.process(&mut b);
         let process = world.processes[p].clone();
         let op = b.u8();
+        if op == LARGE_OP {
+            large_op(&mut world, p, &cpus, &mut running, &mut b);
+            world.check();
+            continue;
+        }
         if op >= CHILD_OPS {
             child_op(&mut world, p, op - CHILD_OPS, &mut b);
             world.check();
@@ -512,6 +521,116 @@ fn child_op(world: &mut World, p: usize, op: u8, b: &mut Bytes) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The op byte of the large-page ops ([`large_op`]); it was a child op (a transfer) before.
+const LARGE_OP: u8 = 255;
+
+const MIB2: u64 = 2 << 20;
+
+/// Large pages: kernel-made large-page VMOs (`Vmo::create_large_pages`) and contiguous VMOs of
+/// whole 2 MiB runs, mapped at 2 MiB-aligned addresses of the root VMAR (so that faults and
+/// `ZX_VM_MAP_RANGE` map them with 2 MiB leaves), touched, and split: one page protected,
+/// DECOMMITs of a page or a run (through the VMAR or the VMO), holes unmapped. Every other op
+/// acts on them too (snapshots of them among the child ops).
+fn large_op(
+    world: &mut World,
+    p: usize,
+    cpus: &[zx_vm::sim::SimCpu; 2],
+    running: &mut [Option<usize>; 2],
+    b: &mut Bytes,
+) {
+    let process = world.processes[p].clone();
+    let platform: Arc<dyn Platform> = world.machine.clone();
+    let root = process.root_vmar_handle();
+    // An address in one of the large mappings: a page near a run's start or end, or any.
+    let large_addr = |world: &World, b: &mut Bytes| -> u64 {
+        let base = match world.large.len() {
+            0 => process.aspace().root_vmar().base() + MIB2,
+            n => world.large[usize::from(b.u8()) % n],
+        };
+        let page = match b.u8() {
+            n @ 0..=127 => u64::from(n % 4) + 512 * u64::from(n / 4 % 2),
+            n @ 128..=191 => 511 - u64::from(n % 4) + 512 * u64::from(n / 4 % 2),
+            _ => u64::from(b.u16() % 1024),
+        };
+        base + page * PAGE_SIZE
+    };
+    match b.u8() % 8 {
+        0 | 1 => {
+            let size = u64::from(1 + b.u8() % 2) * MIB2 + u64::from(b.u8() % 3) * PAGE_SIZE;
+            let vmo = if b.u8() % 4 == 0 {
+                Vmo::create_contiguous(platform, size)
+            } else {
+                Vmo::create_large_pages(platform, size)
+            };
+            if let Ok(vmo) = vmo {
+                let rights = zx_vm::Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS);
+                if let Ok(handle) = process.add_handle(KernelObject::Vmo(vmo), rights) {
+                    world.remember(p, handle);
+                }
+            }
+        }
+        2 => {
+            let vmo = world.handle(p, b);
+            let base = process.aspace().root_vmar().base();
+            let offset = (u64::from(b.u8() % 8) + 1) * MIB2 - (base % MIB2);
+            let extra = if b.u8() % 4 == 0 { ZX_VM_MAP_RANGE } else { 0 };
+            let options = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE | ZX_VM_SPECIFIC | extra;
+            let vmo_offset = u64::from(b.u8() % 2) * MIB2;
+            let len = u64::from(1 + b.u8() % 2) * MIB2 + u64::from(b.u8() % 2) * PAGE_SIZE;
+            let mut addr = 0;
+            let status = zx_vmar_map(
+                &process, root, options, offset, vmo, vmo_offset, len, &mut addr,
+            );
+            if status == ZX_OK {
+                world.addrs.push(addr);
+                world.large.push(addr);
+            }
+        }
+        3 => {
+            let c = usize::from(b.u8() % 2);
+            if running[c] != Some(p) {
+                cpus[c].switch_to(Some(process.aspace()));
+                running[c] = Some(p);
+            }
+            let va = large_addr(world, b) + u64::from(b.u8()) * 8;
+            if b.u8() % 2 == 0 {
+                if let Ok(value) = cpus[c].load(va) {
+                    assert_ne!(value, FREED_POISON, "a load read a freed frame");
+                }
+            } else {
+                let _ = cpus[c].store(va, u64::from(b.u8()) + 1);
+            }
+        }
+        4 => {
+            let va = large_addr(world, b);
+            let perms = if b.u8() % 2 == 0 {
+                ZX_VM_PERM_READ
+            } else {
+                ZX_VM_PERM_READ | ZX_VM_PERM_WRITE
+            };
+            zx_vmar_protect(&process, root, perms, va, PAGE_SIZE);
+        }
+        5 => {
+            let va = large_addr(world, b);
+            let len = if b.u8() % 2 == 0 { PAGE_SIZE } else { MIB2 };
+            zx_vmar_op_range(&process, root, ZX_VMAR_OP_DECOMMIT, va, len, 0, 0);
+        }
+        6 => {
+            let va = large_addr(world, b);
+            let len = u64::from(1 + b.u8() % 3) * PAGE_SIZE;
+            zx_vmar_unmap(&process, root, va, len);
+        }
+        _ => {
+            let vmo = world.handle(p, b);
+            let op =
+                [ZX_VMO_OP_DECOMMIT, ZX_VMO_OP_COMMIT, ZX_VMO_OP_ZERO][usize::from(b.u8() % 3)];
+            let offset = u64::from(b.u8() % 2) * MIB2 + u64::from(b.u8() % 4) * PAGE_SIZE;
+            let size = if b.u8() % 2 == 0 { PAGE_SIZE } else { MIB2 };
+            zx_vmo_op_range(&process, vmo, op, offset, size, 0, 0);
         }
     }
 }
