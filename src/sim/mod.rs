@@ -21,9 +21,11 @@
 
 extern crate std;
 
+mod check;
 mod cpu;
 mod platform;
 
+use self::check::LargeCached;
 pub use self::cpu::{Attached, SimCpu, TlbEntry};
 use self::cpu::{CpuState, CpuTlb};
 
@@ -59,10 +61,6 @@ const WORDS_PER_FRAME: usize = (PAGE_SIZE / 8) as usize;
 std::thread_local! {
     static CURRENT_CPU: Cell<usize> = const { Cell::new(0) };
 }
-
-/// A large translation some CPU can use, for the freed-frame check: its first frame, its size in
-/// bytes, the CPU, and its first page number.
-type LargeCached = (PhysAddr, u64, usize, u64);
 
 /// How to build a [`SimMachine`].
 #[derive(Clone, Copy, Debug)]
@@ -421,128 +419,6 @@ impl SimMachine {
     fn word(&self, pa: PhysAddr) -> &AtomicU64 {
         assert!(pa.0 % 8 == 0, "unaligned physical access {pa:?}");
         &self.memory[(pa.0 / 8) as usize]
-    }
-
-    /// Panics if a CPU's TLB can still use a translation to one of `frames`: the crate freed a
-    /// frame before the invalidation that covers it. Checked on every free. Translations under a
-    /// tag the CPU is not using are stale but unusable; the crate must flush them before the tag
-    /// is used again, which [`Platform::load_root`] checks.
-    fn check_not_cached(&self, frames: &[PhysAddr]) {
-        if frames.is_empty() {
-            return;
-        }
-        let mut cached = lock(&self.check_scratch);
-        let mut large_scratch = lock(&self.check_large);
-        let (large, freed) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large, |root| frames.contains(&root));
-        if !large.is_empty() {
-            freed.clear();
-            freed.extend_from_slice(frames);
-            freed.sort_unstable();
-            for &(start, bytes, cpu, first) in large.iter() {
-                let at = freed.partition_point(|frame| frame.0 < start.0);
-                if let Some(&frame) = freed.get(at) {
-                    Self::check_large_miss(frame, start, bytes, cpu, first);
-                }
-            }
-        }
-        // The usable translations are usually far fewer than the frames freed: index those.
-        for frame in frames {
-            let at = cached.partition_point(|&(cached_frame, ..)| cached_frame < *frame);
-            if let Some(&(cached_frame, cpu, vpn, walk)) = cached.get(at) {
-                Self::check_small_miss(*frame, cached_frame, cpu, vpn, walk);
-            }
-        }
-    }
-
-    /// [`SimMachine::check_not_cached`] for the `count` frames from `base`, by range.
-    fn check_run_not_cached(&self, base: PhysAddr, count: usize) {
-        let end = base.0 + count as u64 * PAGE_SIZE;
-        let mut cached = lock(&self.check_scratch);
-        let mut large_scratch = lock(&self.check_large);
-        let (large, _) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large, |root| (base.0..end).contains(&root.0));
-        for &(start, bytes, cpu, first) in large.iter() {
-            if start.0 < end {
-                Self::check_large_miss(PhysAddr(start.0.max(base.0)), start, bytes, cpu, first);
-            }
-        }
-        let at = cached.partition_point(|&(frame, ..)| frame < base);
-        if let Some(&(frame, cpu, vpn, walk)) = cached.get(at) {
-            if frame.0 < end {
-                Self::check_small_miss(frame, frame, cpu, vpn, walk);
-            }
-        }
-    }
-
-    /// The translations and walks each CPU can use now (under the tag it runs), sorted by frame
-    /// into `cached` (frame, CPU, page, whether a walk), and its large translations into `large`
-    /// (first frame, bytes, CPU, first page). Panics if a CPU has a frame that `freed` says is
-    /// being freed loaded as its root table.
-    fn collect_cached(
-        &self,
-        cached: &mut Vec<(PhysAddr, usize, u64, bool)>,
-        large: &mut Vec<LargeCached>,
-        freed: impl Fn(PhysAddr) -> bool,
-    ) {
-        cached.clear();
-        large.clear();
-        for (index, cpu) in self.cpus.iter().enumerate() {
-            let tlb = lock(&cpu.tlb);
-            if let Some(root) = tlb.root {
-                assert!(
-                    !freed(root),
-                    "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
-                );
-            }
-            // Only the tag the CPU runs: a range of each map, which is keyed by tag first.
-            let Some(tag) = tlb.tag else { continue };
-            cached.extend(
-                tlb.entries
-                    .range((tag, 0)..=(tag, u64::MAX))
-                    .map(|(&(_, vpn), entry)| (entry.frame, index, vpn, false)),
-            );
-            large.extend(
-                tlb.large
-                    .range((tag, 0, 0)..=(tag, usize::MAX, u64::MAX))
-                    .map(|(&(_, level, first), entry)| {
-                        (entry.frame, entry_span(level), index, first)
-                    }),
-            );
-            cached.extend(
-                tlb.walks
-                    .range((tag, 0, 0)..=(tag, usize::MAX, u64::MAX))
-                    .map(|(&(_, _, base), &(table, _))| (table, index, base / PAGE_SIZE, true)),
-            );
-        }
-        if cached.len() > 1 {
-            cached.sort_unstable();
-        }
-    }
-
-    /// Panics if `frame`, freed, lies in the large translation of `bytes` from `start`.
-    fn check_large_miss(frame: PhysAddr, start: PhysAddr, bytes: u64, cpu: usize, first: u64) {
-        assert!(
-            frame.0 < start.0 || frame.0 >= start.0 + bytes,
-            "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it (through a \
-             large translation)",
-            first * PAGE_SIZE + (frame.0 - start.0)
-        );
-    }
-
-    /// Panics if `frame`, freed, is `cached_frame`, which CPU `cpu` caches for page `vpn`.
-    fn check_small_miss(frame: PhysAddr, cached_frame: PhysAddr, cpu: usize, vpn: u64, walk: bool) {
-        assert!(
-            cached_frame != frame || walk,
-            "frame {frame:?} freed while CPU {cpu}'s TLB still maps page {:#x} to it",
-            vpn * PAGE_SIZE
-        );
-        assert!(
-            cached_frame != frame,
-            "page-table page {frame:?} freed while CPU {cpu}'s walk cache still points to it (for \
-             addresses from {:#x})",
-            vpn * PAGE_SIZE
-        );
     }
 
     /// Runs `f` as CPU `cpu` on this thread (for IPIs taken on the sender's thread).
