@@ -84,6 +84,11 @@ impl PteFormat for Aarch64 {
     }
 
     #[inline]
+    fn is_page(entry: u64) -> bool {
+        entry & (VALID | TABLE_OR_PAGE) == VALID | TABLE_OR_PAGE
+    }
+
+    #[inline]
     fn block_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64 {
         // A block descriptor has the attributes of a page descriptor, with bit 1 clear.
         Self::page_entry_with(pa, flags, attrs) & !TABLE_OR_PAGE

@@ -94,6 +94,13 @@ pub trait PteFormat: Send + Sync + 'static {
     /// x86_64: none, PAT entry 0 is write-back).
     fn attribute_bits(attrs: MemoryAttributes) -> u64;
 
+    /// Whether `entry`, found in a last-level table, is a valid page descriptor, as the MMU
+    /// reads it: aarch64 wants both low bits set at level 3 (`0b01` there is reserved and
+    /// faults); x86_64 takes any present entry.
+    fn is_page(entry: u64) -> bool {
+        Self::is_valid(entry)
+    }
+
     /// A large leaf at level 1 (2 MiB) or 2 (1 GiB) mapping the frames from `pa` (aligned to the
     /// level's span) with `flags` and the memory-attribute bits `attrs`.
     fn block_entry_with(pa: PhysAddr, flags: MmuFlags, attrs: u64) -> u64;

@@ -54,7 +54,7 @@ impl<F: PteFormat> PageTable<F> {
     /// where an invalidation reaches every CPU by itself (aarch64's `TLBI ...IS`), because the
     /// split must complete it while holding the operation's locks.
     pub(super) fn large_leaves_allowed(platform: &dyn Platform) -> bool {
-        platform.max_leaf_level() > 0
+        platform.max_leaf_level() >= LARGE_LEVELS[0]
             && (!F::BREAK_BEFORE_MAKE || platform.invalidation_is_broadcast())
     }
 

@@ -312,7 +312,7 @@ pub unsafe fn walk<F: PteFormat>(
         // SAFETY: the caller keeps every table reachable from `table_pa` readable for the walk.
         let table = unsafe { entries(platform, table_pa) };
         let entry = table[table_index(va, level)].load(Ordering::Acquire);
-        if !F::is_valid(entry) {
+        if !F::is_valid(entry) || level == 0 && !F::is_page(entry) {
             return None;
         }
         if !F::is_table(entry, level) {
