@@ -328,11 +328,10 @@ pub unsafe trait Platform: Send + Sync {
         None
     }
 
-    /// Returns the `count` frames from `base` to the allocator in one call. The crate calls it
-    /// for each run of 512 consecutive frames, aligned to 2 MiB, that leaves a VMO whole: a run
-    /// [`Platform::alloc_aligned_run`] handed out, or (rarely) frames of several allocations
-    /// that happen to lie so. The default frees them page by page through
-    /// [`Platform::free_frames`].
+    /// Returns the `count` frames from `base` to the allocator in one call: a run that
+    /// [`Platform::alloc_aligned_run`] handed out, leaving a VMO whole (a run that lost pages
+    /// goes back through [`Platform::free_frames`], the rest of it page by page). The default
+    /// frees them page by page through [`Platform::free_frames`].
     ///
     /// # Safety
     /// As for [`Platform::free_frames`], for each frame of the run.
