@@ -353,7 +353,8 @@ pub unsafe trait Platform: Send + Sync {
     ///
     /// # Safety
     /// Each frame was returned by [`Platform::alloc_frame`] or is one frame of a range from
-    /// [`Platform::alloc_contiguous`], is not freed twice, and no CPU may still reach it: every
+    /// [`Platform::alloc_contiguous`] or [`Platform::alloc_aligned_run`] (the crate frees the
+    /// frames of a run one by one once part of it was decommitted), is not freed twice, and no CPU may still reach it: every
     /// page-table entry that pointed at it is gone and every TLB invalidation covering it completed.
     unsafe fn free_frames(&self, frames: &[PhysAddr]);
 
