@@ -14,6 +14,7 @@ use zx_vm::object::{KernelObject, Process};
 use zx_vm::platform::{PhysAddr, Platform};
 use zx_vm::sim::{SimConfig, SimMachine};
 use zx_vm::syscall::*;
+use zx_vm::vmar::Access;
 use zx_vm::Vmo;
 
 const MIB2: u64 = 2 << 20;
@@ -347,6 +348,23 @@ fn large_page_vmo_commits_maps_and_decommits_runs() {
         );
         assert!(cpu1.tlb_entry(addr + 0x1000).is_none(), "{format:?}");
         assert_eq!(committed(&p, handle), 3 * MIB2);
+        // Touched again, the run comes back zeroed (its frames were poisoned when freed, and the
+        // allocator hands the same aligned run out again).
+        let before = machine.counters();
+        assert_eq!(cpu1.load(addr + 0x1000).unwrap(), 0, "{format:?}");
+        assert_eq!(cpu1.load(addr + MIB2 - 8).unwrap(), 0, "{format:?}");
+        assert_eq!(machine.counters().since(&before).runs_allocated, 1);
+        assert_eq!(leaves(&p), counts(0, 4, 0), "{format:?}");
+        let status = zx_vmar_op_range(
+            &p,
+            p.root_vmar_handle(),
+            ZX_VMAR_OP_DECOMMIT,
+            addr,
+            MIB2,
+            0,
+            0,
+        );
+        assert_eq!(status, ZX_OK);
 
         // DECOMMIT of one page of the second run: the leaf splits, that page goes.
         let before = machine.counters();
@@ -723,13 +741,17 @@ fn leaves_stay_inside_the_vmo_and_its_runs() {
         let at = map_aligned(&p, device, MIB2, MIB2, ZX_VM_MAP_RANGE);
         assert_eq!(leaves(&p), counts(1 + 256, 0, 0), "{format:?}");
         assert_eq!(p.aspace().query(at + MIB2 / 2), None);
+        // The same on fault: the page, not a leaf over the end.
+        let again = map_aligned(&p, device, MIB2, MIB2, 0);
+        assert_eq!(p.aspace().page_fault(again, Access::Read), Ok(()));
+        assert_eq!(leaves(&p), counts(1 + 256 + 1, 0, 0), "{format:?}");
         let big = Vmo::create_large_pages(machine.clone(), GIB).unwrap();
         let big = vmo_handle(&p, big);
         let at = map_aligned(&p, big, GIB, GIB, 0);
         cpu.store(at + 0x5000, 2).unwrap();
         assert_eq!(
             leaves(&p),
-            counts(257, 1, 0),
+            counts(258, 1, 0),
             "{format:?}: a run, not a GiB"
         );
         assert_eq!(p.aspace().audit(), Ok(()), "{format:?}");
