@@ -64,7 +64,7 @@ impl Chunk {
     }
 
     /// The first frame of the run, where the chunk was committed as one aligned run of frames
-    /// ([`Chunk::new_run`]) and still holds all of it: what one 2 MiB leaf can map, and what goes
+    /// (`PageList::insert_run`) and still holds all of it: what one 2 MiB leaf can map, and what goes
     /// back to the platform in one call. (Frames committed one by one never count as a run, even
     /// where they happen to lie so: `Platform::free_run` sees only runs it handed out.)
     pub fn run(&self) -> Option<PhysAddr> {
