@@ -41,13 +41,16 @@ impl CpuTlb {
     /// The cached translation of `va`'s page under `tag`, of whatever size (the smallest first):
     /// the page's frame, the permissions, and the level of the leaf it came from.
     pub(super) fn lookup(&self, tag: u16, va: u64) -> Option<(TlbEntry, usize)> {
+        self.cached_sizes(tag, va).next()
+    }
+
+    /// Every translation of `va`'s page cached under `tag`, smallest first, each as the page's
+    /// frame and permissions with the level of its leaf.
+    fn cached_sizes(&self, tag: u16, va: u64) -> impl Iterator<Item = (TlbEntry, usize)> + '_ {
         let vpn = va / PAGE_SIZE;
-        if let Some(&entry) = self.entries.get(&(tag, vpn)) {
-            return Some((entry, 0));
-        }
-        LARGE_LEVELS.iter().find_map(|&level| {
-            let pages = entry_span(level) / PAGE_SIZE;
-            let base = vpn & !(pages - 1);
+        let small = self.entries.get(&(tag, vpn)).map(|&entry| (entry, 0));
+        let large = LARGE_LEVELS.iter().filter_map(move |&level| {
+            let base = vpn & !(entry_span(level) / PAGE_SIZE - 1);
             self.large.get(&(tag, level, base)).map(|entry| {
                 let frame = PhysAddr(entry.frame.0 + (vpn - base) * PAGE_SIZE);
                 let view = TlbEntry {
@@ -56,7 +59,8 @@ impl CpuTlb {
                 };
                 (view, level)
             })
-        })
+        });
+        small.into_iter().chain(large)
     }
 
     /// Caches the translation of `va`'s page (to `frame`, from a leaf at `level`). Panics if the
@@ -76,22 +80,7 @@ impl CpuTlb {
             self.large.insert((tag, level, first), stored);
         }
         // Every other size cached for this page must translate it the same way.
-        let small = self.entries.get(&(tag, vpn)).map(|&e| (e, 0));
-        let others = LARGE_LEVELS.iter().filter_map(|&l| {
-            let pages = entry_span(l) / PAGE_SIZE;
-            let base = vpn & !(pages - 1);
-            self.large.get(&(tag, l, base)).map(|e| {
-                let frame = PhysAddr(e.frame.0 + (vpn - base) * PAGE_SIZE);
-                (
-                    TlbEntry {
-                        frame,
-                        flags: e.flags,
-                    },
-                    l,
-                )
-            })
-        });
-        for (other, other_level) in small.into_iter().chain(others) {
+        for (other, other_level) in self.cached_sizes(tag, va) {
             assert!(
                 other_level == level || other == entry,
                 "TLB conflict on CPU {cpu}: page {va:#x} is cached as {entry:?} from a level-{level} \
