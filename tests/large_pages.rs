@@ -502,6 +502,16 @@ fn the_platform_caps_the_leaf_size() {
         let p = large_process(&machine, format);
         let vmo = Vmo::create_physical(machine.clone(), DEVICE, GIB).unwrap();
         let handle = vmo_handle(&p, vmo);
+        // On fault, too: the largest size the platform has.
+        let faulted = map_aligned(&p, handle, GIB, GIB, 0);
+        assert_eq!(p.aspace().page_fault(faulted, Access::Read), Ok(()));
+        let one = match (want.large_1g, want.large_2m) {
+            (1, _) => counts(0, 0, 1),
+            (_, 512) => counts(0, 1, 0),
+            _ => counts(1, 0, 0),
+        };
+        assert_eq!(leaves(&p), one, "{format:?}, level {level}: on fault");
+        assert_eq!(zx_vmar_unmap(&p, p.root_vmar_handle(), faulted, GIB), ZX_OK);
         map_aligned(&p, handle, GIB, GIB, ZX_VM_MAP_RANGE);
         assert_eq!(
             leaves(&p),

@@ -215,10 +215,11 @@ impl AddressSpace {
         va: u64,
         index: u64,
     ) -> Option<(u64, PhysAddr, usize)> {
+        let max = vmo.platform().max_leaf_level();
         LARGE_LEVELS.iter().rev().find_map(|&level| {
             let span = entry_span(level);
             let base = va & !(span - 1);
-            if base < region.base() || base.checked_add(span)? > region.end() {
+            if level > max || base < region.base() || base.checked_add(span)? > region.end() {
                 return None;
             }
             let first = index - ((va - base) >> PAGE_SHIFT);
