@@ -147,7 +147,7 @@ impl AddressSpace {
                     flags - MmuFlags::WRITE
                 };
                 let large = if writable {
-                    Self::large_leaf_for(&region, vmo, &inner, va, index)
+                    largest_leaf(vmo, &inner, va, index, region.base(), region.end())
                 } else {
                     None
                 };
@@ -203,29 +203,6 @@ impl AddressSpace {
                 RegionKind::Mapping(_) => return Ok(region),
             }
         }
-    }
-
-    /// The largest leaf that may map the faulting page `va` (page `index` of `vmo`): its
-    /// address, first frame and level, where the region covers the leaf's whole span and the
-    /// VMO has a suitably aligned run of frames there.
-    fn large_leaf_for(
-        region: &Region,
-        vmo: &Vmo,
-        inner: &VmoInner,
-        va: u64,
-        index: u64,
-    ) -> Option<(u64, PhysAddr, usize)> {
-        let max = vmo.platform().max_leaf_level();
-        LARGE_LEVELS.iter().rev().find_map(|&level| {
-            let span = entry_span(level);
-            let base = va & !(span - 1);
-            if level > max || base < region.base() || base.checked_add(span)? > region.end() {
-                return None;
-            }
-            let first = index - ((va - base) >> PAGE_SHIFT);
-            let pa = vmo.large_run_locked(inner, first, level)?;
-            Some((base, pa, level))
-        })
     }
 
     /// Maps the faulting page `va` to `pa` with `flags` (with the large leaf `large` instead,

@@ -44,6 +44,31 @@ use self::range::RangeRules;
 use self::tree::{AspaceTree, Covered, RangeScratch, VmarNode};
 use crate::vmo::RetiredMappings;
 
+/// The largest leaf that may map page `index` of `vmo`, which sits at `va`: its address, first
+/// frame and level, where the leaf lies inside `[lo, hi)` and the VMO has a suitably aligned run
+/// of frames there, in a size the platform has (the fault path passes its mapping's bounds; `ZX_VM_MAP_RANGE` the page
+/// itself as `lo`, so that the leaf starts there).
+fn largest_leaf(
+    vmo: &Vmo,
+    inner: &VmoInner,
+    va: u64,
+    index: u64,
+    lo: u64,
+    hi: u64,
+) -> Option<(u64, PhysAddr, usize)> {
+    let max = vmo.platform().max_leaf_level();
+    LARGE_LEVELS.iter().rev().find_map(|&level| {
+        let span = entry_span(level);
+        let base = va & !(span - 1);
+        if level > max || base < lo || base.checked_add(span)? > hi {
+            return None;
+        }
+        let first = index - ((va - base) >> PAGE_SHIFT);
+        let pa = vmo.large_run_locked(inner, first, level)?;
+        Some((base, pa, level))
+    })
+}
+
 pub use self::region::Region;
 pub(crate) use self::region::{RegionKind, TreeAdapter};
 pub use crate::vmo::Mapping;

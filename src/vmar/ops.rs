@@ -271,15 +271,13 @@ impl Vmar {
         let mut index = first;
         while index < last {
             let va = va_of(index);
-            // The largest leaf that fits here, where the VMO has a run for it.
-            let large = LARGE_LEVELS.iter().rev().find_map(|&level| {
-                let pages = entry_span(level) >> PAGE_SHIFT;
-                let fits = va % entry_span(level) == 0 && index + pages <= last;
-                let run = fits.then(|| vmo.large_run_locked(inner, index, level))??;
-                mmu.map_large(platform, va, run, level, flags)
-                    .ok()
-                    .map(|_| pages)
-            });
+            // The largest leaf that starts here and fits, where the VMO has a run for it.
+            let large = largest_leaf(vmo, inner, va, index, va, va_of(last)).and_then(
+                |(base, run, level)| {
+                    let mapped = mmu.map_large(platform, base, run, level, flags).ok();
+                    mapped.map(|_| entry_span(level) >> PAGE_SHIFT)
+                },
+            );
             if let Some(pages) = large {
                 index += pages;
                 continue;
