@@ -193,17 +193,10 @@ impl<F: PteFormat> PageTable<F> {
                     // Part of a large leaf: split it, then unmap inside the new table. Where no
                     // frame is left for the table, the whole leaf goes: its other pages fault
                     // back in from the VMO (callers that must not see that split first).
-                    let base = va & !(span - 1);
-                    match self.split_leaf(platform, slot, level, base) {
-                        Ok(child) => {
-                            let mut broken = PendingFlush::new();
-                            let out = split_record(out, &mut broken);
-                            self.unmap_level(platform, child, level - 1, va, entry_end, out);
-                        }
-                        Err(_) => {
-                            slot.store(0, Ordering::Relaxed);
-                            out.add_page(base);
-                        }
+                    if let Some(child) = self.split_or_drop(platform, slot, level, va, out) {
+                        let mut broken = PendingFlush::new();
+                        let out = split_record(out, &mut broken);
+                        self.unmap_level(platform, child, level - 1, va, entry_end, out);
                     }
                 }
             }
@@ -397,18 +390,31 @@ impl<F: PteFormat> PageTable<F> {
             }
             return;
         }
-        let base = va & !(span - 1);
-        match self.split_leaf(platform, slot, level, base) {
-            Ok(child) => {
-                let mut broken = PendingFlush::new();
-                let out = split_record(out, &mut broken);
-                self.protect_level(platform, child, level - 1, va, end, flags, out);
-            }
-            Err(_) => {
-                slot.store(0, Ordering::Relaxed);
-                out.add_page(base);
-            }
+        if let Some(child) = self.split_or_drop(platform, slot, level, va, out) {
+            let mut broken = PendingFlush::new();
+            let out = split_record(out, &mut broken);
+            self.protect_level(platform, child, level - 1, va, end, flags, out);
         }
+    }
+
+    /// Splits the large leaf in `slot` (at `level`, covering `va`) for a change to part of it,
+    /// answering the new table; with no frame for the table, removes the leaf whole instead
+    /// (recorded in `out`; its pages fault back in) and answers `None`.
+    fn split_or_drop(
+        &mut self,
+        platform: &dyn Platform,
+        slot: &AtomicU64,
+        level: usize,
+        va: u64,
+        out: &mut PendingFlush,
+    ) -> Option<PhysAddr> {
+        let base = va & !(entry_span(level) - 1);
+        let split = self.split_leaf(platform, slot, level, base);
+        if split.is_err() {
+            slot.store(0, Ordering::Relaxed);
+            out.add_page(base);
+        }
+        split.ok()
     }
 
     /// The addresses the owned root slots cover.
