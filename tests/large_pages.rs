@@ -725,6 +725,28 @@ fn the_sim_refuses_to_free_a_run_a_tlb_still_maps() {
     unsafe { machine.free_run(run, 512) };
 }
 
+/// The same for a batch of runs (`free_runs`): every run in it is checked, not only the first.
+#[test]
+#[should_panic(expected = "through a large translation")]
+fn the_sim_refuses_a_batch_with_one_run_a_tlb_still_maps() {
+    let machine = large_machine(4096, 1);
+    let p = large_process(&machine, Format::X86_64);
+    let vmo = Vmo::create_large_pages(machine.clone(), 2 * MIB2).unwrap();
+    let handle = vmo_handle(&p, vmo);
+    let addr = map_aligned(&p, handle, 2 * MIB2, MIB2, 0);
+    let cpu = machine.cpu(0);
+    cpu.switch_to(Some(p.aspace()));
+    cpu.store(addr, 1).unwrap();
+    cpu.store(addr + MIB2, 1).unwrap();
+    // The first run's translation goes; the second's stays.
+    cpu.invalidate_page(addr);
+    assert!(cpu.tlb_translation(addr).is_none());
+    let (first, _) = p.aspace().query(addr).unwrap();
+    let (second, _) = p.aspace().query(addr + MIB2).unwrap();
+    // SAFETY: none: the point is that the simulation refuses.
+    unsafe { machine.free_runs(&[first, second], 512) };
+}
+
 /// Leaves never reach past a VMO's end, nor above a 2 MiB run for a large-page VMO: a fault in
 /// a large-page VMO's last run, which the VMO does not hold whole, commits one page; a physical
 /// VMO shorter than its mapping's 2 MiB gets pages; a large-page VMO of 1 GiB mapped 1 GiB

@@ -92,6 +92,27 @@ fn freeing_a_cached_frame_is_caught() {
     unsafe { machine.free_frames(&[frame]) };
 }
 
+/// The check skips a CPU whose TLB it found empty until that CPU caches again: a TLB emptied by a
+/// full flush (a decommit of more than 32 pages), then filled by one load, is checked again.
+#[test]
+#[should_panic(expected = "freed while CPU 0's TLB still maps")]
+fn a_tlb_found_empty_is_checked_again_once_it_caches() {
+    let machine = machine(1);
+    let p = process(&machine, Format::NATIVE);
+    let vmo = patterned_vmo(&p, 40);
+    let addr = map_rw(&p, p.root_vmar_handle(), vmo, 0, 40);
+    let cpu = machine.cpu(0);
+    cpu.switch_to(Some(p.aspace()));
+    cpu.load(addr).unwrap();
+    let status = zx_vmo_op_range(&p, vmo, ZX_VMO_OP_DECOMMIT, 0, 40 * PAGE_SIZE, 0, 0);
+    assert_eq!(status, ZX_OK);
+    assert_eq!(cpu.tlb_len(), 0, "the full flush emptied the TLB");
+    cpu.store(addr + PAGE_SIZE, 1).unwrap();
+    let (frame, _) = p.aspace().query(addr + PAGE_SIZE).unwrap();
+    // SAFETY: deliberately wrong; the simulation panics before touching anything.
+    unsafe { machine.free_frames(&[frame]) };
+}
+
 /// A stale translation to a freed frame reads the poison pattern, so a use-after-free is visible.
 #[test]
 fn freed_frames_are_poisoned() {

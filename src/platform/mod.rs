@@ -349,6 +349,21 @@ pub unsafe trait Platform: Send + Sync {
         }
     }
 
+    /// Returns several runs of `count` frames each, every one as [`Platform::free_run`] returns
+    /// one (which the default calls, run by run): each base is one that
+    /// [`Platform::alloc_aligned_run`] handed out for `count` frames. A decommit of many whole
+    /// runs gives them back in batches of up to 64, so that an allocator can take its lock once
+    /// per batch rather than once per run; no run is ever split across calls.
+    ///
+    /// # Safety
+    /// As for [`Platform::free_run`], for each run.
+    unsafe fn free_runs(&self, bases: &[PhysAddr], count: usize) {
+        for &base in bases {
+            // SAFETY: forwarded from the caller, run by run.
+            unsafe { self.free_run(base, count) };
+        }
+    }
+
     /// Returns frames to the allocator.
     ///
     /// # Safety

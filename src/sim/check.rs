@@ -13,7 +13,7 @@ impl SimMachine {
     /// tag the CPU is not using are stale but unusable; the crate must flush them before the tag
     /// is used again, which [`Platform::load_root`] checks.
     pub(super) fn check_not_cached(&self, frames: &[PhysAddr]) {
-        if frames.is_empty() {
+        if frames.is_empty() || self.nothing_cached(|root| frames.contains(&root)) {
             return;
         }
         let mut cached = lock(&self.check_scratch);
@@ -40,24 +40,62 @@ impl SimMachine {
         }
     }
 
-    /// [`SimMachine::check_not_cached`] for the `count` frames from `base`, by range.
-    pub(super) fn check_run_not_cached(&self, base: PhysAddr, count: usize) {
-        let end = base.0 + count as u64 * PAGE_SIZE;
+    /// [`SimMachine::check_not_cached`] for runs of `count` frames from each of `bases`, by
+    /// range.
+    pub(super) fn check_runs_not_cached(&self, bases: &[PhysAddr], count: usize) {
+        let bytes = count as u64 * PAGE_SIZE;
+        let freed = |pa: PhysAddr| {
+            bases
+                .iter()
+                .any(|base| (base.0..base.0 + bytes).contains(&pa.0))
+        };
+        if self.nothing_cached(freed) {
+            return;
+        }
         let mut cached = lock(&self.check_scratch);
         let mut large_scratch = lock(&self.check_large);
         let (large, _) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large, |root| (base.0..end).contains(&root.0));
-        for &(start, bytes, cpu, first) in large.iter() {
-            if start.0 < end {
-                Self::check_large_miss(PhysAddr(start.0.max(base.0)), start, bytes, cpu, first);
+        self.collect_cached(&mut cached, large, freed);
+        for &base in bases {
+            let end = base.0 + bytes;
+            for &(start, bytes, cpu, first) in large.iter() {
+                if start.0 < end {
+                    Self::check_large_miss(PhysAddr(start.0.max(base.0)), start, bytes, cpu, first);
+                }
+            }
+            let at = cached.partition_point(|&(frame, ..)| frame < base);
+            if let Some(&(frame, cpu, vpn, walk)) = cached.get(at) {
+                if frame.0 < end {
+                    Self::check_small_miss(frame, frame, cpu, vpn, walk);
+                }
             }
         }
-        let at = cached.partition_point(|&(frame, ..)| frame < base);
-        if let Some(&(frame, cpu, vpn, walk)) = cached.get(at) {
-            if frame.0 < end {
-                Self::check_small_miss(frame, frame, cpu, vpn, walk);
+    }
+
+    /// Whether no CPU caches any translation or walk at all (after a full flush, say), so that
+    /// there is nothing to search. Panics as [`SimMachine::collect_cached`] does if a CPU has a
+    /// frame that `freed` says is being freed loaded as its root table. A CPU whose TLB was
+    /// found empty and has cached nothing since costs no lock ([`CpuState::may_cache`]).
+    fn nothing_cached(&self, freed: impl Fn(PhysAddr) -> bool) -> bool {
+        let mut nothing = true;
+        for (index, cpu) in self.cpus.iter().enumerate() {
+            let root = cpu.loaded_root.load(Ordering::Acquire);
+            assert!(
+                root == NO_ROOT || !freed(PhysAddr(root)),
+                "page-table page {:?} freed while CPU {index} still has it loaded as its root",
+                PhysAddr(root)
+            );
+            if !cpu.may_cache.load(Ordering::Acquire) {
+                continue;
+            }
+            let tlb = lock(&cpu.tlb);
+            if tlb.entries.is_empty() && tlb.large.is_empty() && tlb.walks.is_empty() {
+                cpu.may_cache.store(false, Ordering::Release);
+            } else {
+                nothing = false;
             }
         }
+        nothing
     }
 
     /// The translations and walks each CPU can use now (under the tag it runs), sorted by frame

@@ -142,7 +142,17 @@ pub(super) struct CpuState {
     /// IPIs are taken between accesses (otherwise only in the crate's shootdown wait loop).
     pub(super) interrupts: AtomicBool,
     pub(super) ipis_received: AtomicU64,
+    /// Whether the TLB may hold a translation or a walk: set (under the TLB's lock) before
+    /// anything is cached, cleared by the freed-frame check (under the lock) when it finds the
+    /// TLB empty, so that a check while nothing is cached takes no lock.
+    pub(super) may_cache: AtomicBool,
+    /// The root table loaded (its address), or [`NO_ROOT`]: the TLB's root, readable without its
+    /// lock, for the same check.
+    pub(super) loaded_root: AtomicU64,
 }
+
+/// [`CpuState::loaded_root`] when no root is loaded.
+pub(super) const NO_ROOT: u64 = u64::MAX;
 
 /// A simulated CPU. Its loads and stores translate through its TLB, walk the page tables of the
 /// address space it runs on when the TLB misses, and raise page faults into the crate.
@@ -276,6 +286,7 @@ impl SimCpu {
                     None
                 } else {
                     let root = tlb.root.ok_or(FaultError::NotMapped)?;
+                    self.state().may_cache.store(true, Ordering::Release);
                     let format = aspace.format();
                     // The walk starts at the deepest cached entry that covers the address.
                     let (table, level) = match tlb.cached_walk(tag, va) {
@@ -360,6 +371,7 @@ impl SimCpu {
         let walked =
             unsafe { walk_format(Format::Aarch64, &*self.machine, root, 3, va, &mut |_, _| {}) };
         if let Some((frame, flags, level)) = walked {
+            self.state().may_cache.store(true, Ordering::Release);
             tlb.insert(tag, va, TlbEntry { frame, flags }, level, self.index);
         }
     }

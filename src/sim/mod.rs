@@ -27,7 +27,7 @@ mod platform;
 
 use self::check::LargeCached;
 pub use self::cpu::{Attached, SimCpu, TlbEntry};
-use self::cpu::{CpuState, CpuTlb};
+use self::cpu::{CpuState, CpuTlb, NO_ROOT};
 
 use crate::abi::PAGE_SIZE;
 use crate::arch::MmuFlags;
@@ -94,7 +94,7 @@ impl Default for SimConfig {
 pub struct Counters {
     /// Frames handed out.
     pub frames_allocated: AtomicU64,
-    /// Frames given back.
+    /// Frames given back (changed only under the allocator's lock).
     pub frames_freed: AtomicU64,
     /// IPIs sent, summed over target CPUs.
     pub ipis: AtomicU64,
@@ -113,7 +113,7 @@ pub struct Counters {
     pub page_faults: AtomicU64,
     /// Aligned runs handed out by `alloc_aligned_run`.
     pub runs_allocated: AtomicU64,
-    /// Runs given back whole by `free_run`.
+    /// Runs given back whole by `free_run` (changed only under the allocator's lock).
     pub runs_freed: AtomicU64,
 }
 
@@ -266,6 +266,8 @@ impl SimMachine {
                     attached: AtomicBool::new(false),
                     interrupts: AtomicBool::new(true),
                     ipis_received: AtomicU64::new(0),
+                    may_cache: AtomicBool::new(false),
+                    loaded_root: AtomicU64::new(cpu::NO_ROOT),
                 })
                 .collect(),
             counters: Counters::default(),

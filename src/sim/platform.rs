@@ -88,45 +88,46 @@ unsafe impl Platform for SimMachine {
     }
 
     unsafe fn free_run(&self, base: PhysAddr, count: usize) {
-        // By range, word by word: what a real allocator's run free costs, not 512 frees.
-        self.counters.runs_freed.fetch_add(1, Ordering::SeqCst);
-        let first = self.frame_index(base);
-        let last = first + count;
-        assert!(last <= self.frames, "a run past the machine's frames");
-        if let Some(zero) = self.zero_page() {
-            let zero = self.frame_index(zero);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_runs(&[base], count) };
+    }
+
+    unsafe fn free_runs(&self, bases: &[PhysAddr], count: usize) {
+        // By range, word by word: what a real allocator's run free costs, not `count` frees;
+        // one lock and one freed-frame check for the whole batch.
+        for &base in bases {
+            let first = self.frame_index(base);
             assert!(
-                !(first..last).contains(&zero),
-                "the shared zero page was freed"
+                first + count <= self.frames,
+                "a run past the machine's frames"
             );
+            if let Some(zero) = self.zero_page() {
+                assert!(
+                    !(first..first + count).contains(&self.frame_index(zero)),
+                    "the shared zero page was freed"
+                );
+            }
         }
-        self.check_run_not_cached(base, count);
+        self.check_runs_not_cached(bases, count);
         if self.poison_freed.load(Ordering::Relaxed) {
-            let words = &self.memory[first * WORDS_PER_FRAME..last * WORDS_PER_FRAME];
-            for word in words {
-                word.store(FREED_POISON, Ordering::Relaxed);
+            for &base in bases {
+                let first = self.frame_index(base) * WORDS_PER_FRAME;
+                for word in &self.memory[first..first + count * WORDS_PER_FRAME] {
+                    word.store(FREED_POISON, Ordering::Relaxed);
+                }
             }
         }
         let mut allocator = lock(&self.allocator);
-        let mut frame = first;
-        while frame < last {
-            let bits = (last - frame).min(64 - frame % 64);
-            let mask = if bits == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << bits) - 1) << (frame % 64)
-            };
-            let word = frame / 64;
-            assert!(
-                allocator.used[word] & mask == mask,
-                "double free in bitmap word {word}"
-            );
-            allocator.used[word] &= !mask;
-            frame += bits;
+        for &base in bases {
+            let first = self.frame_index(base);
+            clear_range(&mut allocator, first, first + count);
         }
-        self.counters
-            .frames_freed
-            .fetch_add(count as u64, Ordering::SeqCst);
+        add_locked(
+            &self.counters.frames_freed,
+            (bases.len() * count) as u64,
+            &allocator,
+        );
+        add_locked(&self.counters.runs_freed, bases.len() as u64, &allocator);
     }
 
     unsafe fn free_frames(&self, frames: &[PhysAddr]) {
@@ -168,9 +169,7 @@ unsafe impl Platform for SimMachine {
             mask |= bit;
         }
         clear(&mut allocator, word, mask);
-        self.counters
-            .frames_freed
-            .fetch_add(frames.len() as u64, Ordering::SeqCst);
+        add_locked(&self.counters.frames_freed, frames.len() as u64, &allocator);
     }
 
     fn phys_to_virt(&self, pa: PhysAddr) -> *mut u8 {
@@ -245,6 +244,7 @@ unsafe impl Platform for SimMachine {
         }
         let mut tlb = lock(&self.cpus[cpu].tlb);
         tlb.root = Some(root);
+        self.cpus[cpu].loaded_root.store(root.0, Ordering::Release);
         if flush {
             tlb.drop_tag(asid);
             self.counters
@@ -288,6 +288,46 @@ impl SimMachine {
         let cpu = self.current_cpu();
         let mut tlb = lock(&self.cpus[cpu].tlb);
         tlb.root = None;
+        self.cpus[cpu].loaded_root.store(NO_ROOT, Ordering::Release);
         tlb.tag = None;
+    }
+}
+
+/// Adds `n` to a counter that changes only under the allocator's lock (`_held` proves it is
+/// held): the lock orders its writers, so a plain load and store do, with no locked instruction
+/// on the free path. (Readers load it atomically, as every counter.)
+fn add_locked(counter: &AtomicU64, n: u64, _held: &FrameAllocator) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// Marks frames `[first, last)` free in the bitmap: whole words at a time where the range covers
+/// them (an aligned run always does). Panics on a double free.
+fn clear_range(allocator: &mut FrameAllocator, first: usize, last: usize) {
+    let mut frame = first;
+    if frame % 64 == 0 {
+        let whole = (last - frame) / 64;
+        let words = &mut allocator.used[frame / 64..frame / 64 + whole];
+        assert!(
+            words.iter().all(|&word| word == u64::MAX),
+            "double free in bitmap words from {}",
+            frame / 64
+        );
+        words.fill(0);
+        frame += whole * 64;
+    }
+    while frame < last {
+        let bits = (last - frame).min(64 - frame % 64);
+        let mask = if bits == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << bits) - 1) << (frame % 64)
+        };
+        let word = frame / 64;
+        assert!(
+            allocator.used[word] & mask == mask,
+            "double free in bitmap word {word}"
+        );
+        allocator.used[word] &= !mask;
+        frame += bits;
     }
 }
