@@ -98,7 +98,7 @@ unsafe impl Platform for MyKernel {
     fn preempt_enable(&self) {
         kernel::preempt_enable()
     }
-    // alloc_contiguous (contiguous VMOs), alloc_aligned_run and free_run (large-page VMOs),
+    // alloc_contiguous (contiguous VMOs), alloc_aligned_run, free_run, free_runs (large-page VMOs),
     // max_leaf_level (2 MiB / 1 GiB leaves), memory_attributes (aarch64 MAIR index), zero_frame
     // (a shared zero page), invalidation_is_broadcast, wait_hint, and on bare metal
     // invalidate_local and load_root (the crate's own instructions) keep their defaults.

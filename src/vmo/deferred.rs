@@ -39,7 +39,6 @@ impl Deferred for RemovedPages {
         // SAFETY: forwarded: the frames left their page lists under the VMOs' locks, and every
         // entry that mapped them was cleared and is covered by the round that completed.
         unsafe { self.free(platform) };
-        self.clear();
     }
 
     fn holds_frames(&self) -> bool {

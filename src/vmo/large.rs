@@ -15,9 +15,9 @@ impl Vmo {
     /// - A mapping maps each committed run with one 2 MiB leaf where its address is aligned
     ///   alike (on fault, and at `ZX_VM_MAP_RANGE`).
     /// - `ZX_VMO_OP_DECOMMIT` of a whole run clears that one leaf in each mapping and gives the
-    ///   run back in one [`Platform::free_run`]; one of part of a run splits the leaf (or, with
-    ///   no frame for the new table, clears it whole: the rest faults back in) and frees only
-    ///   the pages decommitted.
+    ///   run back whole ([`Platform::free_runs`], up to 64 runs a call); one of part of a run
+    ///   splits the leaf (or, with no frame for the new table, clears it whole: the rest faults
+    ///   back in) and frees only the pages decommitted.
     ///
     /// Kernel use only: no `zx_vmo_create` option asks for it. A VMO that takes part in
     /// copy-on-write (a snapshot parent or child) commits and maps 4 KiB pages.

@@ -1,7 +1,8 @@
 //! The committed pages of a VMO, compactly.
 //!
 //! Pages are kept in chunks of [`CHUNK_PAGES`] consecutive page indices (the pages one
-//! last-level table maps), in a `BTreeMap` keyed by chunk index. A chunk is a presence bitmap
+//! last-level table maps), held inline in a `BTreeMap` keyed by chunk index (no box per chunk:
+//! a run chunk, which has no slots, costs no heap of its own). A chunk is a presence bitmap
 //! and the 32-bit frame numbers of its committed pages: packed in page order while it holds up to
 //! 128 pages (the `k`-th set bit's frame is the `k`-th number), one slot per page above that. A
 //! fully committed range costs a little over 4 bytes per page; a sparse one 4 bytes per
@@ -11,79 +12,20 @@
 //! up to 16 TiB.
 
 mod chunk;
+mod removed;
 
 pub use self::chunk::Chunk;
-use self::chunk::FREE_BATCH;
+pub use self::removed::RemovedPages;
 use crate::platform::PhysAddr;
-use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
 
 /// Pages per chunk.
 pub const CHUNK_PAGES: u64 = 512;
 
-/// Pages taken out of a [`PageList`]: whole lists, whole chunks, and single frames from partial
-/// chunks.
-#[derive(Default)]
-pub struct RemovedPages {
-    /// Whole lists' chunk maps, when a range took every page of a list: moved in one step.
-    pub maps: Vec<BTreeMap<u64, Box<Chunk>>>,
-    /// Chunks that left whole.
-    pub chunks: Vec<Box<Chunk>>,
-    /// Frames that left one by one.
-    pub frames: Vec<PhysAddr>,
-}
-
-impl RemovedPages {
-    /// Gives every frame back to `platform`, without a list of them all: the single frames in
-    /// one call, each whole chunk's in calls of up to 64.
-    ///
-    /// # Safety
-    /// As for [`crate::platform::Platform::free_frames`]: no page table or TLB may still reach any of the frames.
-    pub unsafe fn free(&self, platform: &dyn crate::platform::Platform) {
-        if !self.frames.is_empty() {
-            // SAFETY: forwarded from the caller.
-            unsafe { platform.free_frames(&self.frames) };
-        }
-        if self.chunks.is_empty() && self.maps.is_empty() {
-            return;
-        }
-        let mut batch = [PhysAddr(0); FREE_BATCH];
-        let whole = self.maps.iter().flat_map(|map| map.values());
-        for chunk in self.chunks.iter().chain(whole) {
-            // SAFETY: forwarded from the caller.
-            unsafe { chunk.free(platform, &mut batch) };
-        }
-    }
-
-    /// Every frame taken out.
-    pub fn frames(&self) -> impl Iterator<Item = PhysAddr> + '_ {
-        let whole = self.maps.iter().flat_map(|map| map.values());
-        self.frames.iter().copied().chain(
-            self.chunks
-                .iter()
-                .chain(whole)
-                .flat_map(|chunk| chunk.frames()),
-        )
-    }
-
-    /// Forgets what was taken out (after it was freed), keeping the lists' capacity.
-    pub fn clear(&mut self) {
-        self.maps.clear();
-        self.chunks.clear();
-        self.frames.clear();
-    }
-
-    /// Whether nothing was taken out.
-    pub fn is_empty(&self) -> bool {
-        self.maps.is_empty() && self.chunks.is_empty() && self.frames.is_empty()
-    }
-}
-
 /// A sparse map from page index to frame.
 #[derive(Default)]
 pub struct PageList {
-    chunks: BTreeMap<u64, Box<Chunk>>,
+    chunks: BTreeMap<u64, Chunk>,
     committed: u64,
 }
 
@@ -145,7 +87,7 @@ impl PageList {
         let chunk = self
             .chunks
             .entry(index / CHUNK_PAGES)
-            .or_insert_with(|| Box::new(Chunk::new()));
+            .or_insert_with(Chunk::new);
         chunk.insert((index % CHUNK_PAGES) as usize, encode(frame));
         self.committed += 1;
     }
@@ -155,7 +97,7 @@ impl PageList {
     /// its last frame one the list can hold), in one step.
     pub fn insert_run(&mut self, index: u64, first: PhysAddr) {
         debug_assert!(index % CHUNK_PAGES == 0);
-        let chunk = Box::new(Chunk::new_run(encode(first)));
+        let chunk = Chunk::new_run(encode(first));
         let old = self.chunks.insert(index / CHUNK_PAGES, chunk);
         debug_assert!(old.is_none(), "a run over committed pages");
         self.committed += CHUNK_PAGES;
@@ -246,7 +188,8 @@ impl PageList {
         })
     }
 
-    /// Heap bytes used by the list's chunks (not counting the map's nodes), for accounting.
+    /// Heap bytes used by the list's chunks (their size in the map's nodes and their slots, not
+    /// the nodes' keys and links), for accounting.
     pub fn heap_bytes(&self) -> usize {
         self.chunks.values().map(|chunk| chunk.heap_bytes()).sum()
     }
@@ -255,6 +198,7 @@ impl PageList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     /// A run chunk: every page's frame is the run's first plus its index, with no slots; it
     /// stays a run only while whole; a decommit of some pages keeps the rest as they were; a
