@@ -104,6 +104,12 @@ fn address_spaces_and_vmars_have_their_own_koids() {
     let (ra, rb) = (a.aspace().root_vmar(), b.aspace().root_vmar());
     assert!(ra.koid() != 0 && ra.koid() != rb.koid());
     assert!(ra.koid() != ka && ra.koid() != kb);
+    // One root VMAR, one koid: asking again gives the same, and a sub-VMAR has its own.
+    assert_eq!(a.aspace().root_vmar().koid(), ra.koid());
+    let child = ra
+        .allocate(VmOptions::CAN_MAP_READ, 0, 4 * PAGE_SIZE)
+        .unwrap();
+    assert!(child.koid() != ra.koid() && child.koid() != 0);
 }
 
 /// The root VMAR can map with every permission, and at specific addresses; a sub-VMAR has the

@@ -13,6 +13,8 @@ pub struct AddressSpace {
     /// The ASID or PCID tag; 0 when untagged.
     pub(super) asid: u16,
     pub(super) root_vmar: VmarId,
+    /// The root VMAR's koid: the same for every [`AddressSpace::root_vmar`] object.
+    pub(super) root_vmar_koid: zx_koid_t,
     /// The user range: the root VMAR's base and size.
     pub(super) user_base: u64,
     pub(super) user_size: u64,
@@ -107,6 +109,7 @@ impl AddressSpace {
             root_table,
             asid,
             root_vmar,
+            root_vmar_koid: next_koid(),
             user_base: base,
             user_size: size,
             active: AtomicCpuSet::new(),
@@ -125,7 +128,7 @@ impl AddressSpace {
     /// The root VMAR.
     pub fn root_vmar(self: &Arc<Self>) -> Arc<Vmar> {
         Arc::new(Vmar {
-            koid: next_koid(),
+            koid: self.root_vmar_koid,
             aspace: self.clone(),
             id: self.root_vmar,
             base: self.user_base,
