@@ -113,6 +113,31 @@ fn a_tlb_found_empty_is_checked_again_once_it_caches() {
     unsafe { machine.free_frames(&[frame]) };
 }
 
+/// A table that only a CPU's walk cache still reaches (the translation through it invalidated,
+/// the walk kept) may not be freed either: the check looks at walks even when the TLB holds no
+/// translation at all.
+#[test]
+#[should_panic(expected = "walk cache still points to it")]
+fn freeing_a_table_only_a_walk_cache_reaches_is_caught() {
+    let machine = machine(1);
+    let p = process(&machine, Format::X86_64);
+    let vmo = patterned_vmo(&p, 1);
+    let addr = map_rw(&p, p.root_vmar_handle(), vmo, 0, 1);
+    let cpu = machine.cpu(0);
+    cpu.switch_to(Some(p.aspace()));
+    cpu.load(addr).unwrap();
+    cpu.invalidate_page(addr);
+    assert_eq!(cpu.tlb_len(), 0, "no translation left, only the walk");
+    let tables = p.aspace().with_page_table_unsynchronized(|pt, platform| {
+        let mut pending = PendingFlush::new();
+        pt.unmap(platform, addr, addr + PAGE_SIZE, &mut pending);
+        pending.freed_tables().to_vec()
+    });
+    assert!(!tables.is_empty(), "the emptied tables");
+    // SAFETY: deliberately wrong; the simulation panics before touching anything.
+    unsafe { machine.free_frames(&tables) };
+}
+
 /// A stale translation to a freed frame reads the poison pattern, so a use-after-free is visible.
 #[test]
 fn freed_frames_are_poisoned() {

@@ -331,3 +331,60 @@ fn clear_range(allocator: &mut FrameAllocator, first: usize, last: usize) {
         frame += bits;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_used(words: usize) -> FrameAllocator {
+        FrameAllocator {
+            used: alloc::vec![u64::MAX; words],
+            hint: 0,
+            budget: None,
+        }
+    }
+
+    /// `clear_range` frees exactly `[first, last)`, whatever the range's alignment: whole words,
+    /// a part of a word at either end, inside one word.
+    #[test]
+    fn clear_range_frees_exactly_the_range() {
+        let ranges = [
+            (0, 64),
+            (0, 512),
+            (3, 5),
+            (60, 70),
+            (64, 200),
+            (1, 191),
+            (128, 129),
+            (5, 64),
+            (448, 512),
+        ];
+        for (first, last) in ranges {
+            let mut allocator = all_used(8);
+            clear_range(&mut allocator, first, last);
+            for frame in 0..512 {
+                assert_eq!(
+                    allocator.is_used(frame),
+                    !(first..last).contains(&frame),
+                    "{first}..{last}: frame {frame}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "double free")]
+    fn clear_range_refuses_a_double_free_in_part_of_a_word() {
+        let mut allocator = all_used(8);
+        clear_range(&mut allocator, 3, 5);
+        clear_range(&mut allocator, 4, 6);
+    }
+
+    #[test]
+    #[should_panic(expected = "double free")]
+    fn clear_range_refuses_a_double_free_in_whole_words() {
+        let mut allocator = all_used(8);
+        clear_range(&mut allocator, 0, 128);
+        clear_range(&mut allocator, 64, 192);
+    }
+}
