@@ -358,6 +358,7 @@ mod tests {
             (128, 129),
             (5, 64),
             (448, 512),
+            (1, 5),
         ];
         for (first, last) in ranges {
             let mut allocator = all_used(8);
