@@ -232,7 +232,8 @@ impl Chunk {
     }
 
     /// Gives the chunk's frames back to `platform` in calls of up to [`FREE_BATCH`], through
-    /// `batch`.
+    /// `batch`. A whole run ([`Chunk::run`]) is not for here: the caller gives those back in
+    /// batches of runs (`Platform::free_runs`); here it would go page by page.
     ///
     /// # Safety
     /// As for [`crate::platform::Platform::free_frames`].
@@ -258,11 +259,10 @@ impl Chunk {
             // SAFETY: forwarded from the caller.
             unsafe { platform.free_frames(&batch[..count]) };
         }
-        if let Some(base) = self.run() {
-            // SAFETY: forwarded from the caller: every frame of the run is one of ours.
-            unsafe { platform.free_run(base, CHUNK_PAGES as usize) };
-            return;
-        }
+        debug_assert!(
+            self.run().is_none(),
+            "a whole run goes back through free_runs"
+        );
         match &self.slots {
             Slots::Packed(numbers) => {
                 for part in numbers.chunks(FREE_BATCH) {
