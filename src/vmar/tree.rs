@@ -81,16 +81,10 @@ impl VmarNode {
         false
     }
 
-    /// The lowest free, page-aligned gap of `size` bytes.
+    /// The lowest free, page-aligned gap of `size` bytes (not 0).
     pub(super) fn find_gap(&self, size: u64) -> Option<u64> {
-        let mut candidate = self.base;
-        for region in self.children.iter() {
-            if region.base() >= candidate && region.base() - candidate >= size {
-                return Some(candidate);
-            }
-            candidate = candidate.max(region.end());
-        }
-        (self.end() - candidate >= size).then_some(candidate)
+        // The children and the node are page-aligned, so any start is.
+        self.find_aligned_gap(size, 1, 0)
     }
 
     /// The lowest free gap of `size` bytes whose start is `phase` past a multiple of `align` (a
