@@ -19,7 +19,7 @@ impl SimMachine {
         let mut cached = lock(&self.check_scratch);
         let mut large_scratch = lock(&self.check_large);
         let (large, freed) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large, |root| frames.contains(&root));
+        self.collect_cached(&mut cached, large);
         if !large.is_empty() {
             freed.clear();
             freed.extend_from_slice(frames);
@@ -55,7 +55,7 @@ impl SimMachine {
         let mut cached = lock(&self.check_scratch);
         let mut large_scratch = lock(&self.check_large);
         let (large, _) = &mut *large_scratch;
-        self.collect_cached(&mut cached, large, freed);
+        self.collect_cached(&mut cached, large);
         for &base in bases {
             let end = base.0 + bytes;
             for &(start, bytes, cpu, first) in large.iter() {
@@ -79,12 +79,12 @@ impl SimMachine {
     fn nothing_cached(&self, freed: impl Fn(PhysAddr) -> bool) -> bool {
         let mut nothing = true;
         for (index, cpu) in self.cpus.iter().enumerate() {
-            let root = cpu.loaded_root.load(Ordering::Acquire);
-            assert!(
-                root == NO_ROOT || !freed(PhysAddr(root)),
-                "page-table page {:?} freed while CPU {index} still has it loaded as its root",
-                PhysAddr(root)
-            );
+            if let Some(root) = cpu.root() {
+                assert!(
+                    !freed(root),
+                    "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
+                );
+            }
             if !cpu.may_cache.load(Ordering::Acquire) {
                 continue;
             }
@@ -100,24 +100,17 @@ impl SimMachine {
 
     /// The translations and walks each CPU can use now (under the tag it runs), sorted by frame
     /// into `cached` (frame, CPU, page, whether a walk), and its large translations into `large`
-    /// (first frame, bytes, CPU, first page). Panics if a CPU has a frame that `freed` says is
-    /// being freed loaded as its root table.
+    /// (first frame, bytes, CPU, first page). (The loaded roots are checked by
+    /// [`SimMachine::nothing_cached`], which every caller asks first.)
     fn collect_cached(
         &self,
         cached: &mut Vec<(PhysAddr, usize, u64, bool)>,
         large: &mut Vec<LargeCached>,
-        freed: impl Fn(PhysAddr) -> bool,
     ) {
         cached.clear();
         large.clear();
         for (index, cpu) in self.cpus.iter().enumerate() {
             let tlb = lock(&cpu.tlb);
-            if let Some(root) = tlb.root {
-                assert!(
-                    !freed(root),
-                    "page-table page {root:?} freed while CPU {index} still has it loaded as its root"
-                );
-            }
             // Only the tag the CPU runs: a range of each map, which is keyed by tag first.
             let Some(tag) = tlb.tag else { continue };
             cached.extend(

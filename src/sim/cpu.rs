@@ -25,10 +25,9 @@ pub(super) struct CpuTlb {
     /// of the walk that cached it. A TLB miss starts its walk at the deepest one that covers the
     /// address, so a table freed while cached here is walked through, as on hardware.
     pub(super) walks: BTreeMap<(u16, usize, u64), (PhysAddr, Format)>,
-    /// The tag of the loaded user root, if any.
+    /// The tag of the loaded user root, if any. (The root itself is
+    /// [`CpuState::loaded_root`].)
     pub(super) tag: Option<u16>,
-    /// The loaded user root table, if any: the CPU's CR3 / TTBR0_EL1.
-    pub(super) root: Option<PhysAddr>,
 }
 
 impl CpuTlb {
@@ -146,9 +145,17 @@ pub(super) struct CpuState {
     /// anything is cached, cleared by the freed-frame check (under the lock) when it finds the
     /// TLB empty, so that a check while nothing is cached takes no lock.
     pub(super) may_cache: AtomicBool,
-    /// The root table loaded (its address), or [`NO_ROOT`]: the TLB's root, readable without its
-    /// lock, for the same check.
+    /// The loaded user root table (the CPU's CR3 / TTBR0_EL1), or [`NO_ROOT`]: changed under
+    /// the TLB's lock with its tag, readable without it (for the same check).
     pub(super) loaded_root: AtomicU64,
+}
+
+impl CpuState {
+    /// The loaded user root table, if any.
+    pub(super) fn root(&self) -> Option<PhysAddr> {
+        let root = self.loaded_root.load(Ordering::Acquire);
+        (root != NO_ROOT).then_some(PhysAddr(root))
+    }
 }
 
 /// [`CpuState::loaded_root`] when no root is loaded.
@@ -285,7 +292,7 @@ impl SimCpu {
                 let walked = if cached {
                     None
                 } else {
-                    let root = tlb.root.ok_or(FaultError::NotMapped)?;
+                    let root = self.state().root().ok_or(FaultError::NotMapped)?;
                     self.state().may_cache.store(true, Ordering::Release);
                     let format = aspace.format();
                     // The walk starts at the deepest cached entry that covers the address.
@@ -366,7 +373,9 @@ impl SimCpu {
         if level == 0 || format != Format::Aarch64 {
             return;
         }
-        let Some(root) = tlb.root else { return };
+        let Some(root) = self.state().root() else {
+            return;
+        };
         // SAFETY: the simulated memory is never unmapped (as in `access`).
         let walked =
             unsafe { walk_format(Format::Aarch64, &*self.machine, root, 3, va, &mut |_, _| {}) };

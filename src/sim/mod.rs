@@ -113,7 +113,8 @@ pub struct Counters {
     pub page_faults: AtomicU64,
     /// Aligned runs handed out by `alloc_aligned_run`.
     pub runs_allocated: AtomicU64,
-    /// Runs given back whole by `free_run` (changed only under the allocator's lock).
+    /// Runs given back whole by `free_run` or `free_runs` (changed only under the allocator's
+    /// lock).
     pub runs_freed: AtomicU64,
 }
 
@@ -267,7 +268,7 @@ impl SimMachine {
                     interrupts: AtomicBool::new(true),
                     ipis_received: AtomicU64::new(0),
                     may_cache: AtomicBool::new(false),
-                    loaded_root: AtomicU64::new(cpu::NO_ROOT),
+                    loaded_root: AtomicU64::new(NO_ROOT),
                 })
                 .collect(),
             counters: Counters::default(),
@@ -281,7 +282,7 @@ impl SimMachine {
 
     /// The root table CPU `cpu` has loaded, if any.
     pub fn loaded_root(&self, cpu: usize) -> Option<PhysAddr> {
-        lock(&self.cpus[cpu].tlb).root
+        self.cpus[cpu].root()
     }
 
     /// Runs `f` as CPU `cpu` on this thread, then goes back to the thread's own CPU: for a test

@@ -243,7 +243,6 @@ unsafe impl Platform for SimMachine {
             hook(cpu);
         }
         let mut tlb = lock(&self.cpus[cpu].tlb);
-        tlb.root = Some(root);
         self.cpus[cpu].loaded_root.store(root.0, Ordering::Release);
         if flush {
             tlb.drop_tag(asid);
@@ -287,7 +286,6 @@ impl SimMachine {
     pub(super) fn unload_root(&self) {
         let cpu = self.current_cpu();
         let mut tlb = lock(&self.cpus[cpu].tlb);
-        tlb.root = None;
         self.cpus[cpu].loaded_root.store(NO_ROOT, Ordering::Release);
         tlb.tag = None;
     }
