@@ -28,7 +28,9 @@ pub use self::mapping::Mapping;
 pub(crate) use self::mapping::{MappedSpace, VmoListAdapter};
 
 pub use self::cow::MAX_COW_DEPTH;
-pub use self::page_list::{Chunk, PageList, RemovedPages, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT};
+pub use self::page_list::{
+    Chunk, PageList, RemovedPages, RunBlock, CHUNK_PAGES, PAGE_LIST_PHYS_LIMIT,
+};
 
 use self::child::{Alias, Lineage};
 use self::cow::CowLink;

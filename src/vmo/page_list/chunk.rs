@@ -6,7 +6,7 @@ use crate::platform::PhysAddr;
 use alloc::vec::Vec;
 
 /// Words of a chunk's presence bitmap.
-const WORDS: usize = (CHUNK_PAGES / 64) as usize;
+pub(super) const WORDS: usize = (CHUNK_PAGES / 64) as usize;
 
 /// Above this many committed pages a chunk keeps one slot per page instead of packing.
 const PACKED_MAX: usize = 128;
@@ -21,10 +21,6 @@ enum Slots {
     /// direct, and its slots stay, until it empties (shrinking would allocate on the decommit
     /// path).
     Direct(Vec<u32>),
-    /// Committed as one aligned run from `alloc_aligned_run` ([`Chunk::new_run`]): page `i`'s
-    /// frame is number `first + i`, where its bit is set. No heap at all. A decommit of some
-    /// pages keeps it (their bits go); a commit into it makes the chunk direct.
-    Run(u32),
 }
 
 /// The frames of the committed pages among [`CHUNK_PAGES`] consecutive pages.
@@ -46,14 +42,26 @@ impl Chunk {
         }
     }
 
-    /// A chunk whose every page is committed to the run of consecutive frames from frame number
-    /// `first` (aligned to [`CHUNK_PAGES`]): what a large-page VMO commits in one allocation.
-    pub(super) fn new_run(first: u32) -> Self {
-        debug_assert!(u64::from(first) % CHUNK_PAGES == 0);
+    /// A chunk holding the pages of `present` (`used` of them) from the run of consecutive
+    /// frames from frame number `first`: a run that leaves its block for a commit into one of
+    /// its holes (which may allocate). Its frames go into slots.
+    pub(super) fn from_run(present: [u64; WORDS], used: u32, first: u32) -> Self {
+        let top = Chunk::pages_of(&present, 0, CHUNK_PAGES as usize)
+            .last()
+            .map_or(0, |page| page + 1);
+        let slots = if used as usize <= PACKED_MAX {
+            Slots::Packed(
+                Chunk::pages_of(&present, 0, CHUNK_PAGES as usize)
+                    .map(|page| first + page as u32)
+                    .collect(),
+            )
+        } else {
+            Slots::Direct((0..top as u32).map(|page| first + page).collect())
+        };
         Chunk {
-            present: [u64::MAX; WORDS],
-            used: CHUNK_PAGES as u32,
-            slots: Slots::Run(first),
+            present,
+            used,
+            slots,
         }
     }
 
@@ -61,17 +69,6 @@ impl Chunk {
     pub fn frames(&self) -> impl Iterator<Item = PhysAddr> + '_ {
         self.iter_range(0, CHUNK_PAGES as usize)
             .map(|(_, frame)| frame)
-    }
-
-    /// The first frame of the run, where the chunk was committed as one aligned run of frames
-    /// (`PageList::insert_run`) and still holds all of it: what one 2 MiB leaf can map, and what goes
-    /// back to the platform in one call. (Frames committed one by one never count as a run, even
-    /// where they happen to lie so: `Platform::free_run` sees only runs it handed out.)
-    pub fn run(&self) -> Option<PhysAddr> {
-        match self.slots {
-            Slots::Run(first) if u64::from(self.used) == CHUNK_PAGES => Some(decode(first)),
-            _ => None,
-        }
     }
 
     /// How many pages are committed.
@@ -111,20 +108,11 @@ impl Chunk {
         Some(decode(match &self.slots {
             Slots::Packed(numbers) => numbers[self.rank(i)],
             Slots::Direct(slots) => slots[i],
-            Slots::Run(first) => first + i as u32,
         }))
     }
 
     pub(super) fn insert(&mut self, i: usize, frame: u32) {
         debug_assert!(!self.contains(i), "page {i} of the chunk committed twice");
-        if let Slots::Run(first) = self.slots {
-            // A page of a run comes back with a frame of its own: the run's other frames go
-            // into slots (a commit may allocate).
-            let top = Chunk::pages_of(&self.present, 0, CHUNK_PAGES as usize)
-                .last()
-                .map_or(i, |page| page.max(i));
-            self.slots = Slots::Direct((0..=top as u32).map(|p| first + p).collect());
-        }
         match &mut self.slots {
             Slots::Packed(numbers) if numbers.len() < PACKED_MAX => {
                 numbers.insert(Chunk::rank_of(&self.present, i), frame);
@@ -147,7 +135,6 @@ impl Chunk {
                 }
                 slots[i] = frame;
             }
-            Slots::Run(_) => unreachable!("made direct above"),
         }
         self.present[i / 64] |= 1 << (i % 64);
         self.used += 1;
@@ -164,7 +151,6 @@ impl Chunk {
             let number = match &mut self.slots {
                 Slots::Packed(numbers) => numbers.remove(Chunk::rank_of(&self.present, lo)),
                 Slots::Direct(slots) => slots[lo],
-                Slots::Run(first) => *first + lo as u32,
             };
             out.push(decode(number));
             self.present[lo / 64] &= !(1 << (lo % 64));
@@ -182,12 +168,6 @@ impl Chunk {
                 let before = out.len();
                 let pages = Chunk::pages_of(&self.present, lo, hi);
                 out.extend(pages.map(|page| decode(slots[page])));
-                out.len() - before
-            }
-            Slots::Run(first) => {
-                let before = out.len();
-                let pages = Chunk::pages_of(&self.present, lo, hi);
-                out.extend(pages.map(|page| decode(*first + page as u32)));
                 out.len() - before
             }
         };
@@ -225,15 +205,13 @@ impl Chunk {
                     numbers[k - 1]
                 }
                 Slots::Direct(slots) => slots[i],
-                Slots::Run(first) => first + i as u32,
             };
             (i, decode(number))
         })
     }
 
     /// Gives the chunk's frames back to `platform` in calls of up to [`FREE_BATCH`], through
-    /// `batch`. A whole run ([`Chunk::run`]) is not for here: the caller gives those back in
-    /// batches of runs (`Platform::free_runs`); here it would go page by page.
+    /// `batch`.
     ///
     /// # Safety
     /// As for [`crate::platform::Platform::free_frames`].
@@ -259,10 +237,6 @@ impl Chunk {
             // SAFETY: forwarded from the caller.
             unsafe { platform.free_frames(&batch[..count]) };
         }
-        debug_assert!(
-            self.run().is_none(),
-            "a whole run goes back through free_runs"
-        );
         match &self.slots {
             Slots::Packed(numbers) => {
                 for part in numbers.chunks(FREE_BATCH) {
@@ -272,14 +246,6 @@ impl Chunk {
             }
             // One call per bitmap word: a full word's slots are its frames as they lie (all 64
             // of them lie below the highest committed page, so inside the slots).
-            Slots::Run(first) => {
-                let pages = Chunk::pages_of(&self.present, 0, CHUNK_PAGES as usize);
-                let mut numbers = pages.map(|page| first + page as u32).peekable();
-                while numbers.peek().is_some() {
-                    // SAFETY: forwarded from the caller.
-                    unsafe { give(platform, batch, numbers.by_ref().take(FREE_BATCH)) };
-                }
-            }
             Slots::Direct(slots) => {
                 for (w, &bits) in self.present.iter().enumerate() {
                     if bits == u64::MAX {
@@ -302,13 +268,12 @@ impl Chunk {
             + match &self.slots {
                 Slots::Packed(numbers) => numbers.capacity() * core::mem::size_of::<u32>(),
                 Slots::Direct(slots) => slots.capacity() * core::mem::size_of::<u32>(),
-                Slots::Run(_) => 0,
             }
     }
 }
 
 /// The bits of bitmap word `w` that `[lo, hi)` covers (the range must meet the word).
-fn word_mask(w: usize, lo: usize, hi: usize) -> u64 {
+pub(super) fn word_mask(w: usize, lo: usize, hi: usize) -> u64 {
     let a = lo.max(w * 64) - w * 64;
     let b = hi.min(w * 64 + 64) - w * 64;
     if b - a == 64 {
@@ -337,7 +302,6 @@ impl Chunk {
     pub(super) fn slot_capacity(&self) -> usize {
         match &self.slots {
             Slots::Packed(numbers) | Slots::Direct(numbers) => numbers.capacity(),
-            Slots::Run(_) => 0,
         }
     }
 }
