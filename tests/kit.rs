@@ -140,6 +140,8 @@ unsafe impl CpuOps for RecordingCpu {
     fn invalidate_local(&self, request: &TlbInvalidate<'_>) {
         let pages = match request.scope {
             TlbScope::Pages(pages) => Some(pages.to_vec()),
+            // (This platform reports no range feature: the crate never sends spans.)
+            TlbScope::Spans(spans) => Some(spans.iter().map(|span| span.va).collect()),
             TlbScope::All => None,
         };
         self.log.lock().unwrap().push(Call::Invalidate {

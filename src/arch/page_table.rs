@@ -188,7 +188,7 @@ impl<F: PteFormat> PageTable<F> {
                 } else if entry_end - va == span {
                     // A large leaf wholly inside the range: one entry, one invalidation.
                     slot.store(0, Ordering::Relaxed);
-                    out.add_page(va);
+                    out.add_leaf(va, level as u8);
                 } else {
                     // Part of a large leaf: split it, then unmap inside the new table. Where no
                     // frame is left for the table, the whole leaf goes: its other pages fault
@@ -386,7 +386,7 @@ impl<F: PteFormat> PageTable<F> {
             let new = F::block_entry_with(F::address(entry), flags, self.attrs);
             if new != entry {
                 slot.store(new, Ordering::Release);
-                out.add_page(va);
+                out.add_leaf(va, level as u8);
             }
             return;
         }
@@ -412,7 +412,7 @@ impl<F: PteFormat> PageTable<F> {
         let split = self.split_leaf(platform, slot, level, base);
         if split.is_err() {
             slot.store(0, Ordering::Relaxed);
-            out.add_page(base);
+            out.add_leaf(base, level as u8);
         }
         split.ok()
     }

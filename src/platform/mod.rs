@@ -6,10 +6,12 @@
 
 mod asid;
 mod machine;
+pub mod tlbi;
 
 pub use self::asid::AsidAllocator;
 pub(crate) use self::machine::{Node, Spare};
 pub use self::machine::{Tlb, TlbConfigError};
+pub use self::tlbi::{Span, TlbFeatures, TlbInvalidate, TlbScope};
 
 use core::fmt;
 use core::marker::PhantomData;
@@ -258,28 +260,6 @@ impl AtomicCpuSet {
     }
 }
 
-/// What to invalidate in one address space's translations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlbScope<'a> {
-    /// These page-aligned virtual addresses (one 4 KiB page each).
-    Pages(&'a [u64]),
-    /// Every translation of the address space.
-    All,
-}
-
-/// One invalidation: some or all of one address space's translations.
-#[derive(Clone, Copy, Debug)]
-pub struct TlbInvalidate<'a> {
-    /// The address space's tag: its ASID (aarch64) or PCID (x86_64); 0 for an untagged one.
-    pub asid: u16,
-    /// The root page table of the address space.
-    pub root: PhysAddr,
-    /// What to invalidate.
-    pub scope: TlbScope<'a>,
-    /// Whether page-table pages were freed, so that cached intermediate walks must go too.
-    pub tables_freed: bool,
-}
-
 /// What a kernel provides to the crate.
 ///
 /// Every method may be called from any CPU, and all but [`Platform::send_ipi`] with the crate's
@@ -435,6 +415,44 @@ pub unsafe trait Platform: Send + Sync {
     /// Carries out `request` in the calling CPU's TLB (see the bare-metal default).
     #[cfg(not(target_os = "none"))]
     fn invalidate_local(&self, request: &TlbInvalidate<'_>);
+
+    /// What the CPUs' TLB maintenance offers beyond single pages: arm64 range TLBIs and level
+    /// hints, AMD's INVLPGB. Called at every shootdown, so a kernel answers a value it read at
+    /// boot. Every CPU must have what this answers. Optional: on bare metal the default reads it
+    /// once from the boot CPU (`ID_AA64ISAR0_EL1.TLB` and `ID_AA64MMFR2_EL1.TTL` on aarch64,
+    /// `CPUID 0x8000_0008` on x86_64); on a host it answers [`TlbFeatures::NONE`].
+    fn tlb_features(&self) -> TlbFeatures {
+        #[cfg(target_os = "none")]
+        {
+            TlbFeatures::once(self::native::tlb_features)
+        }
+        #[cfg(not(target_os = "none"))]
+        {
+            TlbFeatures::NONE
+        }
+    }
+
+    /// Starts `request` on every CPU with one broadcast per piece (x86_64 INVLPGB) and returns
+    /// without waiting; [`Platform::sync_broadcast`] waits. Called instead of IPIs, only when
+    /// [`Platform::tlb_features`] reports INVLPGB and the address space has a tag (the same on
+    /// every CPU, see [`AsidAllocator`]). On bare-metal x86_64 the default issues the INVLPGBs;
+    /// elsewhere it carries `request` out locally (a platform that reports INVLPGB on a host
+    /// must provide both).
+    fn invalidate_broadcast(&self, request: &TlbInvalidate<'_>) {
+        #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+        self::native::invalidate_broadcast(request);
+        #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+        self.invalidate_local(request);
+    }
+
+    /// Waits until every [`Platform::invalidate_broadcast`] this CPU issued has completed on
+    /// every CPU (x86_64 TLBSYNC). Called once per shootdown round that broadcast, on the CPU
+    /// that broadcast (the round is pinned). The default runs TLBSYNC on bare-metal x86_64 and
+    /// does nothing elsewhere.
+    fn sync_broadcast(&self) {
+        #[cfg(all(target_arch = "x86_64", target_os = "none"))]
+        self::native::sync_broadcast();
+    }
 
     /// The largest leaf the crate may put in a page table: 0 (4 KiB pages only), 1 (2 MiB
     /// leaves too) or 2 (1 GiB leaves too); higher answers count as 2. Optional: the default

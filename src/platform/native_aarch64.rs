@@ -3,10 +3,28 @@
 //! TLBI ...IS broadcasts to every CPU of the inner-shareable domain, so no IPIs are needed: the
 //! initiator's DSB ISH completes only once every CPU has carried the invalidation out.
 
-use crate::platform::{PhysAddr, TlbInvalidate, TlbScope};
+use crate::platform::tlbi::{arm_span_ops, ArmTlbi};
+use crate::platform::{PhysAddr, TlbFeatures, TlbInvalidate, TlbScope};
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{Writeable, TTBR0_EL1};
 use core::arch::asm;
+
+/// The calling CPU's range-TLBI features: `ID_AA64ISAR0_EL1.TLB` (bits 59:56) 2 or more for
+/// FEAT_TLBIRANGE, `ID_AA64MMFR2_EL1.TTL` (bits 51:48) 1 or more for FEAT_TTL.
+pub fn tlb_features() -> TlbFeatures {
+    let isar0: u64;
+    let mmfr2: u64;
+    // SAFETY: reading ID registers at EL1 has no side effects and cannot fault.
+    unsafe {
+        asm!("mrs {0}, ID_AA64ISAR0_EL1", out(reg) isar0, options(nomem, nostack));
+        asm!("mrs {0}, ID_AA64MMFR2_EL1", out(reg) mmfr2, options(nomem, nostack));
+    }
+    TlbFeatures {
+        range: (isar0 >> 56) & 0xf >= 2,
+        ttl: (mmfr2 >> 48) & 0xf >= 1,
+        invlpgb: 0,
+    }
+}
 
 /// Loads `root` with `asid` into TTBR0_EL1, making it the current user address space; with
 /// `flush`, first drops this CPU's translations under `asid`.
@@ -56,6 +74,14 @@ pub fn invalidate_broadcast(request: &TlbInvalidate<'_>) {
                 }
             }
         }
+        TlbScope::Spans(spans) => {
+            for &span in spans {
+                for op in arm_span_ops(request.asid, span, request.features, !request.tables_freed)
+                {
+                    issue(op, request.tables_freed);
+                }
+            }
+        }
         TlbScope::All => {
             // SAFETY: TLBI ASIDE1IS only drops the cached translations of one ASID.
             unsafe { asm!("tlbi aside1is, {0}", in(reg) asid, options(nostack)) };
@@ -66,4 +92,35 @@ pub fn invalidate_broadcast(request: &TlbInvalidate<'_>) {
     barrier::dsb(barrier::ISH);
     // Barrier: ISB discards instructions fetched through the old translations locally.
     barrier::isb(barrier::SY);
+}
+
+/// Issues one TLBI by address: the non-leaf form (walk caches too) where tables were freed.
+///
+/// A TLBI by address only drops cached translations (and, in the non-leaf forms, walks) of the
+/// addresses and ASID in its operand; it cannot fault or touch memory. The range forms exist
+/// where FEAT_TLBIRANGE does, which the caller checked (`TlbFeatures::range` is what
+/// [`tlb_features`] read, or what the kernel says every CPU has).
+fn issue(op: ArmTlbi, tables_freed: bool) {
+    match (op, tables_freed) {
+        (ArmTlbi::Page(operand), true) => {
+            // SAFETY: see above.
+            unsafe { asm!("tlbi vae1is, {0}", in(reg) operand, options(nostack)) }
+        }
+        (ArmTlbi::Page(operand), false) => {
+            // SAFETY: see above.
+            unsafe { asm!("tlbi vale1is, {0}", in(reg) operand, options(nostack)) }
+        }
+        (ArmTlbi::Range(operand), true) => {
+            // SAFETY: see above.
+            unsafe {
+                asm!(".arch armv8.4-a", "tlbi rvae1is, {0}", in(reg) operand, options(nostack))
+            }
+        }
+        (ArmTlbi::Range(operand), false) => {
+            // SAFETY: see above.
+            unsafe {
+                asm!(".arch armv8.4-a", "tlbi rvale1is, {0}", in(reg) operand, options(nostack))
+            }
+        }
+    }
 }

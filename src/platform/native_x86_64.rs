@@ -4,7 +4,8 @@
 //! translation. With tags 1..=4095 it assumes CR4.PCIDE is set and the CPU has INVPCID, which the
 //! kernel checks (CPUID.7.0:EBX bit 10) before it gives [`crate::tlb::Tlb::new`] any tags.
 
-use crate::platform::{PhysAddr, TlbInvalidate, TlbScope};
+use crate::platform::tlbi::{invlpgb_all, invlpgb_span_ops, Invlpgb};
+use crate::platform::{PhysAddr, Span, TlbFeatures, TlbInvalidate, TlbScope};
 use x86_64::instructions::tlb::{flush_pcid, InvPcidCommand, Pcid};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
@@ -58,12 +59,10 @@ pub fn invalidate_local(request: &TlbInvalidate<'_>) {
             return;
         }
         match request.scope {
-            TlbScope::Pages(pages) => {
-                for &va in pages {
-                    x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va));
-                }
-            }
             TlbScope::All => x86_64::instructions::tlb::flush_all(),
+            scope => each_entry(scope, |va| {
+                x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va))
+            }),
         }
         return;
     }
@@ -77,23 +76,107 @@ pub fn invalidate_local(request: &TlbInvalidate<'_>) {
     };
     let current_is_ours = is_current && current_pcid.value() == request.asid;
     match request.scope {
-        TlbScope::Pages(pages) if current_is_ours => {
-            for &va in pages {
-                x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va));
+        TlbScope::All => {
+            // SAFETY: tags are only handed out when the CPU has INVPCID (module docs);
+            // INVPCID only drops cached translations.
+            unsafe { flush_pcid(InvPcidCommand::Single(pcid)) };
+        }
+        scope if current_is_ours => each_entry(scope, |va| {
+            x86_64::instructions::tlb::flush(VirtAddr::new_truncate(va))
+        }),
+        scope => each_entry(scope, |va| {
+            // SAFETY: as above.
+            unsafe { flush_pcid(InvPcidCommand::Address(VirtAddr::new_truncate(va), pcid)) }
+        }),
+    }
+}
+
+/// Calls `f` with one address in each entry `scope` names (INVLPG of any address in a large
+/// leaf drops its translation). Not for [`TlbScope::All`].
+fn each_entry(scope: TlbScope<'_>, mut f: impl FnMut(u64)) {
+    match scope {
+        TlbScope::Pages(pages) => pages.iter().for_each(|&va| f(va)),
+        TlbScope::Spans(spans) => {
+            for span in spans {
+                let size = (span.end() - span.va) / span.count.max(1);
+                (0..span.count).for_each(|i| f(span.va + i * size));
+            }
+        }
+        TlbScope::All => {}
+    }
+}
+
+/// The calling CPU's INVLPGB: `CPUID 0x8000_0008` EBX bit 3, with `EDX[15:0] + 1` pages per
+/// instruction at most.
+pub fn tlb_features() -> TlbFeatures {
+    use core::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads identification registers; leaf
+    // 0x8000_0000 answers the highest extended leaf, checked before 0x8000_0008 is asked.
+    let (ebx, edx) = unsafe {
+        if __cpuid(0x8000_0000).eax >= 0x8000_0008 {
+            let leaf = __cpuid(0x8000_0008);
+            (leaf.ebx, leaf.edx)
+        } else {
+            (0, 0)
+        }
+    };
+    TlbFeatures {
+        invlpgb: if ebx & (1 << 3) != 0 {
+            (edx & 0xffff) + 1
+        } else {
+            0
+        },
+        ..TlbFeatures::NONE
+    }
+}
+
+/// Broadcasts `request` to every CPU with INVLPGB, without waiting ([`sync_broadcast`] waits).
+/// Only for a tagged address space on a CPU with INVLPGB (the caller checked both).
+pub fn invalidate_broadcast(request: &TlbInvalidate<'_>) {
+    let max = request.features.invlpgb;
+    match request.scope {
+        TlbScope::All => invlpgb(invlpgb_all(request.asid)),
+        TlbScope::Spans(spans) => {
+            for &span in spans {
+                invlpgb_span_ops(request.asid, span, max).for_each(invlpgb);
             }
         }
         TlbScope::Pages(pages) => {
             for &va in pages {
-                // SAFETY: tags are only handed out when the CPU has INVPCID (module docs);
-                // INVPCID only drops cached translations.
-                unsafe { flush_pcid(InvPcidCommand::Address(VirtAddr::new_truncate(va), pcid)) };
+                let one = Span {
+                    va,
+                    count: 1,
+                    level: 0,
+                };
+                invlpgb_span_ops(request.asid, one, max).for_each(invlpgb);
             }
         }
-        TlbScope::All => {
-            // SAFETY: as above.
-            unsafe { flush_pcid(InvPcidCommand::Single(pcid)) };
-        }
     }
+}
+
+/// Issues one INVLPGB (`0F 01 FE`).
+fn invlpgb(op: Invlpgb) {
+    // SAFETY: INVLPGB only drops cached translations (and paging-structure entries) matching
+    // its operands, on every CPU; it reads and writes no memory. The caller checked that the
+    // CPU has it (`TlbFeatures::invlpgb`). As in Linux, no fence precedes it: the entries were
+    // cleared by earlier stores of this CPU, and TLBSYNC waits for it to complete everywhere.
+    unsafe {
+        core::arch::asm!(
+            ".byte 0x0f, 0x01, 0xfe",
+            in("rax") op.rax,
+            in("ecx") op.ecx,
+            in("edx") op.edx,
+            options(nostack)
+        )
+    };
+}
+
+/// Waits until every INVLPGB this CPU issued has completed on every CPU (TLBSYNC, `0F 01 FF`).
+pub fn sync_broadcast() {
+    // SAFETY: TLBSYNC only waits; it exists wherever INVLPGB does, and is only called after
+    // a round that broadcast, on the CPU that did (the round is pinned).
+    unsafe { core::arch::asm!(".byte 0x0f, 0x01, 0xff", options(nostack)) };
 }
 
 /// The largest leaf this CPU's paging takes: 2 (1 GiB pages) where CPUID reports them

@@ -77,6 +77,13 @@ impl SimMachine {
     /// frame that `freed` says is being freed loaded as its root table. A CPU whose TLB was
     /// found empty and has cached nothing since costs no lock ([`CpuState::may_cache`]).
     fn nothing_cached(&self, freed: impl Fn(PhysAddr) -> bool) -> bool {
+        assert!(
+            !self.cpus[self.current_cpu()]
+                .unsynced
+                .load(Ordering::SeqCst),
+            "frames freed on CPU {} after INVLPGB without TLBSYNC",
+            self.current_cpu()
+        );
         let mut nothing = true;
         for (index, cpu) in self.cpus.iter().enumerate() {
             if let Some(root) = cpu.root() {

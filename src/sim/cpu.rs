@@ -148,6 +148,8 @@ pub(super) struct CpuState {
     /// The loaded user root table (the CPU's CR3 / TTBR0_EL1), or [`NO_ROOT`]: changed under
     /// the TLB's lock with its tag, readable without it (for the same check).
     pub(super) loaded_root: AtomicU64,
+    /// This CPU issued INVLPGBs and no TLBSYNC since: it may free nothing.
+    pub(super) unsynced: AtomicBool,
 }
 
 impl CpuState {

@@ -24,6 +24,7 @@ extern crate std;
 mod check;
 mod cpu;
 mod platform;
+mod ranges;
 
 use self::check::LargeCached;
 pub use self::cpu::{Attached, SimCpu, TlbEntry};
@@ -33,7 +34,7 @@ use crate::abi::PAGE_SIZE;
 use crate::arch::MmuFlags;
 
 use crate::arch::{entry_span, walk_format, Format, PteFormat, LARGE_LEVELS, X86_64};
-use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbInvalidate, TlbScope};
+use crate::platform::{CpuPin, CpuSet, PhysAddr, Platform, TlbFeatures, TlbInvalidate, TlbScope};
 use crate::tlb::{Tlb, TlbConfigError};
 use crate::vmar::{Access, AddressSpace, FaultError};
 use alloc::boxed::Box;
@@ -42,7 +43,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Locks `mutex`; a panic elsewhere (a failed check) must not hide behind a poisoned lock.
@@ -102,6 +103,12 @@ pub struct Counters {
     pub page_invalidations: AtomicU64,
     /// Whole-address-space invalidations carried out, summed over CPUs.
     pub full_invalidations: AtomicU64,
+    /// arm64 range invalidations (`TLBI RVAE1IS`/`RVALE1IS`) carried out, summed over CPUs.
+    pub range_invalidations: AtomicU64,
+    /// INVLPGB instructions issued (each reaches every CPU).
+    pub broadcast_invalidations: AtomicU64,
+    /// TLBSYNC instructions issued.
+    pub tlbsyncs: AtomicU64,
     /// Single-page invalidations that also dropped cached walks (requests with `tables_freed`:
     /// `TLBI VAE1IS` rather than `VALE1IS`), summed over CPUs.
     pub table_invalidations: AtomicU64,
@@ -128,6 +135,9 @@ pub struct CounterSnapshot {
     pub ipis: u64,
     pub page_invalidations: u64,
     pub full_invalidations: u64,
+    pub range_invalidations: u64,
+    pub broadcast_invalidations: u64,
+    pub tlbsyncs: u64,
     pub table_invalidations: u64,
     pub tlb_hits: u64,
     pub tlb_misses: u64,
@@ -146,6 +156,9 @@ impl CounterSnapshot {
             ipis: self.ipis - earlier.ipis,
             page_invalidations: self.page_invalidations - earlier.page_invalidations,
             full_invalidations: self.full_invalidations - earlier.full_invalidations,
+            range_invalidations: self.range_invalidations - earlier.range_invalidations,
+            broadcast_invalidations: self.broadcast_invalidations - earlier.broadcast_invalidations,
+            tlbsyncs: self.tlbsyncs - earlier.tlbsyncs,
             table_invalidations: self.table_invalidations - earlier.table_invalidations,
             tlb_hits: self.tlb_hits - earlier.tlb_hits,
             tlb_misses: self.tlb_misses - earlier.tlb_misses,
@@ -186,6 +199,10 @@ pub struct SimMachine {
     poison_freed: AtomicBool,
     /// What [`Platform::max_leaf_level`] answers (2 unless a test lowers it).
     max_leaf_level: AtomicUsize,
+    /// What [`Platform::tlb_features`] answers ([`SimMachine::set_tlb_features`]).
+    range: AtomicBool,
+    ttl: AtomicBool,
+    invlpgb: AtomicU32,
     broadcast: bool,
     tlb: Tlb,
     allocator: Mutex<FrameAllocator>,
@@ -253,6 +270,9 @@ impl SimMachine {
             frames: config.frames,
             poison_freed: AtomicBool::new(config.poison_freed),
             max_leaf_level: AtomicUsize::new(2),
+            range: AtomicBool::new(false),
+            ttl: AtomicBool::new(false),
+            invlpgb: AtomicU32::new(0),
             broadcast: config.broadcast,
             tlb,
             allocator: Mutex::new(allocator),
@@ -269,6 +289,7 @@ impl SimMachine {
                     ipis_received: AtomicU64::new(0),
                     may_cache: AtomicBool::new(false),
                     loaded_root: AtomicU64::new(NO_ROOT),
+                    unsynced: AtomicBool::new(false),
                 })
                 .collect(),
             counters: Counters::default(),
@@ -319,6 +340,9 @@ impl SimMachine {
             ipis: c.ipis.load(Ordering::SeqCst),
             page_invalidations: c.page_invalidations.load(Ordering::SeqCst),
             full_invalidations: c.full_invalidations.load(Ordering::SeqCst),
+            range_invalidations: c.range_invalidations.load(Ordering::SeqCst),
+            broadcast_invalidations: c.broadcast_invalidations.load(Ordering::SeqCst),
+            tlbsyncs: c.tlbsyncs.load(Ordering::SeqCst),
             table_invalidations: c.table_invalidations.load(Ordering::SeqCst),
             tlb_hits: c.tlb_hits.load(Ordering::SeqCst),
             tlb_misses: c.tlb_misses.load(Ordering::SeqCst),
@@ -449,6 +473,7 @@ impl SimMachine {
                     .page_invalidations
                     .fetch_add(pages.len() as u64, Ordering::SeqCst);
             }
+            TlbScope::Spans(spans) => self.invalidate_spans(&mut tlb, request, spans),
             TlbScope::All => {
                 tlb.drop_tag(request.asid);
                 self.counters

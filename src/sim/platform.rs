@@ -216,6 +216,18 @@ unsafe impl Platform for SimMachine {
         self.max_leaf_level.load(Ordering::Relaxed)
     }
 
+    fn tlb_features(&self) -> TlbFeatures {
+        self.features()
+    }
+
+    fn invalidate_broadcast(&self, request: &TlbInvalidate<'_>) {
+        self.broadcast(request);
+    }
+
+    fn sync_broadcast(&self) {
+        self.sync();
+    }
+
     fn invalidation_is_broadcast(&self) -> bool {
         self.broadcast
     }

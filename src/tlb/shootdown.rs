@@ -51,7 +51,9 @@
 use super::FlushTarget;
 use crate::arch::PendingFlush;
 use crate::platform::sync::{AtomicUsize, Ordering};
-use crate::platform::{CpuPin, CpuSet, Node, PhysAddr, Platform, Tlb, TlbInvalidate, MAX_CPUS};
+use crate::platform::{
+    CpuPin, CpuSet, Node, PhysAddr, Platform, Tlb, TlbFeatures, TlbInvalidate, MAX_CPUS,
+};
 use alloc::sync::Arc;
 
 /// Where one address space's invalidation must go: the CPUs that must carry it out, and the
@@ -90,18 +92,36 @@ impl Item {
         }
     }
 
-    fn invalidate(&self) -> TlbInvalidate<'_> {
+    /// The invalidation to carry out with `features`, less INVLPGB (which only
+    /// [`Item::broadcast`] items use).
+    fn invalidate(&self, features: TlbFeatures) -> TlbInvalidate<'_> {
+        let features = TlbFeatures {
+            invlpgb: 0,
+            ..features
+        };
+        self.request(features)
+    }
+
+    fn request(&self, features: TlbFeatures) -> TlbInvalidate<'_> {
         TlbInvalidate {
             asid: self.reach.asid,
             root: self.reach.root,
-            scope: self.pending.scope(),
+            scope: self.pending.scope_with(features),
             tables_freed: self.pending.tables_freed() && !cfg!(feature = "break-table-flush"),
+            features,
         }
     }
 
+    /// Whether this item goes to every CPU by INVLPGB instead of IPIs: the CPUs have it and the
+    /// address space has a tag (the same on every CPU: tags are handed out machine-wide, and a
+    /// tag that comes back is flushed on every CPU that may cache it before it is used again).
+    fn broadcast(&self, features: TlbFeatures) -> bool {
+        features.invlpgb > 0 && self.reach.asid != 0 && !self.pending.is_empty()
+    }
+
     /// Whether `cpu` must carry this item out.
-    fn targets(&self, cpu: usize) -> bool {
-        self.reach.targets.contains(cpu) && !self.pending.is_empty()
+    fn targets(&self, cpu: usize, features: TlbFeatures) -> bool {
+        self.reach.targets.contains(cpu) && !self.pending.is_empty() && !self.broadcast(features)
     }
 }
 
@@ -109,6 +129,8 @@ impl Item {
 /// every target acknowledged, and a target touches the request only before its acknowledgement.
 struct Request<'a> {
     items: &'a [Item],
+    /// What the initiator's platform offered: every CPU carries the items out alike.
+    features: TlbFeatures,
     /// Remote CPUs that have not acknowledged yet.
     pending: AtomicUsize,
     /// One mailbox node per CPU, so that queueing the request allocates nothing.
@@ -116,10 +138,10 @@ struct Request<'a> {
 }
 
 /// Carries out, on `cpu`, every item that targets it.
-fn flush_on(items: &[Item], platform: &dyn Platform, cpu: usize) {
+fn flush_on(items: &[Item], platform: &dyn Platform, cpu: usize, features: TlbFeatures) {
     for item in items {
-        if item.targets(cpu) {
-            platform.invalidate_local(&item.invalidate());
+        if item.targets(cpu, features) {
+            platform.invalidate_local(&item.invalidate(features));
         }
     }
 }
@@ -133,29 +155,41 @@ impl Tlb {
             return;
         }
         let platform = pin.platform();
+        let features = platform.tlb_features();
         self.count_round();
         if platform.invalidation_is_broadcast() {
             // One broadcast per item reaches every CPU and completes before it returns.
             for item in items.iter().filter(|item| !item.pending.is_empty()) {
-                platform.invalidate_local(&item.invalidate());
+                platform.invalidate_local(&item.invalidate(features));
             }
             return;
+        }
+        if items.iter().any(|item| item.broadcast(features)) {
+            // INVLPGB for every tagged address space: no IPI, one TLBSYNC for the round (on
+            // this CPU, which issued them: the round is pinned).
+            for item in items.iter().filter(|item| item.broadcast(features)) {
+                platform.invalidate_broadcast(&item.request(features));
+            }
+            if !cfg!(feature = "break-tlbsync") {
+                platform.sync_broadcast();
+            }
         }
         let me = pin.cpu();
         // Every target is below the CPU count: CPUs join active sets only through a `CpuPin`,
         // which checks its index.
         let remote = items
             .iter()
-            .filter(|item| !item.pending.is_empty())
+            .filter(|item| !item.pending.is_empty() && !item.broadcast(features))
             .fold(CpuSet::EMPTY, |set, item| set.union(item.reach.targets))
             .without(me);
         if remote.is_empty() {
             // Nobody else to reach: no request, no mailbox, no wait.
-            flush_on(items, platform, me);
+            flush_on(items, platform, me, features);
             return;
         }
         let request = Request {
             items,
+            features,
             pending: AtomicUsize::new(remote.len()),
             nodes: [Node::EMPTY; MAX_CPUS],
         };
@@ -166,7 +200,7 @@ impl Tlb {
         }
         platform.send_ipi(remote);
         // Our own flush overlaps with the remote ones.
-        flush_on(items, platform, me);
+        flush_on(items, platform, me, features);
         while request.pending.load(Ordering::Acquire) != 0 {
             // Serve requests aimed at us: with interrupts disabled here, that is how two CPUs
             // shooting at each other both finish.
@@ -195,7 +229,7 @@ impl Tlb {
                 )
             };
             if !cfg!(feature = "break-remote-flush") {
-                flush_on(request.items, platform, me);
+                flush_on(request.items, platform, me, request.features);
             }
             // Release: the flush above happens before the initiator sees the acknowledgement.
             // After it, the initiator may return: neither `node` nor `request` is touched again.

@@ -3,6 +3,7 @@
 //! mapping's permissions).
 
 use super::*;
+use crate::platform::TlbFeatures;
 
 impl AddressSpace {
     /// Checks that every translation in the page table belongs to a live mapping and to the
@@ -253,6 +254,7 @@ impl AddressSpace {
             asid: self.asid,
             root: self.root_table,
             scope: TlbScope::Pages(&[va]),
+            features: TlbFeatures::NONE,
             tables_freed: true,
         });
     }

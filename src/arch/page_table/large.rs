@@ -17,7 +17,7 @@
 
 use super::*;
 use crate::arch::LARGE_LEVELS;
-use crate::platform::{TlbInvalidate, TlbScope};
+use crate::platform::{TlbFeatures, TlbInvalidate, TlbScope};
 
 /// Leaves in a tree by size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +103,7 @@ impl<F: PteFormat> PageTable<F> {
                 root: self.root,
                 scope: TlbScope::Pages(&[base]),
                 tables_freed: false,
+                features: TlbFeatures::NONE,
             });
         }
         // Make: release, so that a walker that sees the link sees the filled table.
