@@ -514,11 +514,12 @@ pub fn run() -> bool {
     let leaked = FRAMES.in_use() - baseline;
     let bad = board.failures();
     println!(
-        "large pages: {rounds} of {} rounds on {n} CPUs: {} shootdown rounds, {} IPIs sent, {} page flushes, {} full flushes, {} page faults; {bad} bad accesses; {leaked} frames leaked",
+        "large pages: {rounds} of {} rounds on {n} CPUs: {} shootdown rounds, {} IPIs sent, {} page flushes, {} span flushes, {} full flushes, {} page faults; {bad} bad accesses; {leaked} frames leaked",
         ROUNDS.len(),
         delta.shootdowns,
         delta.ipis,
         delta.page_invalidations,
+        delta.span_invalidations,
         delta.full_invalidations,
         delta.page_faults,
     );

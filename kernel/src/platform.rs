@@ -58,6 +58,9 @@ pub struct Counters {
     pub page_flushes: AtomicU64,
     /// Whole-address-space invalidations requested.
     pub full_flushes: AtomicU64,
+    /// Spans of entries requested at once (`TlbScope::Spans`: arm64 range TLBIs on a CPU with
+    /// FEAT_TLBIRANGE), one per span per `invalidate_local` call.
+    pub span_flushes: AtomicU64,
     /// Page faults the crate resolved.
     pub page_faults: AtomicU64,
     /// Activations of address spaces with a tag of their own (PCID or ASID).
@@ -72,6 +75,7 @@ pub static COUNTERS: Counters = Counters {
     ipis_received: AtomicU64::new(0),
     page_flushes: AtomicU64::new(0),
     full_flushes: AtomicU64::new(0),
+    span_flushes: AtomicU64::new(0),
     page_faults: AtomicU64::new(0),
     tagged_activations: AtomicU64::new(0),
     untagged_activations: AtomicU64::new(0),
@@ -92,6 +96,8 @@ pub struct Snapshot {
     pub ipis_received: u64,
     pub page_invalidations: u64,
     pub full_invalidations: u64,
+    /// Spans invalidated at once (range TLBIs).
+    pub span_invalidations: u64,
     pub tlb_hits: u64,
     pub tlb_misses: u64,
     pub page_faults: u64,
@@ -109,6 +115,7 @@ impl Snapshot {
             ipis_received: c.ipis_received.load(Ordering::Relaxed),
             page_invalidations: c.page_flushes.load(Ordering::Relaxed),
             full_invalidations: c.full_flushes.load(Ordering::Relaxed),
+            span_invalidations: c.span_flushes.load(Ordering::Relaxed),
             tlb_hits: 0,
             tlb_misses: 0,
             page_faults: c.page_faults.load(Ordering::Relaxed),
@@ -125,6 +132,7 @@ impl Snapshot {
             ipis_received: self.ipis_received - earlier.ipis_received,
             page_invalidations: self.page_invalidations - earlier.page_invalidations,
             full_invalidations: self.full_invalidations - earlier.full_invalidations,
+            span_invalidations: self.span_invalidations - earlier.span_invalidations,
             tlb_hits: self.tlb_hits - earlier.tlb_hits,
             tlb_misses: self.tlb_misses - earlier.tlb_misses,
             page_faults: self.page_faults - earlier.page_faults,
@@ -246,6 +254,9 @@ unsafe impl Platform for KernelPlatform {
             TlbScope::Pages(pages) => COUNTERS
                 .page_flushes
                 .fetch_add(pages.len() as u64, Ordering::Relaxed),
+            TlbScope::Spans(spans) => COUNTERS
+                .span_flushes
+                .fetch_add(spans.len() as u64, Ordering::Relaxed),
             TlbScope::All => COUNTERS.full_flushes.fetch_add(1, Ordering::Relaxed),
         };
         arch::invalidate(request, Self::ipi_mode());

@@ -292,12 +292,13 @@ fn decommit_while_reading() -> bool {
     let leaked = FRAMES.in_use() - baseline;
     let bad = failures.count.load(Ordering::SeqCst);
     println!(
-        "decommit ({}): {rounds} rounds on {n} CPUs: {} shootdown rounds, {} IPIs sent, {} IPIs taken, {} page flushes, {} full flushes, {} page faults; {bad} bad reads; {leaked} frames leaked ({} frames allocated and freed)",
+        "decommit ({}): {rounds} rounds on {n} CPUs: {} shootdown rounds, {} IPIs sent, {} IPIs taken, {} page flushes, {} span flushes, {} full flushes, {} page faults; {bad} bad reads; {leaked} frames leaked ({} frames allocated and freed)",
         mode_name(),
         delta.shootdowns,
         delta.ipis,
         delta.ipis_received,
         delta.page_invalidations,
+        delta.span_invalidations,
         delta.full_invalidations,
         delta.page_faults,
         delta.frames_allocated,

@@ -481,12 +481,13 @@ pub fn run() -> bool {
     let bad = failures.count();
     let passes: u64 = board.passes.iter().map(|p| p.load(SeqCst)).sum();
     println!(
-        "snapshot ({}): {} of {SNAPSHOTS} snapshots, {passes} writer passes of {PAGES} stores; {} shootdown rounds, {} IPIs sent, {} page flushes, {} full flushes, {} page faults (retries included), {} frames allocated and freed; {bad} bad words; {leaked} frames leaked",
+        "snapshot ({}): {} of {SNAPSHOTS} snapshots, {passes} writer passes of {PAGES} stores; {} shootdown rounds, {} IPIs sent, {} page flushes, {} span flushes, {} full flushes, {} page faults (retries included), {} frames allocated and freed; {bad} bad words; {leaked} frames leaked",
         mode_name(),
         taken.load(SeqCst),
         delta.shootdowns,
         delta.ipis,
         delta.page_invalidations,
+        delta.span_invalidations,
         delta.full_invalidations,
         delta.page_faults,
         delta.frames_allocated,

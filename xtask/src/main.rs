@@ -1,5 +1,5 @@
-//! `cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush]
-//! [--break-write-protect] [--break-split] [--runs N] [--timeout SECONDS]`
+//! `cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--cpu-max] [--break-remote-flush]
+//! [--break-write-protect] [--break-split] [--break-range] [--runs N] [--timeout SECONDS]`
 //!
 //! Builds the test kernel (`kernel/`) for `<arch>-unknown-none` and runs it under QEMU (TCG, never
 //! KVM: stale TLB entries only show under TCG), with 4 CPUs and 256 MiB. The kernel reports its
@@ -13,6 +13,11 @@
 //! any CPU model (`-cpu max` included; `+pcid` is dropped with a warning), so under TCG the kernel
 //! says so and the run ends SKIPPED (exit status 3 here); on a QEMU whose `-cpu max` offers them,
 //! the same command runs every scenario with PCIDs.
+//!
+//! `--cpu-max` (aarch64 only) runs on `-cpu max` instead of `cortex-a72`: a CPU with
+//! FEAT_TLBIRANGE and FEAT_TTL, so that the crate invalidates spans with range TLBIs (the kernel
+//! prints what it found). `--break-range` builds zx-vm with its deliberately broken range
+//! encoding (a wrong granule, which invalidates nothing); with `--cpu-max` the run must fail.
 //!
 //! The kernel is built into `$CARGO_TARGET_DIR` when that is set, else `target/` at the workspace
 //! root (a broken build into a subdirectory named after its features: `break-remote-flush/`,
@@ -39,8 +44,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--break-remote-flush] \
-     [--break-write-protect] [--break-split] [--runs N] [--timeout SECONDS]";
+    "usage: cargo xtask qemu <x86_64|aarch64> [--pcid[=TAGS]] [--cpu-max] [--break-remote-flush] \
+     [--break-write-protect] [--break-split] [--break-range] [--runs N] [--timeout SECONDS]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arch {
@@ -68,7 +73,7 @@ impl Arch {
     }
 
     /// QEMU's arguments for `kernel`, with `command_line` for the kernel (x86_64 only).
-    fn qemu_args(self, kernel: &Path, command_line: Option<&str>) -> Vec<String> {
+    fn qemu_args(self, kernel: &Path, command_line: Option<&str>, cpu_max: bool) -> Vec<String> {
         let mut args: Vec<String> = match self {
             // `-cpu max` for 1 GiB pages (the kernel's direct map); PVH boot from the ELF note.
             Arch::X86_64 => vec![
@@ -79,12 +84,13 @@ impl Arch {
                 "-device",
                 "isa-debug-exit,iobase=0xf4,iosize=0x04",
             ],
-            // EL1 entry, GICv2, PSCI through HVC, semihosting for the exit status.
+            // EL1 entry, GICv2, PSCI through HVC, semihosting for the exit status; `max` has
+            // FEAT_TLBIRANGE and FEAT_TTL, the Cortex-A72 (Armv8.0) neither.
             Arch::Aarch64 => vec![
                 "-machine",
                 "virt,gic-version=2",
                 "-cpu",
-                "cortex-a72",
+                if cpu_max { "max" } else { "cortex-a72" },
                 "-semihosting",
             ],
         }
@@ -149,6 +155,8 @@ struct Options {
     arch: Arch,
     /// `--pcid`: the kernel argument (`pcid` or `pcid=TAGS`).
     pcid: Option<String>,
+    /// `--cpu-max`: aarch64 on `-cpu max` (range TLBIs).
+    cpu_max: bool,
     /// Which of [`BREAKAGES`] to build with.
     broken: [bool; BREAKAGES.len()],
     runs: u32,
@@ -157,10 +165,11 @@ struct Options {
 
 /// The deliberately broken builds of zx-vm: the feature (zx-vm's and the kernel's, and the flag
 /// without its `--`) and what it breaks.
-const BREAKAGES: [(&str, &str); 3] = [
+const BREAKAGES: [(&str, &str); 4] = [
     ("break-remote-flush", "shootdown"),
     ("break-write-protect", "write-protect"),
     ("break-split", "large-leaf split"),
+    ("break-range", "range-TLBI encoding"),
 ];
 
 impl Options {
@@ -204,6 +213,7 @@ fn parse() -> Options {
     let mut options = Options {
         arch,
         pcid: None,
+        cpu_max: false,
         broken: [false; BREAKAGES.len()],
         runs: 1,
         timeout: Duration::from_secs(120),
@@ -224,6 +234,7 @@ fn parse() -> Options {
         };
         match arg {
             "--pcid" => options.pcid = Some("pcid".into()),
+            "--cpu-max" => options.cpu_max = true,
             tags if tags.starts_with("--pcid=") => {
                 let tags = &tags["--pcid=".len()..];
                 if tags.parse::<u16>().map_or(true, |tags| tags == 0) {
@@ -235,6 +246,9 @@ fn parse() -> Options {
             "--timeout" => options.timeout = Duration::from_secs(number("--timeout")),
             other => usage_error(&format!("unknown option `{other}`")),
         }
+    }
+    if options.cpu_max && arch != Arch::Aarch64 {
+        usage_error("--cpu-max is for aarch64 (x86_64 always runs on -cpu max)");
     }
     if options.pcid.is_some() && arch != Arch::X86_64 {
         usage_error("--pcid is for x86_64 (aarch64 always runs with ASIDs)");
@@ -288,7 +302,7 @@ fn run(options: &Options, kernel: &Path) -> Outcome {
     let arch = options.arch;
     let started = Instant::now();
     let mut child = Command::new(arch.qemu())
-        .args(arch.qemu_args(kernel, options.pcid.as_deref()))
+        .args(arch.qemu_args(kernel, options.pcid.as_deref(), options.cpu_max))
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {

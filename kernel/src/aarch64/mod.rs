@@ -40,6 +40,7 @@ use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use zx_vm::arch::{MemoryAttributes, Shareability};
+use zx_vm::platform::tlbi::{arm_span_ops, ArmTlbi};
 use zx_vm::platform::{TlbInvalidate, TlbScope, MAX_CPUS};
 use zx_vm::vmar::FaultError;
 use zx_vm::PhysAddr;
@@ -258,6 +259,14 @@ pub fn invalidate(request: &TlbInvalidate<'_>, ipi_mode: bool) {
                 }
             }
         }
+        TlbScope::Spans(spans) => {
+            for &span in spans {
+                let hint = !request.tables_freed;
+                for op in arm_span_ops(request.asid, span, request.features, hint) {
+                    invalidate_local_op(op, request.tables_freed);
+                }
+            }
+        }
         // SAFETY: TLBI ASIDE1 drops this CPU's translations of one ASID.
         TlbScope::All => unsafe {
             asm!("tlbi aside1, {}", in(reg) asid, options(nostack, preserves_flags))
@@ -265,6 +274,33 @@ pub fn invalidate(request: &TlbInvalidate<'_>, ipi_mode: bool) {
     }
     // SAFETY: barriers: the invalidations complete, then the instruction stream resynchronises.
     unsafe { asm!("dsb nsh", "isb", options(nostack, preserves_flags)) };
+}
+
+/// One TLBI by address on this CPU only (the non-broadcast forms), walks too where tables were
+/// freed: what `invalidate` runs in IPI mode for a span.
+fn invalidate_local_op(op: ArmTlbi, tables_freed: bool) {
+    // SAFETY (each arm): a TLBI by address drops this CPU's cached translations (and walks, in
+    // the non-leaf forms) for the addresses and ASID of its operand; it cannot fault or touch
+    // memory. The range forms come only from a span the crate encoded with
+    // `TlbFeatures::range`, which the CPU reported (ID_AA64ISAR0_EL1.TLB).
+    match (op, tables_freed) {
+        // SAFETY: see above.
+        (ArmTlbi::Page(x), true) => unsafe {
+            asm!("tlbi vae1, {}", in(reg) x, options(nostack, preserves_flags))
+        },
+        // SAFETY: see above.
+        (ArmTlbi::Page(x), false) => unsafe {
+            asm!("tlbi vale1, {}", in(reg) x, options(nostack, preserves_flags))
+        },
+        // SAFETY: see above.
+        (ArmTlbi::Range(x), true) => unsafe {
+            asm!(".arch armv8.4-a", "tlbi rvae1, {}", in(reg) x, options(nostack, preserves_flags))
+        },
+        // SAFETY: see above.
+        (ArmTlbi::Range(x), false) => unsafe {
+            asm!(".arch armv8.4-a", "tlbi rvale1, {}", in(reg) x, options(nostack, preserves_flags))
+        },
+    }
 }
 
 /// Drops the calling CPU's translation of `va` under `asid`.
@@ -506,6 +542,17 @@ fn check_translation_regime(tags: u16) {
         println!("translation regime: the attributes are not as programmed\nRESULT: FAIL");
         exit(false);
     }
+    let features = zx_vm::platform::Platform::tlb_features(&crate::platform::KernelPlatform);
+    println!(
+        "TLB features: FEAT_TLBIRANGE {}, FEAT_TTL {} (spans past one page go as {})",
+        if features.range { "yes" } else { "no" },
+        if features.ttl { "yes" } else { "no" },
+        if features.range {
+            "range TLBIs"
+        } else {
+            "single-page TLBIs"
+        }
+    );
 }
 
 /// An attribute byte from [`attribute_of`], for messages.
