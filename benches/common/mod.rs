@@ -233,11 +233,14 @@ impl Extra {
 
 pub fn counters_json(c: &CounterSnapshot) -> String {
     format!(
-        "{{\"shootdowns\": {}, \"ipis\": {}, \"page_invalidations\": {}, \"full_invalidations\": {}, \"table_invalidations\": {}, \"frames_freed\": {}, \"runs_freed\": {}, \"frames_allocated\": {}, \"runs_allocated\": {}, \"page_faults\": {}}}",
+        "{{\"shootdowns\": {}, \"ipis\": {}, \"page_invalidations\": {}, \"full_invalidations\": {}, \"range_invalidations\": {}, \"broadcast_invalidations\": {}, \"tlbsyncs\": {}, \"table_invalidations\": {}, \"frames_freed\": {}, \"runs_freed\": {}, \"frames_allocated\": {}, \"runs_allocated\": {}, \"page_faults\": {}}}",
         c.shootdowns,
         c.ipis,
         c.page_invalidations,
         c.full_invalidations,
+        c.range_invalidations,
+        c.broadcast_invalidations,
+        c.tlbsyncs,
         c.table_invalidations,
         c.frames_freed,
         c.runs_freed,
