@@ -15,7 +15,7 @@ use common::*;
 use zx_vm::abi::*;
 use zx_vm::arch::{Format, PendingFlush};
 use zx_vm::platform::tlbi::*;
-use zx_vm::platform::{PhysAddr, Platform, Span, TlbFeatures, TlbInvalidate};
+use zx_vm::platform::{PhysAddr, Platform, Span, TlbFeatures, TlbInvalidate, TlbScope};
 use zx_vm::sim::{SimConfig, SimMachine};
 use zx_vm::syscall::*;
 
@@ -484,5 +484,121 @@ fn translations_outside_a_ranged_decommit_survive() {
         for cpu in 0..2 {
             machine.cpu(cpu).switch_to(None);
         }
+    }
+}
+
+/// A record keeps spans of consecutive entries of one size only: a gap, or a change of size,
+/// starts a new span; past 32 spans the spans are not used (the single entries, or the whole
+/// address space, are); `add_all` and `clear` empty them.
+#[test]
+fn spans_hold_consecutive_entries_of_one_size() {
+    const MIB2: u64 = 2 << 20;
+    let base = 0x40_0000_0000u64;
+    let mut pending = PendingFlush::new();
+    pending.add_page(base);
+    pending.add_page(base + 0x1000);
+    pending.add_page(base + 0x3000);
+    pending.add_leaf(base + MIB2, 1);
+    pending.add_leaf(base + 2 * MIB2, 1);
+    pending.add_page(base + 3 * MIB2);
+    let span = |va, count, level| Span { va, count, level };
+    assert_eq!(
+        pending.spans(),
+        [
+            span(base, 2, 0),
+            span(base + 0x3000, 1, 0),
+            span(base + MIB2, 2, 1),
+            span(base + 3 * MIB2, 1, 0)
+        ]
+    );
+    assert_eq!(pending.scope_with(RANGE), TlbScope::Spans(pending.spans()));
+    // 3 + 1 + 1 (2 MiB leaves: one range of 1024 pages) + 1 instructions.
+    assert_eq!(instructions(pending.spans(), RANGE), 4);
+    assert_eq!(instructions(pending.spans(), INVLPGB), 4);
+    assert_eq!(instructions(pending.spans(), TlbFeatures::NONE), 6);
+    pending.clear();
+    assert!(pending.spans().is_empty() && pending.is_empty());
+    // 33 separate pages: 33 spans are more than a record keeps.
+    for i in 0..33 {
+        pending.add_page(base + 2 * i * 0x1000);
+    }
+    assert_eq!(pending.scope_with(RANGE), TlbScope::All);
+    assert_eq!(pending.scope_with(INVLPGB), TlbScope::All);
+    pending.clear();
+    // 32 of them fit, as 32 single instructions.
+    for i in 0..32 {
+        pending.add_page(base + 2 * i * 0x1000);
+    }
+    assert!(matches!(pending.scope_with(RANGE), TlbScope::Spans(s) if s.len() == 32));
+    assert!(matches!(pending.scope_with(TlbFeatures::NONE), TlbScope::Pages(p) if p.len() == 32));
+    pending.add_all();
+    assert_eq!(pending.scope_with(RANGE), TlbScope::All);
+    assert!(pending.spans().is_empty());
+}
+
+/// End to end for 2^21 and 2^21 + 1 pages, on both formats: a physical VMO mapped page by page
+/// (`ZX_VM_MAP_RANGE` with 4 KiB leaves only), then unmapped on a CPU that runs the address
+/// space. With the format's range feature 2^21 pages are one instruction (a range TLBI; or, with
+/// INVLPGB, past 32 instructions, one for the whole PCID), and 2^21 + 1 pages flush the address
+/// space (arm64, as Linux past MAX_TLBI_RANGE_PAGES); without, both flush it.
+#[test]
+#[cfg_attr(miri, ignore = "two million page-table entries")]
+fn unmaps_of_two_million_pages_on_both_formats() {
+    use zx_vm::{KernelObject, Rights, Vmo};
+    const DEVICE: u64 = 64 << 30;
+    for (format, features) in [
+        (Format::Aarch64, RANGE),
+        (Format::Aarch64, TlbFeatures::NONE),
+        (Format::X86_64, INVLPGB),
+        (Format::X86_64, TlbFeatures::NONE),
+    ] {
+        let machine = SimMachine::new(SimConfig {
+            frames: 8192,
+            cpus: 1,
+            ..SimConfig::default()
+        });
+        machine.set_max_leaf_level(0);
+        machine.set_tlb_features(features);
+        let p = process(&machine, format);
+        machine.cpu(0).switch_to(Some(p.aspace()));
+        for pages in [MAX, MAX + 1] {
+            let vmo = Vmo::create_physical(machine.clone(), PhysAddr(DEVICE), pages * PAGE_SIZE)
+                .expect("a physical VMO");
+            let rights = Rights::from_bits_truncate(ZX_DEFAULT_VMO_RIGHTS);
+            let handle = p.add_handle(KernelObject::Vmo(vmo), rights).unwrap();
+            let mut addr = 0;
+            let options = ZX_VM_PERM_READ | ZX_VM_PERM_WRITE | ZX_VM_MAP_RANGE;
+            let status = zx_vmar_map(
+                &p,
+                p.root_vmar_handle(),
+                options,
+                0,
+                handle,
+                0,
+                pages * PAGE_SIZE,
+                &mut addr,
+            );
+            assert_eq!(status, ZX_OK);
+            assert_eq!(p.aspace().leaf_counts().pages, pages as usize);
+            let before = machine.counters();
+            let status = zx_vmar_unmap(&p, p.root_vmar_handle(), addr, pages * PAGE_SIZE);
+            assert_eq!(status, ZX_OK);
+            let d = machine.counters().since(&before);
+            let got = (
+                d.page_invalidations,
+                d.range_invalidations,
+                d.full_invalidations,
+                d.broadcast_invalidations,
+            );
+            let want = match (features == TlbFeatures::NONE, features.range, pages == MAX) {
+                (true, _, _) => (0, 0, 1, 0),
+                (false, true, true) => (0, 1, 0, 0),
+                (false, true, false) => (0, 0, 1, 0),
+                (false, false, _) => (0, 0, 0, 1),
+            };
+            assert_eq!(got, want, "{format:?} {features:?} {pages} pages");
+            assert_eq!(zx_handle_close(&p, handle), ZX_OK);
+        }
+        machine.cpu(0).switch_to(None);
     }
 }
