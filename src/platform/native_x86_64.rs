@@ -4,8 +4,8 @@
 //! translation. With tags 1..=4095 it assumes CR4.PCIDE is set and the CPU has INVPCID, which the
 //! kernel checks (CPUID.7.0:EBX bit 10) before it gives [`crate::tlb::Tlb::new`] any tags.
 
-use crate::platform::tlbi::{invlpgb_all, invlpgb_span_ops, Invlpgb};
-use crate::platform::{PhysAddr, Span, TlbFeatures, TlbInvalidate, TlbScope};
+use crate::platform::tlbi::{for_each_invlpgb, Invlpgb};
+use crate::platform::{PhysAddr, TlbFeatures, TlbInvalidate, TlbScope};
 use x86_64::instructions::tlb::{flush_pcid, InvPcidCommand, Pcid};
 use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::PhysFrame;
@@ -134,25 +134,7 @@ pub fn tlb_features() -> TlbFeatures {
 /// Broadcasts `request` to every CPU with INVLPGB, without waiting ([`sync_broadcast`] waits).
 /// Only for a tagged address space on a CPU with INVLPGB (the caller checked both).
 pub fn invalidate_broadcast(request: &TlbInvalidate<'_>) {
-    let max = request.features.invlpgb;
-    match request.scope {
-        TlbScope::All => invlpgb(invlpgb_all(request.asid)),
-        TlbScope::Spans(spans) => {
-            for &span in spans {
-                invlpgb_span_ops(request.asid, span, max).for_each(invlpgb);
-            }
-        }
-        TlbScope::Pages(pages) => {
-            for &va in pages {
-                let one = Span {
-                    va,
-                    count: 1,
-                    level: 0,
-                };
-                invlpgb_span_ops(request.asid, one, max).for_each(invlpgb);
-            }
-        }
-    }
+    for_each_invlpgb(request, invlpgb);
 }
 
 /// Issues one INVLPGB (`0F 01 FE`).

@@ -273,6 +273,30 @@ pub fn invlpgb_span_ops(pcid: u16, span: Span, max: u32) -> impl Iterator<Item =
     })
 }
 
+/// Calls `f` with each INVLPGB that carries `request` out: its spans in pieces of at most
+/// `request.features.invlpgb` entries, its single pages one each, or one for the whole PCID.
+pub fn for_each_invlpgb(request: &TlbInvalidate<'_>, mut f: impl FnMut(Invlpgb)) {
+    let max = request.features.invlpgb.max(1);
+    match request.scope {
+        TlbScope::All => f(invlpgb_all(request.asid)),
+        TlbScope::Spans(spans) => {
+            for &span in spans {
+                invlpgb_span_ops(request.asid, span, max).for_each(&mut f);
+            }
+        }
+        TlbScope::Pages(pages) => {
+            for &va in pages {
+                let one = Span {
+                    va,
+                    count: 1,
+                    level: 0,
+                };
+                invlpgb_span_ops(request.asid, one, max).for_each(&mut f);
+            }
+        }
+    }
+}
+
 /// The INVLPGB that drops every non-global translation tagged `pcid`, on every CPU.
 pub fn invlpgb_all(pcid: u16) -> Invlpgb {
     Invlpgb {

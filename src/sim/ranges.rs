@@ -7,8 +7,8 @@ use super::cpu::CpuTlb;
 use super::SimMachine;
 use crate::abi::PAGE_SIZE;
 use crate::arch::{entry_span, LARGE_LEVELS};
-use crate::platform::tlbi::{arm_span_ops, invlpgb_span_ops, ArmTlbi, Invlpgb};
-use crate::platform::{Platform, Span, TlbFeatures, TlbInvalidate, TlbScope};
+use crate::platform::tlbi::{arm_span_ops, for_each_invlpgb, ArmTlbi, Invlpgb};
+use crate::platform::{Platform, Span, TlbFeatures, TlbInvalidate};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -87,35 +87,18 @@ impl SimMachine {
     /// [`Platform::invalidate_broadcast`]: the INVLPGBs of `request`, carried out at once on
     /// every CPU; the calling CPU owes a TLBSYNC before it frees anything.
     pub(super) fn broadcast(&self, request: &TlbInvalidate<'_>) {
-        let max = request.features.invlpgb.max(1);
-        let mut ops: Vec<Invlpgb> = Vec::new();
-        match request.scope {
-            TlbScope::All => ops.push(crate::platform::tlbi::invlpgb_all(request.asid)),
-            TlbScope::Spans(spans) => {
-                for &span in spans {
-                    ops.extend(invlpgb_span_ops(request.asid, span, max));
-                }
-            }
-            TlbScope::Pages(pages) => {
-                for &va in pages {
-                    let one = Span {
-                        va,
-                        count: 1,
-                        level: 0,
-                    };
-                    ops.extend(invlpgb_span_ops(request.asid, one, max));
-                }
-            }
-        }
+        let mut ops = 0;
         for cpu in &self.cpus {
             let mut tlb = super::lock(&cpu.tlb);
-            for op in &ops {
-                apply_invlpgb(&mut tlb, op, request.tables_freed);
-            }
+            ops = 0;
+            for_each_invlpgb(request, |op| {
+                ops += 1;
+                apply_invlpgb(&mut tlb, &op, request.tables_freed);
+            });
         }
         self.counters
             .broadcast_invalidations
-            .fetch_add(ops.len() as u64, Ordering::SeqCst);
+            .fetch_add(ops, Ordering::SeqCst);
         self.cpus[self.current_cpu()]
             .unsynced
             .store(true, Ordering::SeqCst);
