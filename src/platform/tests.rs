@@ -134,3 +134,26 @@ fn formats_and_addresses_print_as_documented() {
         "PhysAddr(0x12345000)"
     );
 }
+
+/// The bare-metal default of `Platform::tlb_features` reads the CPU once and keeps every field
+/// (the largest INVLPGB count too): a second read is not made.
+#[test]
+fn tlb_features_are_read_once_and_kept_whole() {
+    static READS: AtomicUsize = AtomicUsize::new(0);
+    const FOUND: TlbFeatures = TlbFeatures {
+        range: true,
+        ttl: false,
+        invlpgb: 65536,
+    };
+    fn first() -> TlbFeatures {
+        READS.fetch_add(1, Ordering::SeqCst);
+        FOUND
+    }
+    fn second() -> TlbFeatures {
+        READS.fetch_add(1, Ordering::SeqCst);
+        TlbFeatures::NONE
+    }
+    assert_eq!(TlbFeatures::once(first), FOUND);
+    assert_eq!(TlbFeatures::once(second), FOUND, "kept from the first read");
+    assert_eq!(READS.load(Ordering::SeqCst), 1, "read once");
+}
