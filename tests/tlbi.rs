@@ -271,45 +271,48 @@ fn issued(pages: u64, features: TlbFeatures) -> (u64, u64, u64, u64, u64) {
 #[test]
 fn instructions_issued_per_size() {
     let sizes = [1, 32, 33, 512, MAX, MAX + 1];
-    let none: Vec<_> = sizes
-        .iter()
-        .map(|&n| issued(n, TlbFeatures::NONE))
-        .collect();
-    assert_eq!(
-        none,
-        [
-            (1, 0, 0, 0, 0),
-            (32, 0, 0, 0, 0),
-            (0, 0, 1, 0, 0),
-            (0, 0, 1, 0, 0),
-            (0, 0, 1, 0, 0),
-            (0, 0, 1, 0, 0)
-        ]
+    // (single, range, full, INVLPGB, TLBSYNC) for each size.
+    let full = (0, 0, 1, 0, 0);
+    let pcid = (0, 0, 0, 1, 1);
+    let expected = [
+        (
+            TlbFeatures::NONE,
+            [(1, 0, 0, 0, 0), (32, 0, 0, 0, 0), full, full, full, full],
+        ),
+        (
+            RANGE,
+            [
+                (1, 0, 0, 0, 0),
+                (0, 1, 0, 0, 0),
+                (1, 1, 0, 0, 0),
+                (0, 1, 0, 0, 0),
+                (0, 1, 0, 0, 0),
+                full,
+            ],
+        ),
+        (
+            INVLPGB,
+            [pcid, (0, 0, 0, 4, 1), (0, 0, 0, 5, 1), pcid, pcid, pcid],
+        ),
+    ];
+    for (features, want) in expected {
+        let got: Vec<_> = sizes.iter().map(|&n| issued(n, features)).collect();
+        assert_eq!(got, want, "{features:?}");
+    }
+}
+
+/// DECOMMIT of `pages` pages from `addr` in `p`'s root VMAR.
+fn decommit(p: &zx_vm::Process, addr: u64, pages: u64) {
+    let status = zx_vmar_op_range(
+        p,
+        p.root_vmar_handle(),
+        ZX_VMAR_OP_DECOMMIT,
+        addr,
+        pages * PAGE_SIZE,
+        0,
+        0,
     );
-    let range: Vec<_> = sizes.iter().map(|&n| issued(n, RANGE)).collect();
-    assert_eq!(
-        range,
-        [
-            (1, 0, 0, 0, 0),
-            (0, 1, 0, 0, 0),
-            (1, 1, 0, 0, 0),
-            (0, 1, 0, 0, 0),
-            (0, 1, 0, 0, 0),
-            (0, 0, 1, 0, 0)
-        ]
-    );
-    let invlpgb: Vec<_> = sizes.iter().map(|&n| issued(n, INVLPGB)).collect();
-    assert_eq!(
-        invlpgb,
-        [
-            (0, 0, 0, 1, 1),
-            (0, 0, 0, 4, 1),
-            (0, 0, 0, 5, 1),
-            (0, 0, 0, 1, 1),
-            (0, 0, 0, 1, 1),
-            (0, 0, 0, 1, 1)
-        ]
-    );
+    assert_eq!(status, ZX_OK);
 }
 
 /// A 2-CPU machine (IPIs, as x86_64) with `features`, a process in `format` running on both
@@ -361,16 +364,7 @@ fn decommits_issue_the_plan_on_both_formats() {
             }
             machine.cpu(0).enter();
             let before = machine.counters();
-            let status = zx_vmar_op_range(
-                &p,
-                p.root_vmar_handle(),
-                ZX_VMAR_OP_DECOMMIT,
-                addr,
-                pages * PAGE_SIZE,
-                0,
-                0,
-            );
-            assert_eq!(status, ZX_OK);
+            decommit(&p, addr, pages);
             let d = machine.counters().since(&before);
             let what = format!("{format:?} {features:?} {pages} pages");
             let got = (
@@ -422,16 +416,7 @@ fn untagged_address_spaces_fall_back_to_ipis() {
     }
     machine.cpu(0).enter();
     let before = machine.counters();
-    let status = zx_vmar_op_range(
-        &p,
-        p.root_vmar_handle(),
-        ZX_VMAR_OP_DECOMMIT,
-        addr,
-        4 * PAGE_SIZE,
-        0,
-        0,
-    );
-    assert_eq!(status, ZX_OK);
+    decommit(&p, addr, 4);
     let d = machine.counters().since(&before);
     assert_eq!((d.ipis, d.broadcast_invalidations, d.tlbsyncs), (1, 0, 0));
     assert!(machine.cpu(1).tlb_entry(addr).is_none());
@@ -457,16 +442,7 @@ fn translations_outside_a_ranged_decommit_survive() {
             cpu1.load(addr + page * PAGE_SIZE).unwrap();
         }
         machine.cpu(0).enter();
-        let status = zx_vmar_op_range(
-            &p,
-            p.root_vmar_handle(),
-            ZX_VMAR_OP_DECOMMIT,
-            addr + 8 * PAGE_SIZE,
-            40 * PAGE_SIZE,
-            0,
-            0,
-        );
-        assert_eq!(status, ZX_OK);
+        decommit(&p, addr + 8 * PAGE_SIZE, 40);
         let ranged = features != TlbFeatures::NONE;
         let kept = (0..64)
             .filter(|&page| cpu1.tlb_entry(addr + page * PAGE_SIZE).is_some())

@@ -9,7 +9,6 @@ use crate::abi::PAGE_SIZE;
 use crate::arch::{entry_span, LARGE_LEVELS};
 use crate::platform::tlbi::{arm_span_ops, for_each_invlpgb, ArmTlbi, Invlpgb};
 use crate::platform::{Platform, Span, TlbFeatures, TlbInvalidate};
-use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 impl SimMachine {
@@ -176,25 +175,26 @@ fn apply_invlpgb(tlb: &mut CpuTlb, op: &Invlpgb, walks: bool) {
 fn drop_range(tlb: &mut CpuTlb, tag: u16, va: u64, pages: u64, level: Option<usize>) {
     let (first, end) = (va / PAGE_SIZE, va / PAGE_SIZE + pages);
     if level.is_none_or(|l| l == 0) {
-        // Cut the range out in bulk (a range of thousands of pages is common here).
-        let mut inside = tlb.entries.split_off(&(tag, first));
-        let mut after = inside.split_off(&(tag, end));
-        tlb.entries.append(&mut after);
+        cut(&mut tlb.entries, (tag, first), (tag, end));
     }
     for l in LARGE_LEVELS {
         if level.is_some_and(|hint| hint != l) {
             continue;
         }
         let span = entry_span(l) / PAGE_SIZE;
-        let keys: Vec<_> = tlb
-            .large
-            .range((tag, l, first & !(span - 1))..(tag, l, end))
-            .map(|(&key, _)| key)
-            .collect();
-        for key in keys {
-            tlb.large.remove(&key);
-        }
+        cut(&mut tlb.large, (tag, l, first & !(span - 1)), (tag, l, end));
     }
+}
+
+/// Removes the keys in `[from, to)` from `map`, in bulk (ranges of thousands of pages are common
+/// here).
+fn cut<K: Ord + Copy, V>(map: &mut alloc::collections::BTreeMap<K, V>, from: K, to: K) {
+    if from >= to {
+        return;
+    }
+    let mut inside = map.split_off(&from);
+    let mut after = inside.split_off(&to);
+    map.append(&mut after);
 }
 
 /// Drops the cached walks under `tag` through tables that map any of `pages` pages from `va`.
@@ -202,13 +202,10 @@ fn drop_walks_in(tlb: &mut CpuTlb, tag: u16, va: u64, pages: u64) {
     let end = va + pages * PAGE_SIZE;
     for level in 0..3 {
         let span = entry_span(level + 1);
-        let keys: Vec<_> = tlb
-            .walks
-            .range((tag, level, va & !(span - 1))..(tag, level, end))
-            .map(|(&key, _)| key)
-            .collect();
-        for key in keys {
-            tlb.walks.remove(&key);
-        }
+        cut(
+            &mut tlb.walks,
+            (tag, level, va & !(span - 1)),
+            (tag, level, end),
+        );
     }
 }
