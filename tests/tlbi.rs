@@ -425,6 +425,39 @@ fn untagged_address_spaces_fall_back_to_ipis() {
     }
 }
 
+/// An address space active on the initiator alone needs no broadcast: with INVLPGB it is
+/// invalidated locally, page by page, with no IPI and no TLBSYNC.
+#[test]
+fn a_space_active_only_here_is_invalidated_locally() {
+    let machine = SimMachine::new(SimConfig {
+        frames: 8192,
+        cpus: 2,
+        ..SimConfig::default()
+    });
+    machine.set_tlb_features(INVLPGB);
+    let p = process(&machine, Format::X86_64);
+    let vmo = patterned_vmo(&p, 8);
+    let addr = map_rw(&p, p.root_vmar_handle(), vmo, 0, 8);
+    let cpu0 = machine.cpu(0);
+    cpu0.switch_to(Some(p.aspace()));
+    for page in 0..4 {
+        cpu0.load(addr + page * PAGE_SIZE).unwrap();
+    }
+    let before = machine.counters();
+    decommit(&p, addr, 4);
+    let d = machine.counters().since(&before);
+    assert_eq!(
+        (
+            d.ipis,
+            d.page_invalidations,
+            d.broadcast_invalidations,
+            d.tlbsyncs
+        ),
+        (0, 4, 0, 0)
+    );
+    cpu0.switch_to(None);
+}
+
 /// Translations outside a DECOMMIT of 40 pages (past the single-page threshold) survive it on
 /// the other CPU where a range feature covers the 40 pages (a read there hits its TLB, no walk),
 /// and go with the full flush where none does.
@@ -513,10 +546,11 @@ fn spans_hold_consecutive_entries_of_one_size() {
 }
 
 /// End to end for 2^21 and 2^21 + 1 pages, on both formats: a physical VMO mapped page by page
-/// (`ZX_VM_MAP_RANGE` with 4 KiB leaves only), then unmapped on a CPU that runs the address
-/// space. With the format's range feature 2^21 pages are one instruction (a range TLBI; or, with
-/// INVLPGB, past 32 instructions, one for the whole PCID), and 2^21 + 1 pages flush the address
-/// space (arm64, as Linux past MAX_TLBI_RANGE_PAGES); without, both flush it.
+/// (`ZX_VM_MAP_RANGE` with 4 KiB leaves only), then unmapped while two CPUs run the address
+/// space. With the format's range feature 2^21 pages are one instruction per CPU (a range TLBI;
+/// or, with INVLPGB, past 32 instructions, one for the whole PCID, for every CPU at once), and
+/// 2^21 + 1 pages flush the address space (arm64, as Linux past MAX_TLBI_RANGE_PAGES); without,
+/// both flush it.
 #[test]
 #[cfg_attr(miri, ignore = "two million page-table entries")]
 fn unmaps_of_two_million_pages_on_both_formats() {
@@ -530,13 +564,16 @@ fn unmaps_of_two_million_pages_on_both_formats() {
     ] {
         let machine = SimMachine::new(SimConfig {
             frames: 8192,
-            cpus: 1,
+            cpus: 2,
             ..SimConfig::default()
         });
         machine.set_max_leaf_level(0);
         machine.set_tlb_features(features);
         let p = process(&machine, format);
-        machine.cpu(0).switch_to(Some(p.aspace()));
+        for cpu in 0..2 {
+            machine.cpu(cpu).switch_to(Some(p.aspace()));
+        }
+        machine.cpu(0).enter();
         for pages in [MAX, MAX + 1] {
             let vmo = Vmo::create_physical(machine.clone(), PhysAddr(DEVICE), pages * PAGE_SIZE)
                 .expect("a physical VMO");
@@ -566,15 +603,18 @@ fn unmaps_of_two_million_pages_on_both_formats() {
                 d.full_invalidations,
                 d.broadcast_invalidations,
             );
+            // Per CPU, where the shootdown goes by IPI (the machine's default).
             let want = match (features == TlbFeatures::NONE, features.range, pages == MAX) {
-                (true, _, _) => (0, 0, 1, 0),
-                (false, true, true) => (0, 1, 0, 0),
-                (false, true, false) => (0, 0, 1, 0),
+                (true, _, _) => (0, 0, 2, 0),
+                (false, true, true) => (0, 2, 0, 0),
+                (false, true, false) => (0, 0, 2, 0),
                 (false, false, _) => (0, 0, 0, 1),
             };
             assert_eq!(got, want, "{format:?} {features:?} {pages} pages");
             assert_eq!(zx_handle_close(&p, handle), ZX_OK);
         }
-        machine.cpu(0).switch_to(None);
+        for cpu in 0..2 {
+            machine.cpu(cpu).switch_to(None);
+        }
     }
 }

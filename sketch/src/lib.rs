@@ -101,6 +101,8 @@ unsafe impl Platform for MyKernel {
     // alloc_contiguous (contiguous VMOs), alloc_aligned_run, free_run, free_runs (large-page VMOs),
     // max_leaf_level (2 MiB / 1 GiB leaves), memory_attributes (aarch64 MAIR index), zero_frame
     // (a shared zero page), invalidation_is_broadcast, wait_hint, and on bare metal
-    // invalidate_local and load_root (the crate's own instructions) keep their defaults.
+    // invalidate_local and load_root (the crate's own instructions), tlb_features (arm64 range
+    // TLBIs, AMD INVLPGB: read from the CPU once), invalidate_broadcast and sync_broadcast
+    // (INVLPGB, TLBSYNC) keep their defaults.
 }
 // README-END

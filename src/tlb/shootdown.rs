@@ -11,6 +11,11 @@
 //! 3. invalidates its own TLB while the IPIs are in flight;
 //! 4. waits until the count reaches zero, serving its own mailbox meanwhile.
 //!
+//! Where the platform reports AMD's INVLPGB ([`Platform::tlb_features`]), an address space that
+//! has a tag and is active on another CPU is not sent IPIs: the initiator broadcasts its
+//! invalidation with INVLPGB ([`Platform::invalidate_broadcast`]) and waits with one TLBSYNC
+//! ([`Platform::sync_broadcast`]) before the IPI steps, which then cover only what is left.
+//!
 //! A target, in its IPI handler ([`Tlb::handle_ipi`]), takes everything from its mailbox, carries
 //! each invalidation out, and only then decrements the request's count (release ordering, so the
 //! initiator's acquire load that sees zero comes after every remote flush). It reads the next node
@@ -112,16 +117,23 @@ impl Item {
         }
     }
 
-    /// Whether this item goes to every CPU by INVLPGB instead of IPIs: the CPUs have it and the
-    /// address space has a tag (the same on every CPU: tags are handed out machine-wide, and a
-    /// tag that comes back is flushed on every CPU that may cache it before it is used again).
-    fn broadcast(&self, features: TlbFeatures) -> bool {
-        features.invlpgb > 0 && self.reach.asid != 0 && !self.pending.is_empty()
+    /// Whether this item goes to every CPU by INVLPGB instead of IPIs, in a round that
+    /// `initiator` runs: the CPUs have it, the address space is active on a CPU other than the
+    /// initiator (else a local invalidation is all it needs), and it has a tag (the same on
+    /// every CPU: tags are handed out machine-wide, and a tag that comes back is flushed on
+    /// every CPU that may cache it before it is used again).
+    fn broadcast(&self, features: TlbFeatures, initiator: usize) -> bool {
+        features.invlpgb > 0
+            && self.reach.asid != 0
+            && !self.pending.is_empty()
+            && !self.reach.targets.without(initiator).is_empty()
     }
 
-    /// Whether `cpu` must carry this item out.
-    fn targets(&self, cpu: usize, features: TlbFeatures) -> bool {
-        self.reach.targets.contains(cpu) && !self.pending.is_empty() && !self.broadcast(features)
+    /// Whether `cpu` must carry this item out, in a round that `initiator` runs.
+    fn targets(&self, cpu: usize, features: TlbFeatures, initiator: usize) -> bool {
+        self.reach.targets.contains(cpu)
+            && !self.pending.is_empty()
+            && !self.broadcast(features, initiator)
     }
 }
 
@@ -131,16 +143,24 @@ struct Request<'a> {
     items: &'a [Item],
     /// What the initiator's platform offered: every CPU carries the items out alike.
     features: TlbFeatures,
+    /// The initiator's CPU (which items it broadcast depends on it).
+    initiator: usize,
     /// Remote CPUs that have not acknowledged yet.
     pending: AtomicUsize,
     /// One mailbox node per CPU, so that queueing the request allocates nothing.
     nodes: [Node; MAX_CPUS],
 }
 
-/// Carries out, on `cpu`, every item that targets it.
-fn flush_on(items: &[Item], platform: &dyn Platform, cpu: usize, features: TlbFeatures) {
+/// Carries out, on `cpu`, every item that targets it in a round `initiator` runs.
+fn flush_on(
+    items: &[Item],
+    platform: &dyn Platform,
+    cpu: usize,
+    features: TlbFeatures,
+    initiator: usize,
+) {
     for item in items {
-        if item.targets(cpu, features) {
+        if item.targets(cpu, features, initiator) {
             platform.invalidate_local(&item.invalidate(features));
         }
     }
@@ -164,32 +184,33 @@ impl Tlb {
             }
             return;
         }
-        if items.iter().any(|item| item.broadcast(features)) {
-            // INVLPGB for every tagged address space: no IPI, one TLBSYNC for the round (on
-            // this CPU, which issued them: the round is pinned).
-            for item in items.iter().filter(|item| item.broadcast(features)) {
+        let me = pin.cpu();
+        if items.iter().any(|item| item.broadcast(features, me)) {
+            // INVLPGB for every tagged address space active elsewhere: no IPI, one TLBSYNC for
+            // the round (on this CPU, which issued them: the round is pinned).
+            for item in items.iter().filter(|item| item.broadcast(features, me)) {
                 platform.invalidate_broadcast(&item.request(features));
             }
             if !cfg!(feature = "break-tlbsync") {
                 platform.sync_broadcast();
             }
         }
-        let me = pin.cpu();
         // Every target is below the CPU count: CPUs join active sets only through a `CpuPin`,
         // which checks its index.
         let remote = items
             .iter()
-            .filter(|item| !item.pending.is_empty() && !item.broadcast(features))
+            .filter(|item| !item.pending.is_empty() && !item.broadcast(features, me))
             .fold(CpuSet::EMPTY, |set, item| set.union(item.reach.targets))
             .without(me);
         if remote.is_empty() {
             // Nobody else to reach: no request, no mailbox, no wait.
-            flush_on(items, platform, me, features);
+            flush_on(items, platform, me, features, me);
             return;
         }
         let request = Request {
             items,
             features,
+            initiator: me,
             pending: AtomicUsize::new(remote.len()),
             nodes: [Node::EMPTY; MAX_CPUS],
         };
@@ -200,7 +221,7 @@ impl Tlb {
         }
         platform.send_ipi(remote);
         // Our own flush overlaps with the remote ones.
-        flush_on(items, platform, me, features);
+        flush_on(items, platform, me, features, me);
         while request.pending.load(Ordering::Acquire) != 0 {
             // Serve requests aimed at us: with interrupts disabled here, that is how two CPUs
             // shooting at each other both finish.
@@ -229,7 +250,13 @@ impl Tlb {
                 )
             };
             if !cfg!(feature = "break-remote-flush") {
-                flush_on(request.items, platform, me, request.features);
+                flush_on(
+                    request.items,
+                    platform,
+                    me,
+                    request.features,
+                    request.initiator,
+                );
             }
             // Release: the flush above happens before the initiator sees the acknowledgement.
             // After it, the initiator may return: neither `node` nor `request` is touched again.
