@@ -204,6 +204,7 @@ fn invlpgb_operands_cover_exactly() {
                 let mut next = span.va;
                 for op in &ops {
                     assert_eq!(op.rax & 3, 3, "address and PCID valid");
+                    assert_eq!(op.ecx >> 31 == 1, level > 0, "a 2 MiB stride for leaves");
                     assert_eq!(op.edx >> 16, 5);
                     let stride = if op.ecx >> 31 == 1 { 2 << 20 } else { 4096 };
                     let n = u64::from(op.ecx & 0xffff) + 1;

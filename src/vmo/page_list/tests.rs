@@ -393,3 +393,38 @@ fn frame_zero_is_representable() {
     list.insert(5, PhysAddr(0));
     assert_eq!(list.get(5), Some(PhysAddr(0)));
 }
+
+/// A range over exactly a block's runs moves the block whole, wherever in the block its runs
+/// sit (not only from slot 0 to slot 63), and over exactly the list's runs moves the map; the
+/// frames taken out are the runs' frames, each once.
+#[test]
+fn a_range_over_exactly_a_blocks_runs_moves_it() {
+    const C: u64 = CHUNK_PAGES;
+    const B: u64 = BLOCK_RUNS;
+    let run = |n: u64| PhysAddr::from_frame_number(n * C);
+    let mut list = PageList::new();
+    for (chunk, frame) in [(5, 1), (6, 2), (B + 3, 3), (3 * B + 8, 4)] {
+        list.insert_run(chunk * C, run(frame));
+    }
+    let mut removed = RemovedPages::default();
+    assert_eq!(list.remove_range(5 * C, 7 * C, &mut removed), 2 * C);
+    assert_eq!((removed.blocks.len(), removed.runs.len()), (1, 0));
+    assert_eq!(list.remove_range((B + 3) * C, (B + 4) * C, &mut removed), C);
+    assert_eq!((removed.blocks.len(), removed.run_maps.len()), (2, 0));
+    let mut frames: Vec<u64> = removed.frames().map(PhysAddr::frame_number).collect();
+    frames.sort_unstable();
+    let want: Vec<u64> = (C..4 * C).collect();
+    assert_eq!(frames, want);
+    removed.clear();
+    // One run left, taken alone: past it on both sides there is nothing, so the map moves.
+    assert_eq!(list.remove_range(3 * B * C, 4 * B * C, &mut removed), C);
+    assert_eq!(removed.run_maps.len(), 1);
+    // A whole run taken on its own (its block keeps others) leaves as its first frame.
+    list.insert_run(0, run(7));
+    list.insert_run(C, run(8));
+    removed.clear();
+    assert_eq!(list.remove_range(C, 2 * C, &mut removed), C);
+    assert_eq!(removed.runs, [run(8)]);
+    let frames: Vec<u64> = removed.frames().map(PhysAddr::frame_number).collect();
+    assert_eq!(frames, (8 * C..9 * C).collect::<Vec<_>>());
+}
