@@ -79,6 +79,33 @@ fn a_run_with_few_pages_left_packs() {
         [(0, C), (1, C + 1), (2, C + 2), (5, 9), (C - 1, 2 * C - 1)]
     );
     assert_eq!(list.committed_pages(), 5);
+    // The run's pages left the run blocks' count with it: a removal of everything counts 5.
+    removed.clear();
+    assert_eq!(list.remove_range(0, u64::MAX, &mut removed), 5);
+    assert_eq!(removed.frames().count(), 5);
+}
+
+/// Listing a range that starts past a block's first chunk finds the runs of that block, and of
+/// the next, and nothing outside the range.
+#[test]
+fn iter_range_finds_runs_inside_a_block() {
+    const C: u64 = CHUNK_PAGES;
+    const B: u64 = BLOCK_RUNS;
+    let mut list = PageList::new();
+    for chunk in [1, 2, B + 1] {
+        list.insert_run(chunk * C, PhysAddr::from_frame_number(chunk * C));
+    }
+    let pages = |a, b| list.iter_range(a, b).map(|(i, _)| i).collect::<Vec<_>>();
+    assert_eq!(pages(C, 3 * C), (C..3 * C).collect::<Vec<_>>());
+    assert_eq!(pages(2 * C + 7, 2 * C + 9), [2 * C + 7, 2 * C + 8]);
+    assert_eq!(pages(3 * C, (B + 1) * C), Vec::<u64>::new());
+    assert_eq!(pages((B + 1) * C + 3, (B + 1) * C + 4), [(B + 1) * C + 3]);
+    assert!(list.any_in_range(2 * C + 511, 2 * C + 512));
+    assert!(!list.any_in_range(3 * C, (B + 1) * C));
+    assert_eq!(
+        list.iter_range(C + 4, C + 5).next(),
+        Some((C + 4, PhysAddr::from_frame_number(C + 4)))
+    );
 }
 
 /// Runs and chunks side by side: a range over all of a list moves both maps out; one over a
