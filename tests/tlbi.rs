@@ -437,8 +437,8 @@ fn a_space_active_only_here_is_invalidated_locally() {
     });
     machine.set_tlb_features(INVLPGB);
     let p = process(&machine, Format::X86_64);
-    let vmo = patterned_vmo(&p, 8);
-    let addr = map_rw(&p, p.root_vmar_handle(), vmo, 0, 8);
+    let vmo = patterned_vmo(&p, 40);
+    let addr = map_rw(&p, p.root_vmar_handle(), vmo, 0, 40);
     let cpu0 = machine.cpu(0);
     cpu0.switch_to(Some(p.aspace()));
     for page in 0..4 {
@@ -455,6 +455,22 @@ fn a_space_active_only_here_is_invalidated_locally() {
             d.tlbsyncs
         ),
         (0, 4, 0, 0)
+    );
+    // 40 pages, which INVLPGB would take in 5 instructions: locally, single pages past 32 are a
+    // full flush, as without the feature.
+    for page in 0..40 {
+        cpu0.load(addr + page * PAGE_SIZE).unwrap();
+    }
+    let before = machine.counters();
+    decommit(&p, addr, 40);
+    let d = machine.counters().since(&before);
+    assert_eq!(
+        (
+            d.page_invalidations,
+            d.full_invalidations,
+            d.broadcast_invalidations
+        ),
+        (0, 1, 0)
     );
     cpu0.switch_to(None);
 }
@@ -544,6 +560,18 @@ fn spans_hold_consecutive_entries_of_one_size() {
     pending.add_all();
     assert_eq!(pending.scope_with(RANGE), TlbScope::All);
     assert!(pending.spans().is_empty());
+    // Nine 1 GiB leaves: past 2^21 pages, so arm64 flushes everything; INVLPGB takes one
+    // instruction per leaf (9), whatever the pages.
+    pending.clear();
+    for i in 0..9 {
+        pending.add_leaf(base + (i << 30), 2);
+    }
+    assert_eq!(pending.scope_with(RANGE), TlbScope::All);
+    assert_eq!(
+        pending.scope_with(INVLPGB),
+        TlbScope::Spans(pending.spans())
+    );
+    assert_eq!(instructions(pending.spans(), INVLPGB), 9);
 }
 
 /// End to end for 2^21 and 2^21 + 1 pages, on both formats: a physical VMO mapped page by page

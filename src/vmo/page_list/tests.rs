@@ -455,3 +455,38 @@ fn a_range_over_exactly_a_blocks_runs_moves_it() {
     let frames: Vec<u64> = removed.frames().map(PhysAddr::frame_number).collect();
     assert_eq!(frames, (8 * C..9 * C).collect::<Vec<_>>());
 }
+
+/// A run taken out piece by piece: a middle piece is only that piece (even where its ends add
+/// up to a run's length), the counts are right when the pages join others already taken out, and
+/// the run's slot goes when its last page does, leaving its neighbour in the block as it was.
+#[test]
+fn a_run_taken_piece_by_piece_leaves_its_neighbour() {
+    const C: u64 = CHUNK_PAGES;
+    let mut list = PageList::new();
+    list.insert_run(C, PhysAddr::from_frame_number(4 * C));
+    list.insert_run(2 * C, PhysAddr::from_frame_number(8 * C));
+    let mut removed = RemovedPages::default();
+    // 100 + 412 = 512: still a middle piece of 312 pages.
+    assert_eq!(list.remove_range(C + 100, C + 412, &mut removed), 312);
+    assert!(removed.runs.is_empty());
+    assert_eq!(
+        list.get(C + 99),
+        Some(PhysAddr::from_frame_number(4 * C + 99))
+    );
+    assert_eq!(
+        list.get(C + 412),
+        Some(PhysAddr::from_frame_number(4 * C + 412))
+    );
+    assert_eq!(list.get(C + 100), None);
+    // The rest, into the same `removed` (which holds 312 frames already).
+    assert_eq!(list.remove_range(C, C + 100, &mut removed), 100);
+    assert_eq!(list.remove_range(C + 412, 2 * C, &mut removed), 100);
+    assert_eq!(removed.frames().count(), 512);
+    assert_eq!(list.committed_pages(), C);
+    assert_eq!(list.iter_range(0, u64::MAX).count() as u64, C);
+    assert_eq!(list.run_at(2 * C), Some(PhysAddr::from_frame_number(8 * C)));
+    assert_eq!(list.run_at(C), None);
+    assert_eq!(list.runs.len(), 1);
+    assert_eq!(list.remove_range(2 * C, 3 * C, &mut removed), C);
+    assert!(list.runs.is_empty(), "the block goes with its last run");
+}
