@@ -136,24 +136,43 @@ fn formats_and_addresses_print_as_documented() {
 }
 
 /// The bare-metal default of `Platform::tlb_features` reads the CPU once and keeps every field
-/// (the largest INVLPGB count too): a second read is not made.
+/// (each flag either way, the largest INVLPGB count too): a second read is not made.
 #[test]
 fn tlb_features_are_read_once_and_kept_whole() {
     static READS: AtomicUsize = AtomicUsize::new(0);
-    const FOUND: TlbFeatures = TlbFeatures {
-        range: true,
-        ttl: false,
-        invlpgb: 65536,
-    };
-    fn first() -> TlbFeatures {
-        READS.fetch_add(1, Ordering::SeqCst);
-        FOUND
-    }
+    const FOUND: [TlbFeatures; 3] = [
+        TlbFeatures {
+            range: true,
+            ttl: false,
+            invlpgb: 65536,
+        },
+        TlbFeatures {
+            range: false,
+            ttl: true,
+            invlpgb: 1,
+        },
+        TlbFeatures::NONE,
+    ];
     fn second() -> TlbFeatures {
         READS.fetch_add(1, Ordering::SeqCst);
-        TlbFeatures::NONE
+        TlbFeatures {
+            range: true,
+            ttl: true,
+            invlpgb: 7,
+        }
     }
-    assert_eq!(TlbFeatures::once(first), FOUND);
-    assert_eq!(TlbFeatures::once(second), FOUND, "kept from the first read");
-    assert_eq!(READS.load(Ordering::SeqCst), 1, "read once");
+    let reads: [fn() -> TlbFeatures; 3] = [|| FOUND[0], || FOUND[1], || FOUND[2]];
+    for (found, read) in FOUND.into_iter().zip(reads) {
+        let cache = AtomicU64::new(0);
+        assert_eq!(TlbFeatures::once_in(&cache, read), found);
+        assert_eq!(
+            TlbFeatures::once_in(&cache, second),
+            found,
+            "kept from the first read"
+        );
+    }
+    assert_eq!(READS.load(Ordering::SeqCst), 0, "read once");
+    // The global one answers the same way.
+    assert_eq!(TlbFeatures::once(reads[1]), FOUND[1]);
+    assert_eq!(TlbFeatures::once(second), FOUND[1]);
 }

@@ -85,10 +85,18 @@ impl TlbFeatures {
     /// trap to a hypervisor: not something to do at every shootdown).
     #[cfg_attr(not(target_os = "none"), allow(dead_code))]
     pub(crate) fn once(read: fn() -> TlbFeatures) -> TlbFeatures {
-        use core::sync::atomic::{AtomicU64, Ordering};
-        /// Bit 63: read; bit 0: range; bit 1: ttl; bits 32..63: invlpgb.
-        static CACHE: AtomicU64 = AtomicU64::new(0);
-        let packed = CACHE.load(Ordering::Relaxed);
+        static CACHE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+        Self::once_in(&CACHE, read)
+    }
+
+    /// [`TlbFeatures::once`] with its cache: bit 63 set once read; bit 0 range, bit 1 ttl,
+    /// bits 32..63 the INVLPGB count.
+    pub(crate) fn once_in(
+        cache: &core::sync::atomic::AtomicU64,
+        read: fn() -> TlbFeatures,
+    ) -> Self {
+        use core::sync::atomic::Ordering;
+        let packed = cache.load(Ordering::Relaxed);
         if packed >> 63 == 1 {
             return TlbFeatures {
                 range: packed & 1 != 0,
@@ -101,7 +109,7 @@ impl TlbFeatures {
             | u64::from(read.range)
             | (u64::from(read.ttl) << 1)
             | (u64::from(read.invlpgb.min(0x7fff_ffff)) << 32);
-        CACHE.store(packed, Ordering::Relaxed);
+        cache.store(packed, Ordering::Relaxed);
         read
     }
 }
