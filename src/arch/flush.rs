@@ -33,8 +33,6 @@ const MAX_SPANS: usize = FULL_FLUSH_THRESHOLD;
 pub struct PendingFlush {
     pages: [u64; FULL_FLUSH_THRESHOLD],
     page_count: usize,
-    /// More entries changed than `pages` holds.
-    pages_over: bool,
     spans: [Span; MAX_SPANS],
     span_count: usize,
     /// More spans than `spans` holds.
@@ -61,7 +59,6 @@ impl PendingFlush {
         PendingFlush {
             pages: [0; FULL_FLUSH_THRESHOLD],
             page_count: 0,
-            pages_over: false,
             spans: [NO_SPAN; MAX_SPANS],
             span_count: 0,
             spans_over: false,
@@ -88,8 +85,6 @@ impl PendingFlush {
         if self.page_count < FULL_FLUSH_THRESHOLD {
             self.pages[self.page_count] = va;
             self.page_count += 1;
-        } else {
-            self.pages_over = true;
         }
         if self.span_count > 0 {
             let last = &mut self.spans[self.span_count - 1];
@@ -176,7 +171,7 @@ impl PendingFlush {
     /// Whether the whole address space must be invalidated with single-page instructions
     /// (more entries changed than [`FULL_FLUSH_THRESHOLD`], or [`PendingFlush::add_all`]).
     pub fn is_full(&self) -> bool {
-        self.full || self.pages_over
+        self.full || self.changed > FULL_FLUSH_THRESHOLD
     }
 
     /// The single pages to invalidate (empty when [`PendingFlush::is_full`]).
@@ -197,7 +192,6 @@ impl PendingFlush {
     /// Empties the record, keeping the capacity of its table list.
     pub fn clear(&mut self) {
         self.page_count = 0;
-        self.pages_over = false;
         self.span_count = 0;
         self.spans_over = false;
         self.full = false;

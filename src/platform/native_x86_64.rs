@@ -98,8 +98,7 @@ fn each_entry(scope: TlbScope<'_>, mut f: impl FnMut(u64)) {
         TlbScope::Pages(pages) => pages.iter().for_each(|&va| f(va)),
         TlbScope::Spans(spans) => {
             for span in spans {
-                let size = (span.end() - span.va) / span.count.max(1);
-                (0..span.count).for_each(|i| f(span.va + i * size));
+                (0..span.count).for_each(|i| f(span.va + i * span.entry_bytes()));
             }
         }
         TlbScope::All => {}

@@ -129,12 +129,17 @@ pub struct Span {
 impl Span {
     /// The 4 KiB pages the span covers.
     pub fn pages(&self) -> u64 {
-        self.count * (entry_span(usize::from(self.level)) / PAGE)
+        self.count * (self.entry_bytes() / PAGE)
     }
 
     /// The address just past the span.
     pub fn end(&self) -> u64 {
-        self.va + self.count * entry_span(usize::from(self.level))
+        self.va + self.count * self.entry_bytes()
+    }
+
+    /// The bytes one of its entries maps.
+    pub fn entry_bytes(&self) -> u64 {
+        entry_span(usize::from(self.level))
     }
 }
 

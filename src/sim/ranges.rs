@@ -51,16 +51,7 @@ impl SimMachine {
         let mut ops = 0;
         let mut ranges = 0;
         for &span in spans {
-            if !request.features.range && !request.features.ttl {
-                // No arm64 feature: INVLPG (or TLBI VAE1IS) per entry.
-                let size = entry_span(usize::from(span.level));
-                for i in 0..span.count {
-                    tlb.invalidate(request.asid, span.va + i * size);
-                    tlb.drop_walks(request.asid, span.va + i * size, walks);
-                }
-                ops += span.count;
-                continue;
-            }
+            // (Without FEAT_TLBIRANGE, one single-page operation per entry.)
             for op in arm_span_ops(request.asid, span, request.features, !walks) {
                 match op {
                     ArmTlbi::Page(operand) => {
